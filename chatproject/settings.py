@@ -1,0 +1,186 @@
+"""One settings file: every difference between machines comes from environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def envstr(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def envint(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def envfloat(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+DEBUG = envbool("DJANGO_DEBUG", True)
+SECRET_KEY = envstr("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise RuntimeError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is false.")
+    SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = [
+    host.strip()
+    for host in envstr("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+    if host.strip()
+]
+CSRF_TRUSTED_ORIGINS = [
+    origin for origin in envstr("CSRF_TRUSTED_ORIGINS").split(",") if origin.strip()
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "accounts",
+    "personas",
+    "conversations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatproject.urls"
+ASGI_APPLICATION = "chatproject.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+# SQLite is the embedded default. With PostgreSQL, Django's own psycopg pool is used and
+# persistent connections are off (CONN_MAX_AGE=0), as Django recommends under ASGI.
+DATABASE_URL = envstr("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+_database: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
+if _database["ENGINE"] == "django.db.backends.postgresql":
+    _options: dict[str, Any] = {"connect_timeout": envint("DB_CONNECT_TIMEOUT", 5)}
+    if envbool("DB_POOL", True):
+        _options["pool"] = {
+            "min_size": envint("DB_POOL_MIN_SIZE", 1),
+            "max_size": envint("DB_POOL_MAX_SIZE", 10),
+            "timeout": envfloat("DB_POOL_TIMEOUT", 5.0),
+        }
+    _database["OPTIONS"] = _options
+    _database["CONN_MAX_AGE"] = 0
+    if test_name := envstr("DATABASE_TEST_NAME"):
+        _database["TEST"] = {"NAME": test_name}
+DATABASES = {"default": _database}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channels -------------------------------------------------------------------------
+REDIS_URL = envstr("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Auth -----------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+ALLOW_SIGNUP = envbool("ALLOW_SIGNUP", True)
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Chat -----------------------------------------------------------------------------
+LLM_PROVIDER = envstr("LLM_PROVIDER", "demo")
+GEMINI_API_KEY = envstr("GEMINI_API_KEY")
+GEMINI_MODEL = envstr("GEMINI_MODEL", "gemini-2.5-flash")
+GEMINI_BASE_URL = envstr("GEMINI_BASE_URL")
+OPENAI_API_KEY = envstr("OPENAI_API_KEY")
+OPENAI_MODEL = envstr("OPENAI_MODEL", "gpt-4o-mini")
+OPENAI_BASE_URL = envstr("OPENAI_BASE_URL")
+DEMO_TOKEN_DELAY_MS = envint("DEMO_TOKEN_DELAY_MS", 30)
+DEMO_REPLY_WORDS = envint("DEMO_REPLY_WORDS", 0) or None
+# Failure injection for chaos runs: the demo provider fails after this many words.
+DEMO_FAIL_AFTER_WORDS = envint("DEMO_FAIL_AFTER_WORDS", 0) or None
+
+MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 16000)
+MAX_FRAME_BYTES = envint("MAX_FRAME_BYTES", MAX_MESSAGE_CHARS * 4 + 4096)
+HISTORY_MAX_MESSAGES = envint("HISTORY_MAX_MESSAGES", 40)
+STREAM_COALESCE_MS = envint("STREAM_COALESCE_MS", 40)
+MAX_GENERATIONS_PER_USER = envint("MAX_GENERATIONS_PER_USER", 3)
+MAX_GENERATIONS_PER_WORKER = envint("MAX_GENERATIONS_PER_WORKER", 200)
+REPLY_SAVE_RETRY_SECONDS = envfloat("REPLY_SAVE_RETRY_SECONDS", 60.0)
+METRICS_TOKEN = envstr("METRICS_TOKEN")
+
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+}
+
+# Daphne serves /static/ itself unless a reverse proxy does (SERVE_STATIC=false).
+SERVE_STATIC = envbool("SERVE_STATIC", True)

@@ -1,0 +1,190 @@
+"""The WebSocket consumer: it parses frames and orchestrates; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from conversations import services
+from conversations.context import TurnContext
+from conversations.errors import ChatError, NotFound, ProviderFailed, Unavailable
+from conversations.frames import Resume, Send, Stop, parse_frame
+from conversations.llm import Provider, ProviderError, get_provider
+from conversations.prompts import build_request
+from conversations.streaming import Frame, accepted_frame, registry, saved_done_frame
+
+logger = logging.getLogger(__name__)
+
+
+def provider_for(provider_name: str) -> Provider:
+    """The persona's provider, or the default; a misconfigured one refuses the turn."""
+    try:
+        provider = get_provider(provider_name)
+    except ProviderError as exc:
+        raise ProviderFailed(exc.message) from None
+    if problem := provider.configuration_error():
+        raise ProviderFailed(problem)
+    return provider
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    user_id: int
+    group: str
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()  # before accept: the handshake is refused with 403
+            return
+        self.user_id = user.id
+        self.group = f"user.{user.id}"
+        try:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except Exception:
+            # Without the channel layer the socket still streams its own replies.
+            logger.warning("channel layer unavailable; socket runs without fan-out")
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        if not hasattr(self, "user_id"):
+            return
+        registry.unfollow_all(self.channel_name)
+        try:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        except Exception:
+            logger.debug("group_discard failed", exc_info=True)
+
+    async def send_frame(self, frame: Frame) -> None:
+        await self.send(text_data=json.dumps(frame))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        known: dict[str, Any] = {}
+        try:
+            command = parse_frame(text_data)
+            if isinstance(command, Send):
+                known = {
+                    "client_id": str(command.client_id),
+                    "conversation_id": str(command.conversation_id)
+                    if command.conversation_id
+                    else None,
+                }
+                await self.chat_send(command)
+            else:
+                known = {"conversation_id": str(command.conversation_id)}
+                if isinstance(command, Stop):
+                    await self.chat_stop(command)
+                else:
+                    await self.chat_resume(command)
+        except ChatError as error:
+            await self.send_frame(error.frame(**known))
+        except DatabaseError:
+            logger.warning("database unavailable for a chat frame", exc_info=True)
+            await self.send_frame(
+                Unavailable("The database could not be reached; nothing was saved.").frame(**known)
+            )
+
+    # --- commands ------------------------------------------------------------------------
+
+    async def chat_send(self, command: Send) -> None:
+        if command.conversation_id is not None:
+            running = registry.get(command.conversation_id)
+            if (
+                running is not None
+                and running.user_id == self.user_id
+                and running.ctx.client_id == command.client_id
+            ):
+                # A re-send of the turn in flight: answer as chat.resume would.
+                await self.send_frame(accepted_frame(running.ctx))
+                await running.follow(self.channel_name, self.send_frame, 0)
+                return
+        reservation = registry.reserve(
+            user_id=self.user_id, conversation_id=command.conversation_id
+        )
+        try:
+            ctx = await database_sync_to_async(services.turn_begin)(
+                user_id=self.user_id,
+                conversation_id=command.conversation_id,
+                persona_slug=command.persona,
+                content=command.content,
+                client_id=command.client_id,
+                history_limit=settings.HISTORY_MAX_MESSAGES,
+                check_persona=lambda persona: provider_for(persona.provider),
+            )
+        except BaseException:
+            reservation.release()
+            raise
+        if ctx.duplicate:
+            reservation.release()
+            await self._answer_duplicate(ctx)
+            return
+        provider = provider_for(ctx.persona.provider)
+        generation = registry.start(ctx, provider, build_request(ctx), reservation)
+        await self.send_frame(accepted_frame(ctx))
+        if ctx.conversation_created:
+            await self._announce_title(ctx)
+        await generation.follow(self.channel_name, self.send_frame, 0)
+
+    async def _answer_duplicate(self, ctx: TurnContext) -> None:
+        running = registry.get(ctx.conversation_id)
+        if running is not None and running.ctx.user_message_id == ctx.user_message_id:
+            await self.send_frame(accepted_frame(running.ctx))
+            await running.follow(self.channel_name, self.send_frame, 0)
+            return
+        await self.send_frame(accepted_frame(ctx))
+        if ctx.existing_reply is not None:
+            await self.send_frame(saved_done_frame(ctx.conversation_id, ctx.existing_reply))
+            return
+        # The message was saved but its reply never was (a worker died): generate it now.
+        # The reply id is derived from the message id, so it can only ever be saved once.
+        reservation = registry.reserve(user_id=self.user_id, conversation_id=ctx.conversation_id)
+        provider = provider_for(ctx.persona.provider)
+        generation = registry.start(ctx, provider, build_request(ctx), reservation)
+        await generation.follow(self.channel_name, self.send_frame, 0)
+
+    async def chat_stop(self, command: Stop) -> None:
+        running = registry.get(command.conversation_id)
+        if running is not None and running.user_id == self.user_id:
+            running.stop()
+            # The stopping socket hears chat.done even if it was not following.
+            await running.follow(self.channel_name, self.send_frame, len(running.frames))
+            return
+        await self._idle_or_not_found(command.conversation_id)
+
+    async def chat_resume(self, command: Resume) -> None:
+        running = registry.get(command.conversation_id)
+        if running is not None and running.user_id == self.user_id:
+            await running.follow(self.channel_name, self.send_frame, command.after_seq)
+            return
+        await self._idle_or_not_found(command.conversation_id)
+
+    async def _idle_or_not_found(self, conversation_id: Any) -> None:
+        owned = await database_sync_to_async(services.conversation_owned)(
+            user_id=self.user_id, conversation_id=conversation_id
+        )
+        if not owned:
+            raise NotFound("No such conversation.")
+        await self.send_frame({"type": "chat.idle", "conversation_id": str(conversation_id)})
+
+    async def _announce_title(self, ctx: TurnContext) -> None:
+        frame = {
+            "type": "conversation.updated",
+            "conversation_id": str(ctx.conversation_id),
+            "title": ctx.title,
+        }
+        try:
+            await self.channel_layer.group_send(
+                self.group, {"type": "conversation.updated", "frame": frame}
+            )
+        except Exception:
+            await self.send_frame(frame)
+
+    # --- channel layer events ------------------------------------------------------------
+
+    async def conversation_updated(self, event: dict[str, Any]) -> None:
+        await self.send_frame(event["frame"])

@@ -1,0 +1,61 @@
+"""Plain values that cross from the database step to the streaming step."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PersonaInfo:
+    slug: str
+    name: str
+    description: str
+    system_prompt: str
+    avatar: str
+    provider: str
+    model: str
+    temperature: float
+
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    display_name: str
+    about: str
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ReplyInfo:
+    """A reply that is already saved (for an idempotent re-send)."""
+
+    message_id: uuid.UUID
+    content: str
+    status: str
+    error: str
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """Everything a turn needs after its first transaction. No ORM object gets past here."""
+
+    user_id: int
+    conversation_id: uuid.UUID
+    conversation_created: bool
+    title: str
+    client_id: uuid.UUID
+    user_message_id: uuid.UUID
+    message_id: uuid.UUID  # the id the reply will be saved under
+    content: str
+    persona: PersonaInfo
+    profile: ProfileInfo
+    history: tuple[HistoryItem, ...]  # older messages, oldest first, without this one
+    duplicate: bool = False  # the client re-sent a client_id we already saved
+    existing_reply: ReplyInfo | None = None

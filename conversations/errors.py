@@ -1,0 +1,52 @@
+"""Domain errors, each with the protocol code it answers to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChatError(Exception):
+    code = "invalid"
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def frame(self, **known: Any) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "chat.error", "code": self.code, "message": self.message}
+        frame.update({k: v for k, v in known.items() if v is not None})
+        frame.update(self.fields)
+        return frame
+
+
+class Invalid(ChatError):
+    code = "invalid"
+
+
+class TooLarge(ChatError):
+    code = "too_large"
+
+
+class NotFound(ChatError):
+    code = "not_found"
+
+
+class Busy(ChatError):
+    code = "busy"
+
+
+class RateLimited(ChatError):
+    code = "rate_limited"
+
+
+class Unavailable(ChatError):
+    code = "unavailable"
+
+
+class ProviderFailed(ChatError):
+    code = "provider_error"
+
+
+class SaveFailed(ChatError):
+    code = "save_failed"

@@ -1,0 +1,122 @@
+"""Client frames: parsing and validation. Pure code, no database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from conversations.errors import Invalid, TooLarge
+
+
+@dataclass(frozen=True)
+class Send:
+    conversation_id: uuid.UUID | None
+    persona: str | None
+    content: str
+    client_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Stop:
+    conversation_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Resume:
+    conversation_id: uuid.UUID
+    after_seq: int
+
+
+Command = Send | Stop | Resume
+
+
+def _uuid(frame: dict[str, Any], key: str, *, nullable: bool = False) -> uuid.UUID | None:
+    if key not in frame:
+        raise Invalid(f"Missing field {key!r}.")
+    value = frame[key]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"Field {key!r} must be a UUID string.")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise Invalid(f"Field {key!r} is not a valid UUID.") from None
+
+
+def _known_ids(frame: dict[str, Any]) -> dict[str, str]:
+    """Ids echoed back in chat.error so the client can tell which request failed."""
+    known = {}
+    for key in ("client_id", "conversation_id"):
+        value = frame.get(key)
+        if isinstance(value, str) and len(value) <= 64:
+            known[key] = value
+    return known
+
+
+def parse_frame(text: str | None) -> Command:
+    """Turn a text frame into a command, or raise a ChatError naming what is wrong."""
+    if text is None:
+        raise Invalid("Frames must be JSON text, not binary.")
+    if len(text) > settings.MAX_FRAME_BYTES:
+        raise TooLarge(f"Frames are limited to {settings.MAX_FRAME_BYTES} characters.")
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        raise Invalid("Frames must be JSON objects.") from None
+    if not isinstance(frame, dict):
+        raise Invalid("Frames must be JSON objects.")
+    try:
+        return _command(frame)
+    except (Invalid, TooLarge) as error:
+        error.fields = {**_known_ids(frame), **error.fields}
+        raise
+
+
+def _command(frame: dict[str, Any]) -> Command:
+    kind = frame.get("type")
+    if kind == "chat.send":
+        return _send(frame)
+    if kind == "chat.stop":
+        conversation_id = _uuid(frame, "conversation_id")
+        assert conversation_id is not None
+        return Stop(conversation_id=conversation_id)
+    if kind == "chat.resume":
+        conversation_id = _uuid(frame, "conversation_id")
+        assert conversation_id is not None
+        after_seq = frame.get("after_seq", 0)
+        if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+            raise Invalid("Field 'after_seq' must be a non-negative integer.")
+        return Resume(conversation_id=conversation_id, after_seq=after_seq)
+    if not isinstance(kind, str):
+        raise Invalid("Every frame needs a string 'type'.")
+    raise Invalid(f"Unknown frame type {kind[:40]!r}.")
+
+
+def _send(frame: dict[str, Any]) -> Send:
+    client_id = _uuid(frame, "client_id")
+    assert client_id is not None
+    conversation_id = _uuid(frame, "conversation_id", nullable=True)
+    persona = frame.get("persona")
+    if persona is not None and (not isinstance(persona, str) or not persona):
+        raise Invalid("Field 'persona' must be a persona slug or null.")
+    if "content" not in frame:
+        raise Invalid("Missing field 'content'.")
+    content = frame["content"]
+    if not isinstance(content, str):
+        raise Invalid("Field 'content' must be a string.")
+    content = content.strip()
+    if not content:
+        raise Invalid("The message is empty.")
+    if len(content) > settings.MAX_MESSAGE_CHARS:
+        raise TooLarge(f"Messages are limited to {settings.MAX_MESSAGE_CHARS} characters.")
+    return Send(
+        conversation_id=conversation_id,
+        persona=persona,
+        content=content,
+        client_id=client_id,
+    )

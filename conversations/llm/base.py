@@ -1,0 +1,69 @@
+"""The provider interface: every model sits behind `Provider.stream()` and `ProviderError`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+class ProviderError(Exception):
+    """A provider failed or refused. `retryable` errors may be retried before the first token."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """Everything a provider may know about a turn: plain values, never ORM objects."""
+
+    system: str
+    messages: tuple[ChatMessage, ...]
+    model: str = ""
+    temperature: float = 0.7
+    persona_name: str = ""
+    persona_description: str = ""
+    user_name: str = ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    usage: Usage = field(default_factory=Usage)
+
+
+class Provider:
+    """Stream yields text deltas (str) and, last, at most one `Usage`."""
+
+    name = "base"
+
+    def configuration_error(self) -> str | None:
+        """A human sentence naming what is missing, or None when the provider can be used."""
+        return None
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[str | Usage]:
+        raise NotImplementedError
+
+    async def complete(self, request: ProviderRequest) -> Completion:
+        parts: list[str] = []
+        usage = Usage()
+        async for event in self.stream(request):
+            if isinstance(event, Usage):
+                usage = event
+            else:
+                parts.append(event)
+        return Completion(text="".join(parts), usage=usage)

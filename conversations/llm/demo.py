@@ -1,0 +1,111 @@
+"""The offline demo provider: deterministic, paced, and visibly personal."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+
+from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
+
+_FILLER = (
+    "Here is how I would think it through. First, name the goal in one sentence so "
+    "it stays in view. Then list what you already know, what you still need, and the "
+    "smallest next step that would teach you something. Keep notes as you go, because "
+    "the second attempt is always easier when the first one is written down. When you "
+    "are unsure, try the simple version first and measure it before adding anything clever."
+).split()
+
+_TIPS = (
+    ("Start small", "and widen the scope once the first piece works."),
+    ("Write it down", "so that tomorrow's you can pick up where you stopped."),
+    ("Ask why twice", "because the second answer is usually the real reason."),
+    ("Measure first", "then change one thing at a time."),
+    ("Sleep on it", "if the answer still feels forced."),
+)
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def _brief(text: str, limit: int) -> str:
+    words = _words(text)
+    short = " ".join(words[:limit])
+    return short + ("…" if len(words) > limit else "")
+
+
+def demo_reply_tokens(request: ProviderRequest, reply_words: int | None = None) -> list[str]:
+    """The reply as tokens, each one word with the whitespace that follows it."""
+    question = next(
+        (m.content for m in reversed(request.messages) if m.role == "user"), "your message"
+    )
+    name = request.user_name or "there"
+    persona = request.persona_name or "your assistant"
+    style = request.persona_description or "plain and helpful"
+    digest = int(hashlib.sha256(question.encode()).hexdigest(), 16)
+    tips = [_TIPS[(digest + i) % len(_TIPS)] for i in range(2)]
+    blocks = [
+        f"Hello {name}! This is {persona}, answering in my usual style ({_brief(style, 12)}).",
+        f'You asked: "{_brief(question, 16)}"',
+        " ".join(_FILLER[: 20 + digest % 20]),
+        "\n".join(f"- **{head}** {tail}" for head, tail in tips),
+        f"That is my take, {name}. Ask me to go deeper on any part.",
+    ]
+    tokens: list[str] = []
+    for i, block in enumerate(blocks):
+        lines = block.split("\n")
+        for j, line in enumerate(lines):
+            words = _words(line)
+            for k, word in enumerate(words):
+                last_in_line = k == len(words) - 1
+                if not last_in_line:
+                    tokens.append(word + " ")
+                elif j < len(lines) - 1:
+                    tokens.append(word + "\n")
+                elif i < len(blocks) - 1:
+                    tokens.append(word + "\n\n")
+                else:
+                    tokens.append(word)
+    if reply_words:
+        filler = itertools.cycle(w + " " for w in _FILLER)
+        if len(tokens) < reply_words:
+            tokens[-1] += "\n\n"
+        while len(tokens) < reply_words:
+            tokens.append(next(filler))
+        tokens = tokens[:reply_words]
+        tokens[-1] = tokens[-1].rstrip()
+    return tokens
+
+
+class DemoProvider(Provider):
+    name = "demo"
+
+    def __init__(
+        self,
+        *,
+        delay_ms: int | None = None,
+        reply_words: int | None = None,
+        fail_after_words: int | None = None,
+    ) -> None:
+        self.delay = (settings.DEMO_TOKEN_DELAY_MS if delay_ms is None else delay_ms) / 1000
+        self.reply_words = settings.DEMO_REPLY_WORDS if reply_words is None else reply_words
+        self.fail_after_words = (
+            settings.DEMO_FAIL_AFTER_WORDS if fail_after_words is None else fail_after_words
+        )
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[str | Usage]:
+        tokens = demo_reply_tokens(request, self.reply_words)
+        for index, token in enumerate(tokens):
+            if self.fail_after_words is not None and index >= self.fail_after_words:
+                raise ProviderError("The demo model failed mid-reply (failure injection).")
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield token
+        prompt_words = len(_words(request.system)) + sum(
+            len(_words(m.content)) for m in request.messages
+        )
+        yield Usage(input_tokens=prompt_words, output_tokens=len(tokens))

@@ -1,0 +1,437 @@
+"""Generations: the process-owned tasks that stream replies, and the registry that finds them.
+
+A generation belongs to the process, not to a socket: sockets follow it and may go away.
+Nothing in this module touches the database while a reply streams; the reply is saved by
+one `reply_save` call after the stream ends, and `chat.done` goes out after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+
+from conversations import services
+from conversations.context import ReplyInfo, TurnContext
+from conversations.errors import Busy
+from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
+
+logger = logging.getLogger(__name__)
+
+Frame = dict[str, Any]
+Send = Callable[[Frame], Awaitable[None]]
+
+
+def delta_frame(conversation_id: uuid.UUID, message_id: uuid.UUID, seq: int, text: str) -> Frame:
+    return {
+        "type": "chat.delta",
+        "conversation_id": str(conversation_id),
+        "message_id": str(message_id),
+        "seq": seq,
+        "text": text,
+    }
+
+
+def done_frame(
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    *,
+    status: str,
+    content: str,
+    usage: Usage,
+    error: str | None,
+) -> Frame:
+    return {
+        "type": "chat.done",
+        "conversation_id": str(conversation_id),
+        "message_id": str(message_id),
+        "status": status,
+        "content": content,
+        "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+        "error": error or None,
+    }
+
+
+def saved_done_frame(conversation_id: uuid.UUID, reply: ReplyInfo) -> Frame:
+    return done_frame(
+        conversation_id,
+        reply.message_id,
+        status=reply.status,
+        content=reply.content,
+        usage=Usage(reply.input_tokens, reply.output_tokens),
+        error=reply.error,
+    )
+
+
+def accepted_frame(ctx: TurnContext) -> Frame:
+    return {
+        "type": "chat.accepted",
+        "conversation_id": str(ctx.conversation_id),
+        "client_id": str(ctx.client_id),
+        "user_message_id": str(ctx.user_message_id),
+        "message_id": str(ctx.message_id),
+        "persona": ctx.persona.slug,
+        "title": ctx.title,
+    }
+
+
+_END = object()
+
+
+async def _next(events: AsyncIterator[str | Usage]) -> object:
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        return _END
+
+
+@dataclass
+class Follower:
+    send: Send
+    next_seq: int
+    live: bool = False
+
+
+class Generation:
+    def __init__(
+        self, ctx: TurnContext, provider: Provider, request: ProviderRequest, registry: Registry
+    ) -> None:
+        self.ctx = ctx
+        self.provider = provider
+        self.request = request
+        self.registry = registry
+        self.frames: list[str] = []  # coalesced delta texts; frames[i] has seq i + 1
+        self.final: list[Frame] = []  # chat.done (or chat.error) once the reply is saved
+        self.followers: dict[str, Follower] = {}
+        self.stop_requested = False
+        self.interrupted = False
+        self.usage = Usage()
+        self.task: asyncio.Task[None] | None = None
+        self._stream_task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
+
+    @property
+    def conversation_id(self) -> uuid.UUID:
+        return self.ctx.conversation_id
+
+    @property
+    def user_id(self) -> int:
+        return self.ctx.user_id
+
+    @property
+    def text(self) -> str:
+        return "".join(self.frames)
+
+    # --- following -----------------------------------------------------------------------
+
+    async def follow(self, key: str, send: Send, after_seq: int = 0) -> None:
+        """Replay frames after `after_seq`, then deliver live ones, then the final frame."""
+        if key in self.followers:
+            return
+        follower = Follower(send=send, next_seq=after_seq + 1)
+        self.followers[key] = follower
+        try:
+            while follower.next_seq <= len(self.frames):
+                seq = follower.next_seq
+                follower.next_seq += 1
+                await send(self._delta(seq))
+            if self.final:
+                for frame in self.final:
+                    await send(frame)
+                self.followers.pop(key, None)
+            else:
+                # No await between the last check above and this line: nothing can slip by.
+                follower.live = True
+        except Exception:
+            self.followers.pop(key, None)
+            raise
+
+    def unfollow(self, key: str) -> None:
+        self.followers.pop(key, None)
+
+    def _delta(self, seq: int) -> Frame:
+        return delta_frame(self.conversation_id, self.ctx.message_id, seq, self.frames[seq - 1])
+
+    async def _deliver(self, frame_for: Callable[[Follower], Frame | None]) -> None:
+        for key, follower in list(self.followers.items()):
+            if not follower.live:
+                continue
+            frame = frame_for(follower)
+            if frame is None:
+                continue
+            try:
+                await follower.send(frame)
+            except Exception:
+                # A socket that went away stops following; the generation goes on.
+                logger.debug("dropping follower %s of %s", key, self.conversation_id)
+                self.followers.pop(key, None)
+
+    async def _emit(self, text: str) -> None:
+        self.frames.append(text)
+        seq = len(self.frames)
+
+        def frame_for(follower: Follower) -> Frame | None:
+            if follower.next_seq != seq:
+                return None
+            follower.next_seq += 1
+            return self._delta(seq)
+
+        await self._deliver(frame_for)
+
+    # --- running -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+
+    async def run(self) -> None:
+        status, error = "complete", ""
+        self._stream_task = asyncio.create_task(self._stream())
+        try:
+            await self._stream_task
+        except asyncio.CancelledError:
+            if self.stop_requested:
+                status = "stopped"
+            else:
+                status, error = "interrupted", "The server shut down before the reply finished."
+            if not self._stream_task.done():
+                # The run task itself was cancelled (shutdown): stop streaming, then save.
+                self._stream_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._stream_task
+        except ProviderError as exc:
+            status, error = "error", exc.message
+        except Exception:
+            logger.exception("generation %s failed", self.ctx.message_id)
+            status, error = "error", "The model failed unexpectedly."
+        await self._finish(status, error)
+
+    async def _stream(self) -> None:
+        window = settings.STREAM_COALESCE_MS / 1000
+        buffer: list[str] = []
+        last_flush = 0.0
+        events: AsyncIterator[str | Usage] = self.provider.stream(self.request)
+        pending: asyncio.Future[object] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(_next(events))
+                timeout = None
+                if buffer:
+                    timeout = max(0.0, last_flush + window - time.monotonic())
+                done, _ = await asyncio.wait({pending}, timeout=timeout)
+                if not done:
+                    # The model paused: send what we have instead of holding it back.
+                    await self._emit("".join(buffer))
+                    buffer.clear()
+                    last_flush = time.monotonic()
+                    continue
+                finished, pending = pending, None
+                event = finished.result()
+                if event is _END:
+                    break
+                if isinstance(event, Usage):
+                    self.usage = event
+                    continue
+                if not isinstance(event, str) or not event:
+                    continue
+                buffer.append(event)
+                # The first delta goes out at once; after it, one frame per window.
+                if not self.frames or time.monotonic() - last_flush >= window:
+                    await self._emit("".join(buffer))
+                    buffer.clear()
+                    last_flush = time.monotonic()
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            if buffer:
+                # Text the model already produced is kept, even when stopped or failing.
+                self.frames.append("".join(buffer))
+                await self._deliver_tail()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(BaseException):
+                    await aclose()
+
+    async def _deliver_tail(self) -> None:
+        seq = len(self.frames)
+
+        def frame_for(follower: Follower) -> Frame | None:
+            if follower.next_seq != seq:
+                return None
+            follower.next_seq += 1
+            return self._delta(seq)
+
+        with contextlib.suppress(BaseException):
+            await self._deliver(frame_for)
+
+    async def _finish(self, status: str, error: str) -> None:
+        content = self.text
+        saved = await self._save(status=status, content=content, error=error)
+        if saved is None:
+            final: Frame = {
+                "type": "chat.error",
+                "code": "save_failed",
+                "message": "The reply could not be saved. It is kept for recovery.",
+                "conversation_id": str(self.conversation_id),
+                "client_id": str(self.ctx.client_id),
+            }
+        elif saved is False:
+            final = {
+                "type": "chat.error",
+                "code": "not_found",
+                "message": "The conversation was deleted while the reply was generated.",
+                "conversation_id": str(self.conversation_id),
+                "client_id": str(self.ctx.client_id),
+            }
+        else:
+            final = done_frame(
+                self.conversation_id,
+                self.ctx.message_id,
+                status=status,
+                content=content,
+                usage=self.usage,
+                error=error,
+            )
+        self.final = [final]
+        await self._deliver(lambda follower: final)
+        self.followers.clear()
+        self.registry.forget(self)
+
+    async def _save(self, *, status: str, content: str, error: str) -> bool | None:
+        """Save with backoff while the database is away. None when it never came back."""
+        deadline = time.monotonic() + settings.REPLY_SAVE_RETRY_SECONDS
+        delay = 0.25
+        while True:
+            try:
+                saved: bool = await database_sync_to_async(services.reply_save)(
+                    message_id=self.ctx.message_id,
+                    conversation_id=self.conversation_id,
+                    user_message_id=self.ctx.user_message_id,
+                    content=content,
+                    status=status,
+                    input_tokens=self.usage.input_tokens,
+                    output_tokens=self.usage.output_tokens,
+                    error=error,
+                )
+                return saved
+            except DatabaseError as exc:
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "reply %s of conversation %s not saved: %s",
+                        self.ctx.message_id,
+                        self.conversation_id,
+                        exc,
+                    )
+                    return None
+                logger.warning("reply save failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+@dataclass
+class Reservation:
+    """A slot held while a turn begins, so limits hold before the database is reached."""
+
+    registry: Registry
+    user_id: int
+    conversation_id: uuid.UUID | None
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.registry.release(self)
+
+
+@dataclass
+class Registry:
+    generations: dict[uuid.UUID, Generation] = field(default_factory=dict)
+    reservations: list[Reservation] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def get(self, conversation_id: uuid.UUID) -> Generation | None:
+        return self.generations.get(conversation_id)
+
+    def _count_for(self, user_id: int) -> int:
+        running = sum(1 for g in self.generations.values() if g.user_id == user_id)
+        return running + sum(1 for r in self.reservations if r.user_id == user_id)
+
+    def reserve(self, *, user_id: int, conversation_id: uuid.UUID | None) -> Reservation:
+        if conversation_id is not None and (
+            conversation_id in self.generations
+            or any(r.conversation_id == conversation_id for r in self.reservations)
+        ):
+            raise Busy("A reply is already being generated in this conversation.")
+        if self._count_for(user_id) >= settings.MAX_GENERATIONS_PER_USER:
+            raise Busy(
+                f"You already have {settings.MAX_GENERATIONS_PER_USER} replies being "
+                "generated; wait for one to finish."
+            )
+        if len(self.generations) + len(self.reservations) >= settings.MAX_GENERATIONS_PER_WORKER:
+            raise Busy("The server is busy; try again in a moment.")
+        reservation = Reservation(self, user_id, conversation_id)
+        self.reservations.append(reservation)
+        return reservation
+
+    def release(self, reservation: Reservation) -> None:
+        with contextlib.suppress(ValueError):
+            self.reservations.remove(reservation)
+
+    def start(
+        self,
+        ctx: TurnContext,
+        provider: Provider,
+        request: ProviderRequest,
+        reservation: Reservation,
+    ) -> Generation:
+        reservation.release()
+        if ctx.conversation_id in self.generations:
+            raise Busy("A reply is already being generated in this conversation.")
+        generation = Generation(ctx, provider, request, self)
+        self.generations[ctx.conversation_id] = generation
+        # The task belongs to the process: a socket that goes away does not cancel it.
+        task = asyncio.get_running_loop().create_task(generation.run())
+        generation.task = task
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return generation
+
+    def forget(self, generation: Generation) -> None:
+        if self.generations.get(generation.conversation_id) is generation:
+            del self.generations[generation.conversation_id]
+
+    def unfollow_all(self, key: str) -> None:
+        for generation in list(self.generations.values()):
+            generation.unfollow(key)
+
+    async def drain(self, timeout: float) -> None:
+        """Let generations finish for `timeout` seconds, then save the rest as interrupted."""
+        tasks = list(self.tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for generation in list(self.generations.values()):
+            generation.interrupt()
+        if pending:
+            await asyncio.wait(pending)
+
+
+registry = Registry()

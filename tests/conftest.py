@@ -1,0 +1,224 @@
+"""Shared fixtures. Alice owns things; Bob must never see them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection, connections
+from django.test import Client
+
+from accounts.models import Profile
+from personas.models import Persona
+
+User = get_user_model()
+PASSWORD = "correct-horse-battery-staple"
+
+
+def make_user(username: str, display_name: str = "") -> Any:
+    user = User.objects.create_user(username=username, password=PASSWORD)
+    Profile.objects.filter(user=user).update(display_name=display_name)
+    return user
+
+
+@pytest.fixture
+def alice(django_db_blocker: Any) -> Any:
+    return make_user("alice", "Alice")
+
+
+@pytest.fixture
+def bob(django_db_blocker: Any) -> Any:
+    return make_user("bob", "Bob")
+
+
+@pytest.fixture
+def persona(django_db_blocker: Any) -> Persona:
+    return Persona.objects.create(
+        slug="assistant",
+        name="Assistant",
+        description="Clear and friendly.",
+        system_prompt="You are a helpful assistant.",
+        avatar="💬",
+        is_default=True,
+    )
+
+
+@pytest.fixture
+def pirate(django_db_blocker: Any) -> Persona:
+    return Persona.objects.create(
+        slug="pirate",
+        name="Captain Redbeard",
+        description="Answers in pirate speak.",
+        system_prompt="You are a pirate.",
+        avatar="🏴‍☠️",
+        order=1,
+    )
+
+
+@pytest.fixture
+def fast_demo(settings: Any) -> Any:
+    settings.DEMO_TOKEN_DELAY_MS = 1
+    settings.DEMO_REPLY_WORDS = 30
+    settings.DEMO_FAIL_AFTER_WORDS = None
+    return settings
+
+
+def session_cookie(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+class Socket:
+    """A WebSocket client speaking the protocol's JSON frames."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.communicator.send_to(text_data=json.dumps(frame))
+
+    async def send_raw(self, text: str | None = None, data: bytes | None = None) -> None:
+        await self.communicator.send_to(text_data=text, bytes_data=data)
+
+    async def receive(self, timeout: float = 10, *, updates: bool = False) -> dict[str, Any]:
+        """The next frame; `conversation.updated` announcements are skipped unless asked for."""
+        while True:
+            frame: dict[str, Any] = json.loads(await self.communicator.receive_from(timeout))
+            if updates or frame["type"] != "conversation.updated":
+                return frame
+
+    async def receive_until(self, kind: str, timeout: float = 30) -> list[dict[str, Any]]:
+        """Frames up to and including the first of type `kind`."""
+        frames = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.receive(timeout, updates=True)
+                frames.append(frame)
+                if frame["type"] == kind:
+                    return frames
+
+    async def nothing_pending(self, timeout: float = 0.2) -> bool:
+        return await self.communicator.receive_nothing(timeout)
+
+    async def send_message(
+        self,
+        content: str,
+        *,
+        conversation_id: str | None = None,
+        persona: str | None = None,
+        client_id: str | None = None,
+    ) -> str:
+        client_id = client_id or str(uuid.uuid4())
+        await self.send(
+            {
+                "type": "chat.send",
+                "conversation_id": conversation_id,
+                "persona": persona,
+                "content": content,
+                "client_id": client_id,
+            }
+        )
+        return client_id
+
+    async def disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.communicator.disconnect()
+
+
+Connect = Callable[..., Awaitable[Socket]]
+
+
+@pytest_asyncio.fixture
+async def ws() -> AsyncIterator[Connect]:
+    """Open sockets through the real ASGI stack (origin check, session auth, routing)."""
+    from chatproject.asgi import application
+    from conversations.streaming import registry
+
+    opened: list[Socket] = []
+
+    async def connect(
+        user: Any = None, *, origin: bytes = b"http://localhost", expect: bool = True
+    ) -> Socket:
+        headers = [(b"host", b"localhost"), (b"origin", origin)]
+        if user is not None:
+            cookie = await database_sync_to_async(session_cookie)(user)
+            headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
+        communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+        connected, _ = await communicator.connect()
+        socket = Socket(communicator)
+        opened.append(socket)
+        assert connected is expect, "handshake accepted" if connected else "handshake refused"
+        return socket
+
+    yield connect
+    for socket in opened:
+        await socket.disconnect()
+    # Generations outlive their sockets by design; let them end before the database goes.
+    if registry.tasks:
+        await asyncio.wait_for(asyncio.gather(*registry.tasks, return_exceptions=True), 60)
+
+
+def _admin_dsn() -> str:
+    db = settings.DATABASES["default"]
+    return psycopg.conninfo.make_conninfo(
+        host=db.get("HOST") or "127.0.0.1",
+        port=db.get("PORT") or 5432,
+        user=db.get("USER") or "postgres",
+        password=db.get("PASSWORD") or None,
+        dbname="postgres",
+    )
+
+
+@pytest.fixture
+def pg_backends() -> Iterator[Callable[[], dict[str, int]]]:
+    """Counts the test database's backends by state, from a connection of its own."""
+    if connection.vendor != "postgresql":
+        pytest.skip("connection accounting needs PostgreSQL")
+    name = settings.DATABASES["default"]["NAME"]
+    with psycopg.connect(_admin_dsn(), autocommit=True) as counter:
+
+        def count() -> dict[str, int]:
+            rows = counter.execute(
+                "SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND backend_type = 'client backend' "
+                "GROUP BY 1",
+                [name],
+            ).fetchall()
+            return {state: n for state, n in rows}
+
+        yield count
+
+
+def pool_checked_out() -> int:
+    pool = connection.pool
+    if pool is None:
+        return 0
+    stats = pool.get_stats()
+    return int(stats["pool_size"] - stats["pool_available"])
+
+
+@pytest.fixture
+def pool_off() -> Iterator[None]:
+    """Run with plain connections: every open connection is then a backend of its own."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL")
+    options = connections.settings["default"]["OPTIONS"]
+    connection.close()
+    connection.close_pool()
+    saved = options.pop("pool", None)
+    yield
+    connection.close()
+    if saved is not None:
+        options["pool"] = saved

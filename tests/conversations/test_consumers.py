@@ -1,0 +1,232 @@
+"""The chat protocol over a real WebSocket stack, against the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+
+from conversations.models import Conversation, Message
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+def rows(conversation_id: str) -> list[tuple[str, str, str]]:
+    return list(
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("created_at")
+        .values_list("role", "status", "content")
+    )
+
+
+async def test_happy_path_streams_and_saves_once(ws, alice, persona, fast_demo):
+    socket = await ws(alice)
+    client_id = await socket.send_message("How do I learn Django quickly?")
+
+    frames = await socket.receive_until("chat.done")
+
+    accepted, done = frames[0], frames[-1]
+    deltas = [f for f in frames if f["type"] == "chat.delta"]
+    assert [f["type"] for f in frames if f not in deltas] == [
+        "chat.accepted",
+        "conversation.updated",
+        "chat.done",
+    ]
+    assert accepted["client_id"] == client_id
+    assert accepted["persona"] == "assistant"
+    assert accepted["title"] == "How do I learn Django quickly?"
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert {d["message_id"] for d in deltas} == {accepted["message_id"]}
+    text = "".join(d["text"] for d in deltas)
+    assert done["status"] == "complete"
+    assert done["content"] == text
+    assert len(text.split()) == 30
+    assert text.startswith("Hello Alice!")
+    assert done["usage"]["output_tokens"] == 30
+    assert done["error"] is None
+
+    saved = await database_sync_to_async(rows)(accepted["conversation_id"])
+    assert saved == [
+        ("user", "complete", "How do I learn Django quickly?"),
+        ("assistant", "complete", text),
+    ]
+    reply = await database_sync_to_async(Message.objects.get)(id=accepted["message_id"])
+    assert str(reply.reply_to_id) == accepted["user_message_id"]
+
+
+async def test_conversation_continues_with_history(ws, alice, persona, fast_demo):
+    socket = await ws(alice)
+    await socket.send_message("First question")
+    first = await socket.receive_until("chat.done")
+    conversation_id = first[0]["conversation_id"]
+
+    await socket.send_message("Second question", conversation_id=conversation_id)
+    second = await socket.receive_until("chat.done")
+
+    assert second[0]["conversation_id"] == conversation_id
+    assert 'You asked: "Second question"' in second[-1]["content"]
+    saved = await database_sync_to_async(rows)(conversation_id)
+    assert [role for role, _, _ in saved] == ["user", "assistant", "user", "assistant"]
+
+
+async def test_persona_is_chosen_for_a_new_conversation(ws, alice, persona, pirate, fast_demo):
+    socket = await ws(alice)
+    await socket.send_message("Ahoy?", persona="pirate")
+    frames = await socket.receive_until("chat.done")
+    assert frames[0]["persona"] == "pirate"
+    assert "Captain Redbeard" in frames[-1]["content"]
+
+
+async def test_stop_saves_partial_text_as_stopped(ws, alice, persona, settings):
+    settings.DEMO_TOKEN_DELAY_MS = 20
+    settings.DEMO_REPLY_WORDS = 500
+    socket = await ws(alice)
+    await socket.send_message("Tell me a long story")
+    accepted = await socket.receive()
+    first_delta = await socket.receive()
+    assert first_delta["type"] == "chat.delta"
+
+    await socket.send({"type": "chat.stop", "conversation_id": accepted["conversation_id"]})
+    frames = await socket.receive_until("chat.done")
+
+    done = frames[-1]
+    text = first_delta["text"] + "".join(f["text"] for f in frames if f["type"] == "chat.delta")
+    assert done["status"] == "stopped"
+    assert done["content"] == text
+    assert 0 < len(text.split()) < 500
+    reply = await database_sync_to_async(Message.objects.get)(id=accepted["message_id"])
+    assert (reply.status, reply.content) == ("stopped", text)
+
+
+async def test_disconnect_keeps_generating_and_resume_replays(ws, alice, persona, settings):
+    settings.DEMO_TOKEN_DELAY_MS = 10
+    settings.DEMO_REPLY_WORDS = 120
+    first = await ws(alice)
+    await first.send_message("Keep going without me")
+    accepted = await first.receive()
+    seen = [await first.receive(), await first.receive()]
+    await first.disconnect()
+
+    second = await ws(alice)
+    await second.send(
+        {"type": "chat.resume", "conversation_id": accepted["conversation_id"], "after_seq": 2}
+    )
+    frames = await second.receive_until("chat.done")
+
+    deltas = [f for f in frames if f["type"] == "chat.delta"]
+    assert [d["seq"] for d in deltas] == list(range(3, len(deltas) + 3))
+    text = "".join(f["text"] for f in seen + deltas)
+    done = frames[-1]
+    assert done["status"] == "complete"
+    assert done["content"] == text
+    assert len(text.split()) == 120
+    reply = await database_sync_to_async(Message.objects.get)(id=accepted["message_id"])
+    assert (reply.status, reply.content) == ("complete", text)
+
+
+async def test_reply_is_saved_when_nobody_is_listening(ws, alice, persona, settings):
+    settings.DEMO_TOKEN_DELAY_MS = 5
+    settings.DEMO_REPLY_WORDS = 60
+    socket = await ws(alice)
+    await socket.send_message("Answer even if I leave")
+    accepted = await socket.receive()
+    await socket.disconnect()
+
+    from conversations.streaming import registry
+
+    await asyncio.wait_for(asyncio.gather(*registry.tasks), 30)
+    reply = await database_sync_to_async(Message.objects.get)(id=accepted["message_id"])
+    assert reply.status == "complete"
+    assert len(reply.content.split()) == 60
+
+
+async def test_provider_failure_keeps_partial_text_and_socket(ws, alice, persona, fast_demo):
+    fast_demo.DEMO_FAIL_AFTER_WORDS = 7
+    socket = await ws(alice)
+    await socket.send_message("This will break")
+    frames = await socket.receive_until("chat.done")
+
+    done = frames[-1]
+    text = "".join(f["text"] for f in frames if f["type"] == "chat.delta")
+    assert done["status"] == "error"
+    assert "failed mid-reply" in done["error"]
+    assert done["content"] == text
+    assert len(text.split()) == 7
+    reply = await database_sync_to_async(Message.objects.get)(id=frames[0]["message_id"])
+    assert (reply.status, reply.content) == ("error", text)
+    assert "failed mid-reply" in reply.error
+
+    fast_demo.DEMO_FAIL_AFTER_WORDS = None
+    await socket.send_message("Still there?", conversation_id=frames[0]["conversation_id"])
+    again = await socket.receive_until("chat.done")
+    assert again[-1]["status"] == "complete"
+
+
+async def test_resend_same_client_id_saves_no_second_message(ws, alice, persona, fast_demo):
+    socket = await ws(alice)
+    client_id = await socket.send_message("Only once please")
+    first = await socket.receive_until("chat.done")
+    conversation_id = first[0]["conversation_id"]
+
+    # The client never saw chat.accepted and re-sends, with or without the conversation id.
+    for conversation in (None, conversation_id):
+        await socket.send_message(
+            "Only once please", conversation_id=conversation, client_id=client_id
+        )
+        again = await socket.receive_until("chat.done")
+        assert again[0]["type"] == "chat.accepted"
+        assert again[0]["message_id"] == first[0]["message_id"]
+        assert again[-1]["content"] == first[-1]["content"]
+
+    saved = await database_sync_to_async(rows)(conversation_id)
+    assert len(saved) == 2
+    assert await database_sync_to_async(Conversation.objects.count)() == 1
+
+
+async def test_resend_while_streaming_attaches_to_the_same_reply(ws, alice, persona, settings):
+    settings.DEMO_TOKEN_DELAY_MS = 10
+    settings.DEMO_REPLY_WORDS = 80
+    socket = await ws(alice)
+    client_id = await socket.send_message("Attach me")
+    accepted = await socket.receive()
+    await socket.receive()
+
+    other = await ws(alice)
+    await other.send_message(
+        "Attach me", conversation_id=accepted["conversation_id"], client_id=client_id
+    )
+    frames = await other.receive_until("chat.done")
+
+    assert frames[0]["message_id"] == accepted["message_id"]
+    deltas = [f for f in frames if f["type"] == "chat.delta"]
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert "".join(d["text"] for d in deltas) == frames[-1]["content"]
+    count = await database_sync_to_async(
+        Message.objects.filter(conversation_id=accepted["conversation_id"]).count
+    )()
+    assert count == 2
+
+
+async def test_second_tab_sees_the_title_of_a_new_conversation(ws, alice, persona, fast_demo):
+    first = await ws(alice)
+    second = await ws(alice)
+    await first.send_message("Plan a trip to Lisbon")
+    await first.receive_until("chat.done")
+
+    update = await second.receive(updates=True)
+    assert update["type"] == "conversation.updated"
+    assert update["title"] == "Plan a trip to Lisbon"
+
+
+async def test_resume_with_nothing_in_flight_is_idle(ws, alice, persona, fast_demo):
+    socket = await ws(alice)
+    await socket.send_message("Quick one")
+    frames = await socket.receive_until("chat.done")
+    conversation_id = frames[0]["conversation_id"]
+
+    await socket.send({"type": "chat.resume", "conversation_id": conversation_id, "after_seq": 0})
+    assert await socket.receive() == {"type": "chat.idle", "conversation_id": conversation_id}
+    await socket.send({"type": "chat.stop", "conversation_id": conversation_id})
+    assert await socket.receive() == {"type": "chat.idle", "conversation_id": conversation_id}
