@@ -6,13 +6,13 @@ import json
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
 from conversations import services
 from conversations.context import TurnContext
+from conversations.db import db_call
 from conversations.errors import ChatError, NotFound, ProviderFailed, Unavailable
 from conversations.frames import Resume, Send, Stop, parse_frame
 from conversations.llm import Provider, ProviderError, get_provider
@@ -107,7 +107,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             user_id=self.user_id, conversation_id=command.conversation_id
         )
         try:
-            ctx = await database_sync_to_async(services.turn_begin)(
+            ctx = await db_call(services.turn_begin)(
                 user_id=self.user_id,
                 conversation_id=command.conversation_id,
                 persona_slug=command.persona,
@@ -164,7 +164,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._idle_or_not_found(command.conversation_id)
 
     async def _idle_or_not_found(self, conversation_id: Any) -> None:
-        owned = await database_sync_to_async(services.conversation_owned)(
+        owned = await db_call(services.conversation_owned)(
             user_id=self.user_id, conversation_id=conversation_id
         )
         if not owned:

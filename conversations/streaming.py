@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
 from conversations import services
 from conversations.context import ReplyInfo, TurnContext
+from conversations.db import db_call
 from conversations.errors import Busy
 from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
 
@@ -321,7 +321,7 @@ class Generation:
         delay = 0.25
         while True:
             try:
-                saved: bool = await database_sync_to_async(services.reply_save)(
+                saved: bool = await db_call(services.reply_save)(
                     message_id=self.ctx.message_id,
                     conversation_id=self.conversation_id,
                     user_message_id=self.ctx.user_message_id,

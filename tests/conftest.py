@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 import pytest
 import pytest_asyncio
-from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -20,6 +19,7 @@ from django.db import connection, connections
 from django.test import Client
 
 from accounts.models import Profile
+from conversations.db import db_call
 from personas.models import Persona
 
 User = get_user_model()
@@ -153,10 +153,10 @@ async def ws() -> AsyncIterator[Connect]:
     ) -> Socket:
         headers = [(b"host", b"localhost"), (b"origin", origin)]
         if user is not None:
-            cookie = await database_sync_to_async(session_cookie)(user)
+            cookie = await db_call(session_cookie)(user)
             headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
         communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
-        connected, _ = await communicator.connect()
+        connected, _ = await communicator.connect(timeout=10)
         socket = Socket(communicator)
         opened.append(socket)
         assert connected is expect, "handshake accepted" if connected else "handshake refused"

@@ -15,6 +15,7 @@ from conversations.llm.base import (
 from conversations.llm.demo import DemoProvider
 
 __all__ = [
+    "PROVIDER_NAMES",
     "ChatMessage",
     "Completion",
     "Provider",
@@ -22,7 +23,6 @@ __all__ = [
     "ProviderRequest",
     "Usage",
     "get_provider",
-    "PROVIDER_NAMES",
 ]
 
 PROVIDER_NAMES = ("demo", "gemini", "openai")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
-from channels.db import database_sync_to_async
 
+from conversations.db import db_call
 from conversations.models import Conversation, Message
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
@@ -47,12 +46,12 @@ async def test_happy_path_streams_and_saves_once(ws, alice, persona, fast_demo):
     assert done["usage"]["output_tokens"] == 30
     assert done["error"] is None
 
-    saved = await database_sync_to_async(rows)(accepted["conversation_id"])
+    saved = await db_call(rows)(accepted["conversation_id"])
     assert saved == [
         ("user", "complete", "How do I learn Django quickly?"),
         ("assistant", "complete", text),
     ]
-    reply = await database_sync_to_async(Message.objects.get)(id=accepted["message_id"])
+    reply = await db_call(Message.objects.get)(id=accepted["message_id"])
     assert str(reply.reply_to_id) == accepted["user_message_id"]
 
 
@@ -67,7 +66,7 @@ async def test_conversation_continues_with_history(ws, alice, persona, fast_demo
 
     assert second[0]["conversation_id"] == conversation_id
     assert 'You asked: "Second question"' in second[-1]["content"]
-    saved = await database_sync_to_async(rows)(conversation_id)
+    saved = await db_call(rows)(conversation_id)
     assert [role for role, _, _ in saved] == ["user", "assistant", "user", "assistant"]
 
 
@@ -96,7 +95,7 @@ async def test_stop_saves_partial_text_as_stopped(ws, alice, persona, settings):
     assert done["status"] == "stopped"
     assert done["content"] == text
     assert 0 < len(text.split()) < 500
-    reply = await database_sync_to_async(Message.objects.get)(id=accepted["message_id"])
+    reply = await db_call(Message.objects.get)(id=accepted["message_id"])
     assert (reply.status, reply.content) == ("stopped", text)
 
 
@@ -122,7 +121,7 @@ async def test_disconnect_keeps_generating_and_resume_replays(ws, alice, persona
     assert done["status"] == "complete"
     assert done["content"] == text
     assert len(text.split()) == 120
-    reply = await database_sync_to_async(Message.objects.get)(id=accepted["message_id"])
+    reply = await db_call(Message.objects.get)(id=accepted["message_id"])
     assert (reply.status, reply.content) == ("complete", text)
 
 
@@ -137,7 +136,7 @@ async def test_reply_is_saved_when_nobody_is_listening(ws, alice, persona, setti
     from conversations.streaming import registry
 
     await asyncio.wait_for(asyncio.gather(*registry.tasks), 30)
-    reply = await database_sync_to_async(Message.objects.get)(id=accepted["message_id"])
+    reply = await db_call(Message.objects.get)(id=accepted["message_id"])
     assert reply.status == "complete"
     assert len(reply.content.split()) == 60
 
@@ -154,7 +153,7 @@ async def test_provider_failure_keeps_partial_text_and_socket(ws, alice, persona
     assert "failed mid-reply" in done["error"]
     assert done["content"] == text
     assert len(text.split()) == 7
-    reply = await database_sync_to_async(Message.objects.get)(id=frames[0]["message_id"])
+    reply = await db_call(Message.objects.get)(id=frames[0]["message_id"])
     assert (reply.status, reply.content) == ("error", text)
     assert "failed mid-reply" in reply.error
 
@@ -180,9 +179,9 @@ async def test_resend_same_client_id_saves_no_second_message(ws, alice, persona,
         assert again[0]["message_id"] == first[0]["message_id"]
         assert again[-1]["content"] == first[-1]["content"]
 
-    saved = await database_sync_to_async(rows)(conversation_id)
+    saved = await db_call(rows)(conversation_id)
     assert len(saved) == 2
-    assert await database_sync_to_async(Conversation.objects.count)() == 1
+    assert await db_call(Conversation.objects.count)() == 1
 
 
 async def test_resend_while_streaming_attaches_to_the_same_reply(ws, alice, persona, settings):
@@ -203,7 +202,7 @@ async def test_resend_while_streaming_attaches_to_the_same_reply(ws, alice, pers
     deltas = [f for f in frames if f["type"] == "chat.delta"]
     assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
     assert "".join(d["text"] for d in deltas) == frames[-1]["content"]
-    count = await database_sync_to_async(
+    count = await db_call(
         Message.objects.filter(conversation_id=accepted["conversation_id"]).count
     )()
     assert count == 2

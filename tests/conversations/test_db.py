@@ -1,0 +1,35 @@
+"""db_call gives the connection back inside the call, whatever task or context calls it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from conversations.db import db_call
+from tests.conftest import pool_checked_out
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+def count_users() -> int:
+    return get_user_model().objects.count()
+
+
+@pytest.fixture
+def released_main(alice):
+    connection.close()
+
+
+async def test_db_call_releases_from_tasks_and_fresh_contexts(alice, released_main):
+    assert connection.pool is not None
+
+    await db_call(count_users)()
+    await asyncio.gather(*(db_call(count_users)() for _ in range(5)))
+    await contextvars.Context().run(asyncio.create_task, db_call(count_users)())
+
+    assert await asyncio.to_thread(pool_checked_out) == 0
+
