@@ -222,3 +222,24 @@ def pool_off() -> Iterator[None]:
     connection.close()
     if saved is not None:
         options["pool"] = saved
+
+
+@pytest.fixture
+def redis_layer(settings: Any) -> Any:
+    """Switch the channel layer to the real Redis for one test."""
+    import os
+
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis is not answering at {url}: {exc}")
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [url], "prefix": f"test-{uuid.uuid4().hex[:8]}"},
+        }
+    }
+    return url

@@ -1,0 +1,74 @@
+"""Run by test_sqlite_smoke in a fresh process: the embedded default, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+django.setup()
+
+from channels.testing import WebsocketCommunicator  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from accounts.services import demo_user_ensure  # noqa: E402
+from chatproject.asgi import application  # noqa: E402
+from conversations.db import db_call  # noqa: E402
+from conversations.models import Message  # noqa: E402
+
+
+def login_cookie() -> str:
+    demo_user_ensure(username="demo", password="demo-chat-2026", display_name="Sam")
+    client = Client()
+    assert client.login(username="demo", password="demo-chat-2026")
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+async def main() -> None:
+    cookie = await db_call(login_cookie)()
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/chat/",
+        headers=[
+            (b"host", b"localhost"),
+            (b"origin", b"http://localhost"),
+            (b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()),
+        ],
+    )
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    frame = {
+        "type": "chat.send",
+        "conversation_id": None,
+        "persona": "pirate",
+        "content": "Hello from SQLite",
+        "client_id": str(uuid.uuid4()),
+    }
+    await communicator.send_to(text_data=json.dumps(frame))
+    frames = []
+    while not frames or frames[-1]["type"] != "chat.done":
+        frames.append(json.loads(await communicator.receive_from(10)))
+    await communicator.disconnect()
+    saved = await db_call(lambda: list(Message.objects.values_list("role", "content")))()
+    print(
+        json.dumps(
+            {
+                "engine": settings.DATABASES["default"]["ENGINE"],
+                "layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
+                "done": frames[-1],
+                "saved": saved,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    call_command("migrate", verbosity=0)
+    call_command("seed_personas", verbosity=0)
+    asyncio.run(main())
