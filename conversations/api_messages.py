@@ -1,13 +1,101 @@
-"""POST /api/conversations/<id>/messages/: the non-streaming turn (being written by the core)."""
+"""POST /api/conversations/<id>/messages/: the non-streaming turn.
+
+It runs the very same turn as the socket (`turn_start`: the same refusals, the same
+process-owned generation saved by `reply_save`) and answers once the reply is committed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
+from typing import Any
 
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from conversations.api import _csrf_failed, error_response
+from conversations.db import db_call
+from conversations.errors import ChatError, Invalid
+from conversations.frames import Send, parse_frame
+from conversations.models import Message
+from conversations.serializers import message_dict
+from conversations.turns import turn_start
+
+HTTP_STATUS = {
+    "invalid": 400,
+    "too_large": 413,
+    "not_found": 404,
+    "busy": 409,
+    "rate_limited": 429,
+    "unavailable": 503,
+    "provider_error": 502,
+    "save_failed": 500,
+}
 
 
-def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
-    return JsonResponse(
-        {"error": {"code": "unavailable", "message": "Not implemented yet."}}, status=501
-    )
+def chat_error_response(error: ChatError) -> JsonResponse:
+    response = error_response(HTTP_STATUS.get(error.code, 400), error.code, error.message)
+    if "retry_after" in error.fields:
+        response["Retry-After"] = str(error.fields["retry_after"])
+    return response
+
+
+def _user_id(request: HttpRequest) -> int | None:
+    return request.user.pk if request.user.is_authenticated else None
+
+
+def _messages(user_message_id: uuid.UUID) -> dict[str, Any]:
+    user_message = Message.objects.get(id=user_message_id)
+    reply = Message.objects.filter(reply_to=user_message).first()
+    return {
+        "user_message": message_dict(user_message),
+        "assistant_message": message_dict(reply) if reply else None,
+    }
+
+
+def _command(body: bytes, conversation_id: uuid.UUID) -> Send:
+    try:
+        data = json.loads(body or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Invalid("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise Invalid("The body must be a JSON object.")
+    frame = {
+        "type": "chat.send",
+        "conversation_id": str(conversation_id),
+        "client_id": data.get("client_id") or str(uuid.uuid4()),
+    }
+    if "content" in data:
+        frame["content"] = data["content"]
+    command = parse_frame(json.dumps(frame))
+    assert isinstance(command, Send)
+    return command
+
+
+@csrf_exempt  # checked below, so that a failure answers JSON like the rest of the API
+async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
+    if request.method != "POST":
+        response = error_response(405, "method_not_allowed", f"{request.method} is not allowed.")
+        response["Allow"] = "POST"
+        return response
+    user_id = await db_call(_user_id)(request)
+    if user_id is None:
+        return error_response(401, "unauthorized", "Log in first.")
+    if await db_call(_csrf_failed)(request):
+        return error_response(403, "csrf_failed", "Missing or wrong X-CSRFToken header.")
+    try:
+        started = await turn_start(user_id=user_id, command=_command(request.body, conversation_id))
+        if started.generation is not None:
+            task = started.generation.task
+            assert task is not None
+            # Shielded: a client that hangs up does not cancel the process-owned generation.
+            await asyncio.shield(task)
+            final = started.generation.final[0] if started.generation.final else {}
+            if final.get("type") == "chat.error":
+                error = ChatError(final["message"])
+                error.code = final["code"]
+                raise error
+    except ChatError as error:
+        return chat_error_response(error)
+    return JsonResponse(await db_call(_messages)(started.ctx.user_message_id), status=201)

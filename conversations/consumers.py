@@ -7,30 +7,17 @@ import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
 from django.db import DatabaseError
 
 from conversations import services
 from conversations.context import TurnContext
 from conversations.db import db_call
-from conversations.errors import ChatError, NotFound, ProviderFailed, Unavailable
+from conversations.errors import ChatError, NotFound, Unavailable
 from conversations.frames import Resume, Send, Stop, parse_frame
-from conversations.llm import Provider, ProviderError, get_provider
-from conversations.prompts import build_request
 from conversations.streaming import Frame, accepted_frame, registry, saved_done_frame
+from conversations.turns import turn_start
 
 logger = logging.getLogger(__name__)
-
-
-def provider_for(provider_name: str) -> Provider:
-    """The persona's provider, or the default; a misconfigured one refuses the turn."""
-    try:
-        provider = get_provider(provider_name)
-    except ProviderError as exc:
-        raise ProviderFailed(exc.message) from None
-    if problem := provider.configuration_error():
-        raise ProviderFailed(problem)
-    return provider
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -92,60 +79,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- commands ------------------------------------------------------------------------
 
     async def chat_send(self, command: Send) -> None:
-        if command.conversation_id is not None:
-            running = registry.get(command.conversation_id)
-            if (
-                running is not None
-                and running.user_id == self.user_id
-                and running.ctx.client_id == command.client_id
-            ):
-                # A re-send of the turn in flight: answer as chat.resume would.
-                await self.send_frame(accepted_frame(running.ctx))
-                await running.follow(self.channel_name, self.send_frame, 0)
-                return
-        reservation = registry.reserve(
-            user_id=self.user_id, conversation_id=command.conversation_id
-        )
-        try:
-            ctx = await db_call(services.turn_begin)(
-                user_id=self.user_id,
-                conversation_id=command.conversation_id,
-                persona_slug=command.persona,
-                content=command.content,
-                client_id=command.client_id,
-                history_limit=settings.HISTORY_MAX_MESSAGES,
-                check_persona=lambda persona: provider_for(persona.provider),
+        started = await turn_start(user_id=self.user_id, command=command)
+        await self.send_frame(accepted_frame(started.ctx))
+        if started.ctx.conversation_created:
+            await self._announce_title(started.ctx)
+        if started.generation is None:
+            assert started.ctx.existing_reply is not None
+            await self.send_frame(
+                saved_done_frame(started.ctx.conversation_id, started.ctx.existing_reply)
             )
-        except BaseException:
-            reservation.release()
-            raise
-        if ctx.duplicate:
-            reservation.release()
-            await self._answer_duplicate(ctx)
             return
-        provider = provider_for(ctx.persona.provider)
-        generation = registry.start(ctx, provider, build_request(ctx), reservation)
-        await self.send_frame(accepted_frame(ctx))
-        if ctx.conversation_created:
-            await self._announce_title(ctx)
-        await generation.follow(self.channel_name, self.send_frame, 0)
-
-    async def _answer_duplicate(self, ctx: TurnContext) -> None:
-        running = registry.get(ctx.conversation_id)
-        if running is not None and running.ctx.user_message_id == ctx.user_message_id:
-            await self.send_frame(accepted_frame(running.ctx))
-            await running.follow(self.channel_name, self.send_frame, 0)
-            return
-        await self.send_frame(accepted_frame(ctx))
-        if ctx.existing_reply is not None:
-            await self.send_frame(saved_done_frame(ctx.conversation_id, ctx.existing_reply))
-            return
-        # The message was saved but its reply never was (a worker died): generate it now.
-        # The reply id is derived from the message id, so it can only ever be saved once.
-        reservation = registry.reserve(user_id=self.user_id, conversation_id=ctx.conversation_id)
-        provider = provider_for(ctx.persona.provider)
-        generation = registry.start(ctx, provider, build_request(ctx), reservation)
-        await generation.follow(self.channel_name, self.send_frame, 0)
+        await started.generation.follow(self.channel_name, self.send_frame, 0)
 
     async def chat_stop(self, command: Stop) -> None:
         running = registry.get(command.conversation_id)

@@ -194,4 +194,3 @@ def reply_save(
 def reply_find(*, user_message_id: uuid.UUID) -> ReplyInfo | None:
     reply = Message.objects.filter(reply_to_id=user_message_id).first()
     return _reply_info(reply) if reply else None
-

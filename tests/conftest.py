@@ -201,6 +201,22 @@ def pg_backends() -> Iterator[Callable[[], dict[str, int]]]:
         yield count
 
 
+def settled(count: Callable[[], dict[str, int]], quiet: float = 0.3) -> dict[str, int]:
+    """Backends once the count has stopped changing: closed ones take a moment to exit."""
+    import time
+
+    last, since = count(), time.monotonic()
+    deadline = since + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
 def pool_checked_out() -> int:
     pool = connection.pool
     if pool is None:

@@ -15,7 +15,7 @@ from django.db import connection
 from conversations.db import db_call
 from conversations.models import Message
 from conversations.streaming import registry
-from tests.conftest import pool_checked_out
+from tests.conftest import pool_checked_out, settled
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -69,7 +69,7 @@ async def test_no_connection_is_open_while_streaming_without_pool(
 ):
     settings.DEMO_TOKEN_DELAY_MS = 15
     settings.DEMO_REPLY_WORDS = 120
-    baseline = sum(pg_backends().values())
+    baseline = sum(settled(pg_backends).values())
     socket = await ws(alice)
     await socket.send_message("A long answer, please")
     assert (await socket.receive())["type"] == "chat.accepted"
@@ -133,7 +133,7 @@ async def test_two_hundred_turns_leave_no_connection_behind(
     settings.DEMO_TOKEN_DELAY_MS = 2
     settings.DEMO_REPLY_WORDS = 25
     settings.MAX_GENERATIONS_PER_USER = 1000
-    baseline = pg_backends()
+    baseline = settled(pg_backends)
 
     outcomes = await run_turns(ws, alice, 200, seed=20261127)
 
@@ -142,7 +142,7 @@ async def test_two_hundred_turns_leave_no_connection_behind(
     assert statuses.get("stopped", 0) <= outcomes["stopped"]
     assert sum(statuses.values()) == 200
     assert set(statuses) <= {"complete", "stopped"}
-    after = pg_backends()
+    after = await asyncio.to_thread(settled, pg_backends)
     assert after.get("idle in transaction", 0) == 0
     assert after.get("active", 0) == 0
     if pool == "no-pool":
