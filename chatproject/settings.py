@@ -24,12 +24,16 @@ def envbool(name: str, default: bool) -> bool:
 
 def envint(name: str, default: int) -> int:
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    if value is None or value == "":
+        return default
+    return int(value)
 
 
 def envfloat(name: str, default: float) -> float:
     value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
+    if value is None or value == "":
+        return default
+    return float(value)
 
 
 DEBUG = envbool("DJANGO_DEBUG", True)
@@ -160,6 +164,10 @@ GEMINI_BASE_URL = envstr("GEMINI_BASE_URL")
 OPENAI_API_KEY = envstr("OPENAI_API_KEY")
 OPENAI_MODEL = envstr("OPENAI_MODEL", "gpt-4o-mini")
 OPENAI_BASE_URL = envstr("OPENAI_BASE_URL")
+LLM_CONNECT_TIMEOUT = envfloat("LLM_CONNECT_TIMEOUT", 10.0)
+LLM_FIRST_TOKEN_TIMEOUT = envfloat("LLM_FIRST_TOKEN_TIMEOUT", 60.0)
+LLM_IDLE_TIMEOUT = envfloat("LLM_IDLE_TIMEOUT", 30.0)
+LLM_RETRY_BACKOFF = envfloat("LLM_RETRY_BACKOFF", 0.5)  # first retry delay; doubles after
 DEMO_TOKEN_DELAY_MS = envint("DEMO_TOKEN_DELAY_MS", 30)
 DEMO_REPLY_WORDS = envint("DEMO_REPLY_WORDS", 0) or None
 # Failure injection for chaos runs: the demo provider fails after this many words.

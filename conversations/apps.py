@@ -5,3 +5,6 @@ from django.apps import AppConfig
 
 class ConversationsConfig(AppConfig):
     name = "conversations"
+
+    def ready(self) -> None:
+        from conversations import checks  # noqa: F401  (registers the LLM provider checks)

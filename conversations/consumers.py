@@ -9,7 +9,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import DatabaseError
 
-from conversations import services
+from conversations import metrics, services
 from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.errors import ChatError, NotFound, Unavailable
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 class ChatConsumer(AsyncWebsocketConsumer):
     user_id: int
     group: str
+    counted = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -37,10 +38,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Without the channel layer the socket still streams its own replies.
             logger.warning("channel layer unavailable; socket runs without fan-out")
         await self.accept()
+        self.counted = True
+        metrics.OPEN_SOCKETS.inc()
 
     async def disconnect(self, code: int) -> None:
-        if not hasattr(self, "user_id"):
+        if not getattr(self, "counted", False):
             return
+        self.counted = False
+        metrics.OPEN_SOCKETS.dec()
         registry.unfollow_all(self.channel_name)
         try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -69,12 +74,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 else:
                     await self.chat_resume(command)
         except ChatError as error:
-            await self.send_frame(error.frame(**known))
+            await self.refuse(error, known)
         except DatabaseError:
             logger.warning("database unavailable for a chat frame", exc_info=True)
-            await self.send_frame(
-                Unavailable("The database could not be reached; nothing was saved.").frame(**known)
+            await self.refuse(
+                Unavailable("The database could not be reached; nothing was saved."), known
             )
+
+    async def refuse(self, error: ChatError, known: dict[str, Any]) -> None:
+        metrics.REFUSALS.labels(error.code).inc()
+        await self.send_frame(error.frame(**known))
 
     # --- commands ------------------------------------------------------------------------
 

@@ -35,4 +35,4 @@ def released(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def db_call(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
-    return database_sync_to_async(released(func))  # type: ignore[return-value]
+    return database_sync_to_async(released(func))

@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError
 
-from conversations import services
+from conversations import logctx, metrics, services
 from conversations.context import ReplyInfo, TurnContext
 from conversations.db import db_call
 from conversations.errors import Busy
@@ -87,6 +87,10 @@ def accepted_frame(ctx: TurnContext) -> Frame:
 _END = object()
 
 
+def _ms(since: float) -> float:
+    return (time.monotonic() - since) * 1000
+
+
 async def _next(events: AsyncIterator[str | Usage]) -> object:
     try:
         return await anext(events)
@@ -118,6 +122,7 @@ class Generation:
         self.task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self.started = time.monotonic()
+        self.received_at = self.started  # when chat.send arrived; set by turn_start
 
     @property
     def conversation_id(self) -> uuid.UUID:
@@ -178,6 +183,9 @@ class Generation:
     async def _emit(self, text: str) -> None:
         self.frames.append(text)
         seq = len(self.frames)
+        metrics.FRAMES.inc()
+        if seq == 1:
+            metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.received_at)
 
         def frame_for(follower: Follower) -> Frame | None:
             if follower.next_seq != seq:
@@ -200,6 +208,15 @@ class Generation:
             self._stream_task.cancel()
 
     async def run(self) -> None:
+        logctx.turn_id.set(str(self.ctx.message_id))
+        logctx.conversation_id.set(str(self.conversation_id))
+        metrics.GENERATIONS_IN_FLIGHT.inc()
+        try:
+            await self._run()
+        finally:
+            metrics.GENERATIONS_IN_FLIGHT.dec()
+
+    async def _run(self) -> None:
         status, error = "complete", ""
         self._stream_task = asyncio.create_task(self._stream())
         try:
@@ -216,10 +233,15 @@ class Generation:
                     await self._stream_task
         except ProviderError as exc:
             status, error = "error", exc.message
+            kind = "retryable" if exc.retryable else "refused"
+            metrics.PROVIDER_ERRORS.labels(self.provider.name, kind).inc()
+            logger.warning("provider %s failed: %s", self.provider.name, exc.message)
         except Exception:
             logger.exception("generation %s failed", self.ctx.message_id)
             status, error = "error", "The model failed unexpectedly."
+            metrics.PROVIDER_ERRORS.labels(self.provider.name, "unexpected").inc()
         await self._finish(status, error)
+        metrics.TURNS.labels(status).inc()
 
     async def _stream(self) -> None:
         window = settings.STREAM_COALESCE_MS / 1000
@@ -250,6 +272,7 @@ class Generation:
                     continue
                 if not isinstance(event, str) or not event:
                     continue
+                metrics.TOKENS.inc()
                 buffer.append(event)
                 # The first delta goes out at once; after it, one frame per window.
                 if not self.frames or time.monotonic() - last_flush >= window:
@@ -320,7 +343,9 @@ class Generation:
         deadline = time.monotonic() + settings.REPLY_SAVE_RETRY_SECONDS
         delay = 0.25
         while True:
+            began = time.monotonic()
             try:
+                logger.debug("turn save: database work begins")
                 saved: bool = await db_call(services.reply_save)(
                     message_id=self.ctx.message_id,
                     conversation_id=self.conversation_id,
@@ -331,9 +356,12 @@ class Generation:
                     output_tokens=self.usage.output_tokens,
                     error=error,
                 )
+                metrics.DB_SECONDS.labels("save").observe(time.monotonic() - began)
+                logger.debug("turn save: database work ends (%.1f ms)", _ms(began))
                 return saved
             except DatabaseError as exc:
                 if time.monotonic() + delay > deadline:
+                    metrics.SAVE_FAILED.inc()
                     logger.error(
                         "reply %s of conversation %s not saved: %s",
                         self.ctx.message_id,
@@ -341,6 +369,7 @@ class Generation:
                         exc,
                     )
                     return None
+                metrics.SAVE_RETRIES.inc()
                 logger.warning("reply save failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
 
-from conversations import services
+from conversations import logctx, metrics, services
 from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.errors import ProviderFailed
@@ -14,6 +16,8 @@ from conversations.frames import Send
 from conversations.llm import Provider, ProviderError, get_provider
 from conversations.prompts import build_request
 from conversations.streaming import Generation, registry
+
+logger = logging.getLogger(__name__)
 
 
 def provider_for(provider_name: str) -> Provider:
@@ -43,8 +47,10 @@ async def turn_start(*, user_id: int, command: Send) -> Started:
             and running.ctx.client_id == command.client_id
         ):
             return Started(running.ctx, running)  # a re-send of the turn in flight
+    received_at = time.monotonic()
     reservation = registry.reserve(user_id=user_id, conversation_id=command.conversation_id)
     try:
+        logger.debug("turn begin: database work begins")
         ctx = await db_call(services.turn_begin)(
             user_id=user_id,
             conversation_id=command.conversation_id,
@@ -54,6 +60,10 @@ async def turn_start(*, user_id: int, command: Send) -> Started:
             history_limit=settings.HISTORY_MAX_MESSAGES,
             check_persona=lambda persona: provider_for(persona.provider),
         )
+        metrics.DB_SECONDS.labels("begin").observe(time.monotonic() - received_at)
+        logctx.turn_id.set(str(ctx.message_id))
+        logctx.conversation_id.set(str(ctx.conversation_id))
+        logger.debug("turn begin: database work ends")
         if ctx.duplicate:
             running = registry.get(ctx.conversation_id)
             if running is not None and running.ctx.user_message_id == ctx.user_message_id:
@@ -68,4 +78,6 @@ async def turn_start(*, user_id: int, command: Send) -> Started:
     except BaseException:
         reservation.release()
         raise
-    return Started(ctx, registry.start(ctx, provider, build_request(ctx), reservation))
+    generation = registry.start(ctx, provider, build_request(ctx), reservation)
+    generation.received_at = received_at
+    return Started(ctx, generation)

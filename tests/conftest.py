@@ -218,7 +218,7 @@ def settled(count: Callable[[], dict[str, int]], quiet: float = 0.3) -> dict[str
 
 
 def pool_checked_out() -> int:
-    pool = connection.pool
+    pool = getattr(connection, "pool", None)
     if pool is None:
         return 0
     stats = pool.get_stats()
@@ -232,7 +232,7 @@ def pool_off() -> Iterator[None]:
         pytest.skip("needs PostgreSQL")
     options = connections.settings["default"]["OPTIONS"]
     connection.close()
-    connection.close_pool()
+    connection.close_pool()  # type: ignore[attr-defined]
     saved = options.pop("pool", None)
     yield
     connection.close()

@@ -51,7 +51,7 @@ async def main() -> None:
         "client_id": str(uuid.uuid4()),
     }
     await communicator.send_to(text_data=json.dumps(frame))
-    frames = []
+    frames: list[dict] = []
     while not frames or frames[-1]["type"] != "chat.done":
         frames.append(json.loads(await communicator.receive_from(10)))
     await communicator.disconnect()

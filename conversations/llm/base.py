@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 
 class ProviderError(Exception):
-    """A provider failed or refused. `retryable` errors may be retried before the first token."""
+    """A provider failed or refused, after the adapter's own retries before the first token.
+
+    `retryable` tells whether the same request may work later (an outage, not a refusal);
+    the chat core does not retry again by itself.
+    """
 
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
@@ -55,7 +59,7 @@ class Provider:
         """A human sentence naming what is missing, or None when the provider can be used."""
         return None
 
-    def stream(self, request: ProviderRequest) -> AsyncIterator[str | Usage]:
+    def stream(self, request: ProviderRequest) -> AsyncGenerator[str | Usage, None]:
         raise NotImplementedError
 
     async def complete(self, request: ProviderRequest) -> Completion:

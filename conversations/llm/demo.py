@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from django.conf import settings
 
@@ -97,7 +97,7 @@ class DemoProvider(Provider):
             settings.DEMO_FAIL_AFTER_WORDS if fail_after_words is None else fail_after_words
         )
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[str | Usage]:
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[str | Usage, None]:
         tokens = demo_reply_tokens(request, self.reply_words)
         for index, token in enumerate(tokens):
             if self.fail_after_words is not None and index >= self.fail_after_words:

@@ -32,4 +32,3 @@ async def test_db_call_releases_from_tasks_and_fresh_contexts(alice, released_ma
     await contextvars.Context().run(asyncio.create_task, db_call(count_users)())
 
     assert await asyncio.to_thread(pool_checked_out) == 0
-
