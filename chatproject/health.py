@@ -1,24 +1,102 @@
+"""Liveness and readiness.
+
+/healthz answers while the process serves. /readyz asks each dependency with a short timeout,
+all at once, so a hung database or Redis turns into a quick 503 naming it instead of a probe
+that hangs with it.
+"""
+
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from conversations.checks import provider_problems
+from conversations.db import released
 
+logger = logging.getLogger(__name__)
+
+# Seconds each readiness check may take; a load balancer's probe usually waits longer.
+CHECK_TIMEOUT = 2.0
+
+
+class CheckFailed(Exception):
+    """A failure whose message is ours and safe to show; others show their type only."""
+
+
+@never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
-def readyz(request: HttpRequest) -> JsonResponse:
-    checks: dict[str, str] = {}
+@released
+def _database_check() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def _database() -> None:
+    # A thread of its own, not the shared thread that turns' ORM calls use: a hung check
+    # must not queue the chat's database work behind it.
+    await asyncio.to_thread(_database_check)
+
+
+async def _channel_layer() -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        raise CheckFailed("no channel layer is configured")
+    # A round trip through the layer proves Redis accepts and returns messages, not just
+    # that a TCP port is open.
+    channel = f"readyz.{uuid.uuid4().hex}"
+    await layer.send(channel, {"type": "readyz.ping"})
+    message = await layer.receive(channel)
+    if message.get("type") != "readyz.ping":
+        raise CheckFailed("the channel layer returned another message")
+
+
+async def _provider() -> None:
+    if problems := await asyncio.to_thread(provider_problems):
+        raise CheckFailed("; ".join(f"{name}: {text}" for name, text in problems.items()))
+
+
+CHECKS: dict[str, Callable[[], Awaitable[None]]] = {
+    "database": _database,
+    "channel_layer": _channel_layer,
+    "provider": _provider,
+}
+
+
+async def _run(name: str, check: Callable[[], Awaitable[None]], timeout: float) -> str:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
+        await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        logger.warning("readyz: %s gave no answer within %gs", name, timeout)
+        return f"error: no answer within {timeout:g}s"
+    except CheckFailed as exc:
+        logger.warning("readyz: %s: %s", name, exc)
+        return f"error: {exc}"
     except Exception as exc:
-        checks["database"] = f"error: {type(exc).__name__}"
+        # Driver messages name hosts and ports; the log gets them, the public body does not.
+        logger.warning("readyz: %s failed", name, exc_info=True)
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+@never_cache
+@require_GET
+async def readyz(request: HttpRequest) -> JsonResponse:
+    timeout = float(getattr(settings, "READYZ_CHECK_TIMEOUT", CHECK_TIMEOUT))
+    results = await asyncio.gather(*(_run(name, check, timeout) for name, check in CHECKS.items()))
+    checks = dict(zip(CHECKS, results, strict=True))
     ok = all(value == "ok" for value in checks.values())
     return JsonResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503

@@ -176,19 +176,21 @@ DEMO_FAIL_AFTER_WORDS = envint("DEMO_FAIL_AFTER_WORDS", 0) or None
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 16000)
 MAX_FRAME_BYTES = envint("MAX_FRAME_BYTES", MAX_MESSAGE_CHARS * 4 + 4096)
 HISTORY_MAX_MESSAGES = envint("HISTORY_MAX_MESSAGES", 40)
+# The history budget sent to the model, in characters (roughly 4 per token).
+HISTORY_MAX_CHARS = envint("HISTORY_MAX_CHARS", 48000)
+TITLE_TIMEOUT_SECONDS = envfloat("TITLE_TIMEOUT_SECONDS", 15.0)
 STREAM_COALESCE_MS = envint("STREAM_COALESCE_MS", 40)
 MAX_GENERATIONS_PER_USER = envint("MAX_GENERATIONS_PER_USER", 3)
 MAX_GENERATIONS_PER_WORKER = envint("MAX_GENERATIONS_PER_WORKER", 200)
 REPLY_SAVE_RETRY_SECONDS = envfloat("REPLY_SAVE_RETRY_SECONDS", 60.0)
 METRICS_TOKEN = envstr("METRICS_TOKEN")
 
-LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-}
+# JSON lines in production, readable text in development; both carry turn_id and
+# conversation_id. LOG_LEVEL=DEBUG shows when each turn's database work begins and ends.
+from chatproject.logging import logging_config  # noqa: E402
+
+LOG_FORMAT = envstr("LOG_FORMAT", "text" if DEBUG else "json")
+LOGGING: dict[str, Any] = logging_config(log_format=LOG_FORMAT, level=envstr("LOG_LEVEL", "INFO"))
 
 # Daphne serves /static/ itself unless a reverse proxy does (SERVE_STATIC=false).
 SERVE_STATIC = envbool("SERVE_STATIC", True)

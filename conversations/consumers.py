@@ -10,11 +10,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import DatabaseError
 
 from conversations import metrics, services
-from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.errors import ChatError, NotFound, Unavailable
 from conversations.frames import Resume, Send, Stop, parse_frame
 from conversations.streaming import Frame, accepted_frame, registry, saved_done_frame
+from conversations.titles import announce_title
 from conversations.turns import turn_start
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         started = await turn_start(user_id=self.user_id, command=command)
         await self.send_frame(accepted_frame(started.ctx))
         if started.ctx.conversation_created:
-            await self._announce_title(started.ctx)
+            # Other tabs learn of the new conversation; this one hears it too.
+            await announce_title(self.user_id, started.ctx.conversation_id, started.ctx.title)
         if started.generation is None:
             assert started.ctx.existing_reply is not None
             await self.send_frame(
@@ -123,19 +124,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not owned:
             raise NotFound("No such conversation.")
         await self.send_frame({"type": "chat.idle", "conversation_id": str(conversation_id)})
-
-    async def _announce_title(self, ctx: TurnContext) -> None:
-        frame = {
-            "type": "conversation.updated",
-            "conversation_id": str(ctx.conversation_id),
-            "title": ctx.title,
-        }
-        try:
-            await self.channel_layer.group_send(
-                self.group, {"type": "conversation.updated", "frame": frame}
-            )
-        except Exception:
-            await self.send_frame(frame)
 
     # --- channel layer events ------------------------------------------------------------
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from conversations.context import TurnContext
+from django.conf import settings
+
+from conversations.context import HistoryItem, TurnContext
 from conversations.llm.base import ChatMessage, ProviderRequest
+from conversations.titles_heuristic import title_from_message
+
+__all__ = ["build_request", "system_instruction", "title_from_message", "trim_history"]
 
 
 def system_instruction(ctx: TurnContext) -> str:
@@ -21,8 +26,32 @@ def system_instruction(ctx: TurnContext) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
+def trim_history(
+    history: tuple[HistoryItem, ...], *, budget_chars: int, newest_chars: int
+) -> tuple[HistoryItem, ...]:
+    """Drop the oldest turns until history plus the newest message fit the budget.
+
+    The system prompt and the newest user message are never trimmed; a reply is never kept
+    without the message it answers.
+    """
+    kept: list[HistoryItem] = []
+    used = newest_chars
+    for item in reversed(history):
+        if used + len(item.content) > budget_chars:
+            break
+        kept.append(item)
+        used += len(item.content)
+    kept.reverse()
+    while kept and kept[0].role != "user":
+        kept.pop(0)
+    return tuple(kept)
+
+
 def build_request(ctx: TurnContext) -> ProviderRequest:
-    messages = [ChatMessage(role=item.role, content=item.content) for item in ctx.history]
+    history = trim_history(
+        ctx.history, budget_chars=settings.HISTORY_MAX_CHARS, newest_chars=len(ctx.content)
+    )
+    messages = [ChatMessage(role=item.role, content=item.content) for item in history]
     messages.append(ChatMessage(role="user", content=ctx.content))
     return ProviderRequest(
         system=system_instruction(ctx),
@@ -33,12 +62,3 @@ def build_request(ctx: TurnContext) -> ProviderRequest:
         persona_description=ctx.persona.description,
         user_name=ctx.profile.display_name,
     )
-
-
-def title_from_message(content: str, limit: int = 60) -> str:
-    """A heuristic title: the first line of the first message, cut at a word."""
-    line = " ".join(content.strip().split("\n", 1)[0].split())
-    if len(line) <= limit:
-        return line or "New chat"
-    cut = line[:limit].rsplit(" ", 1)[0] or line[:limit]
-    return cut.rstrip(" ,.;:") + "…"

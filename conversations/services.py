@@ -194,3 +194,9 @@ def reply_save(
 def reply_find(*, user_message_id: uuid.UUID) -> ReplyInfo | None:
     reply = Message.objects.filter(reply_to_id=user_message_id).first()
     return _reply_info(reply) if reply else None
+
+
+def conversation_title_replace(*, conversation_id: uuid.UUID, title: str, only_if: str) -> bool:
+    """Set a generated title, unless the title changed since (the user renamed it)."""
+    updated = Conversation.objects.filter(id=conversation_id, title=only_if).update(title=title)
+    return updated == 1

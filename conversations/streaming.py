@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -395,6 +395,7 @@ class Registry:
     generations: dict[uuid.UUID, Generation] = field(default_factory=dict)
     reservations: list[Reservation] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def get(self, conversation_id: uuid.UUID) -> Generation | None:
         return self.generations.get(conversation_id)
@@ -442,6 +443,13 @@ class Registry:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return generation
+
+    def spawn(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[Any]:
+        """Side work of a turn (e.g. naming it) that belongs to the process, like generations."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.side_tasks.add(task)
+        task.add_done_callback(self.side_tasks.discard)
+        return task
 
     def forget(self, generation: Generation) -> None:
         if self.generations.get(generation.conversation_id) is generation:

@@ -16,6 +16,7 @@ from conversations.frames import Send
 from conversations.llm import Provider, ProviderError, get_provider
 from conversations.prompts import build_request
 from conversations.streaming import Generation, registry
+from conversations.titles import title_generate
 
 logger = logging.getLogger(__name__)
 
@@ -80,4 +81,6 @@ async def turn_start(*, user_id: int, command: Send) -> Started:
         raise
     generation = registry.start(ctx, provider, build_request(ctx), reservation)
     generation.received_at = received_at
+    if ctx.conversation_created:
+        registry.spawn(title_generate(ctx, provider))
     return Started(ctx, generation)

@@ -166,8 +166,9 @@ async def ws() -> AsyncIterator[Connect]:
     for socket in opened:
         await socket.disconnect()
     # Generations outlive their sockets by design; let them end before the database goes.
-    if registry.tasks:
-        await asyncio.wait_for(asyncio.gather(*registry.tasks, return_exceptions=True), 60)
+    pending = registry.tasks | registry.side_tasks
+    if pending:
+        await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 60)
 
 
 def _admin_dsn() -> str:

@@ -36,6 +36,7 @@ class ProviderRequest:
     persona_name: str = ""
     persona_description: str = ""
     user_name: str = ""
+    purpose: str = "reply"  # or "title": a short, non-streamed naming call
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 from django.conf import settings
 
 from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
+from conversations.titles_heuristic import title_from_message
 
 _FILLER = (
     "Here is how I would think it through. First, name the goal in one sentence so "
@@ -98,6 +99,10 @@ class DemoProvider(Provider):
         )
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[str | Usage, None]:
+        if request.purpose == "title":
+            question = request.messages[-1].content if request.messages else ""
+            yield title_from_message(question)
+            return
         tokens = demo_reply_tokens(request, self.reply_words)
         for index, token in enumerate(tokens):
             if self.fail_after_words is not None and index >= self.fail_after_words:

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
+from django.contrib.auth.views import LoginView
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods
+
+from accounts.forms import ProfileForm
+from accounts.models import Profile
+
+
+class ChatLoginView(LoginView):
+    template_name = "registration/login.html"
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        # Read at request time, not import time, so ALLOW_SIGNUP can change under tests.
+        context = super().get_context_data(**kwargs)
+        context["allow_signup"] = settings.ALLOW_SIGNUP
+        return context
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.ALLOW_SIGNUP:
+        return render(request, "accounts/signup.html", {"closed": True}, status=404)
+    if request.user.is_authenticated:
+        return redirect("chat")
+    form: UserCreationForm[User] = UserCreationForm(
+        request.POST if request.method == "POST" else None
+    )
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("chat")
+    return render(request, "accounts/signup.html", {"form": form, "closed": False})
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def profile(request: HttpRequest) -> HttpResponse:
+    # The post_save signal makes one for every user; get_or_create covers users made before it.
+    profile, _ = Profile.objects.get_or_create(user=request.user)
+    form = ProfileForm(request.POST if request.method == "POST" else None, instance=profile)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Profile saved. Your next reply will use it.")
+        return redirect("profile")
+    return render(request, "accounts/profile.html", {"form": form})

@@ -1,0 +1,185 @@
+"""The JSON API of PROTOCOL.md: short function views, errors as {"error": {code, message}}."""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, cast
+
+from django.contrib.auth.models import User
+from django.db.models import Exists, OuterRef, Q
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.http import content_disposition_header
+from django.utils.text import slugify
+from django.views.decorators.csrf import csrf_exempt
+
+from conversations import serializers
+from conversations.models import Conversation, Message
+from conversations.views import _get_conversation_for_user
+from personas.models import Persona
+
+TITLE_MAX_CHARS = 200
+SEARCH_MAX_CHARS = 200
+LIST_LIMIT = 200
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+View = Callable[..., HttpResponse]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def _csrf_failed(request: HttpRequest) -> bool:
+    # Django's middleware answers a CSRF failure with an HTML page; scripts want JSON, so
+    # the API runs the same check itself and only borrows the verdict.
+    middleware = CsrfViewMiddleware(_unused_view)
+    return middleware.process_view(request, _unused_view, (), {}) is not None
+
+
+def _unused_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse()
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    allowed = frozenset(methods)
+
+    def decorator(view: View) -> View:
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.is_authenticated:
+                return error_response(401, "unauthorized", "Log in first.")
+            if request.method not in allowed:
+                response = error_response(
+                    405, "method_not_allowed", f"{request.method} is not allowed here."
+                )
+                response["Allow"] = ", ".join(sorted(allowed))
+                return response
+            if request.method not in SAFE_METHODS and _csrf_failed(request):
+                return error_response(403, "csrf_failed", "Missing or wrong X-CSRFToken header.")
+            try:
+                return view(request, *args, **kwargs)
+            except Http404:
+                return error_response(404, "not_found", "No such conversation.")
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.message)
+
+        return wrapper
+
+    return decorator
+
+
+def _owner(request: HttpRequest) -> User:
+    # api_view has already answered 401 to anonymous users.
+    return cast(User, request.user)
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    if not request.body.strip():
+        return {}
+    try:
+        body = json.loads(request.body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid", "The body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid", "The body must be a JSON object.")
+    return body
+
+
+def _persona_for_new_conversation(slug: Any) -> Persona:
+    personas = Persona.objects.filter(is_active=True)
+    if slug is None:
+        persona = personas.filter(is_default=True).first() or personas.first()
+        if persona is None:
+            raise ApiError(404, "not_found", "No persona is set up yet.")
+        return persona
+    if not isinstance(slug, str):
+        raise ApiError(400, "invalid", "persona must be a slug or null.")
+    persona = personas.filter(slug=slug).first()
+    if persona is None:
+        raise ApiError(404, "not_found", f"No persona {slug!r}.")
+    return persona
+
+
+def _clean_title(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid", "title must be a string.")
+    title = " ".join(value.split())
+    if not title:
+        raise ApiError(400, "invalid", "title must not be empty.")
+    if len(title) > TITLE_MAX_CHARS:
+        raise ApiError(400, "invalid", f"title must be at most {TITLE_MAX_CHARS} characters.")
+    return title
+
+
+@api_view("GET")
+def personas(request: HttpRequest) -> HttpResponse:
+    active = Persona.objects.filter(is_active=True)
+    return JsonResponse([serializers.persona_dict(p) for p in active], safe=False)
+
+
+@api_view("GET", "POST")
+def conversations(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        persona = _persona_for_new_conversation(_json_body(request).get("persona"))
+        conversation = Conversation.objects.create(owner=_owner(request), persona=persona)
+        return JsonResponse(serializers.conversation_dict(conversation), status=201)
+
+    found = Conversation.objects.filter(owner=_owner(request)).select_related("persona")
+    query = request.GET.get("q", "").strip()[:SEARCH_MAX_CHARS]
+    if query:
+        # Exists() rather than a join keeps one row per conversation without DISTINCT.
+        in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=query)
+        found = found.filter(Q(title__icontains=query) | Q(Exists(in_messages)))
+    found = found.order_by("-updated_at")[:LIST_LIMIT]
+    return JsonResponse([serializers.conversation_dict(c) for c in found], safe=False)
+
+
+@api_view("GET", "PATCH", "DELETE")
+def conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    found = _get_conversation_for_user(request, conversation_id)
+    if request.method == "DELETE":
+        found.delete()
+        return HttpResponse(status=204)
+    if request.method == "PATCH":
+        body = _json_body(request)
+        if "title" not in body:
+            raise ApiError(400, "invalid", "title is required.")
+        found.title = _clean_title(body["title"])
+        # update() leaves updated_at alone: renaming is not activity, the list order stays.
+        Conversation.objects.filter(pk=found.pk).update(title=found.title)
+        return JsonResponse(serializers.conversation_dict(found))
+    return JsonResponse(serializers.conversation_detail_dict(found))
+
+
+@api_view("GET")
+def export(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    found = _get_conversation_for_user(request, conversation_id)
+    kind = request.GET.get("format", "md")
+    stem = slugify(found.title)[:60] or "conversation"
+    filename = f"{stem}-{str(found.id)[:8]}"
+    if kind == "json":
+        body = json.dumps(serializers.conversation_export_dict(found), indent=2, ensure_ascii=False)
+        content_type, filename = "application/json", filename + ".json"
+    elif kind == "md":
+        body = serializers.conversation_markdown(found)
+        content_type, filename = "text/markdown; charset=utf-8", filename + ".md"
+    else:
+        raise ApiError(400, "invalid", "format must be md or json.")
+    return HttpResponse(
+        body,
+        content_type=content_type,
+        headers={"Content-Disposition": content_disposition_header(True, filename)},
+    )

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from conversations import api, api_messages, views
+
+# The open conversation lives in the path, /c/<uuid>/, so a reload or a shared link
+# reopens it (and resumes its reply); "/" is a new chat.
+urlpatterns = [
+    path("", views.chat, name="chat"),
+    path("c/<uuid:conversation_id>/", views.chat, name="chat-conversation"),
+    path("api/personas/", api.personas, name="api-personas"),
+    path("api/conversations/", api.conversations, name="api-conversations"),
+    path(
+        "api/conversations/<uuid:conversation_id>/",
+        api.conversation,
+        name="api-conversation",
+    ),
+    path("api/conversations/<uuid:conversation_id>/messages/", api_messages.post_message),
+    path(
+        "api/conversations/<uuid:conversation_id>/export/",
+        api.export,
+        name="api-conversation-export",
+    ),
+]

@@ -1,0 +1,271 @@
+"""The JSON API of PROTOCOL.md, through Django's test client against PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from conversations.models import Conversation, Message
+from personas.models import Persona
+
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user: Any, *, csrf: bool = False) -> Client:
+    client = Client(enforce_csrf_checks=csrf)
+    client.force_login(user)
+    return client
+
+
+def chat(owner: Any, persona: Persona, title: str = "", *texts: str) -> Conversation:
+    made = Conversation.objects.create(owner=owner, persona=persona, title=title)
+    for index, text in enumerate(texts):
+        role = Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT
+        Message.objects.create(conversation=made, role=role, content=text)
+    return made
+
+
+def send_json(client: Client, method: str, path: str, body: Any, **extra: Any) -> Any:
+    call = getattr(client, method)
+    raw = body if isinstance(body, str) else json.dumps(body)
+    return call(path, data=raw, content_type="application/json", **extra)
+
+
+# --- who may call -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/personas/"),
+        ("get", "/api/conversations/"),
+        ("post", "/api/conversations/"),
+        ("get", f"/api/conversations/{uuid.uuid4()}/"),
+        ("delete", f"/api/conversations/{uuid.uuid4()}/"),
+        ("get", f"/api/conversations/{uuid.uuid4()}/export/"),
+    ],
+)
+def test_anonymous_calls_get_401_json_not_a_login_redirect(method: str, path: str) -> None:
+    response = getattr(Client(), method)(path)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_unsafe_methods_need_the_csrf_header(alice: Any, persona: Persona) -> None:
+    client = logged_in(alice, csrf=True)
+    refused = send_json(client, "post", "/api/conversations/", {})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "csrf_failed"
+    assert not Conversation.objects.exists()
+
+    client.get("/")  # the page sets the CSRF cookie, as in the browser
+    token = client.cookies["csrftoken"].value
+    made = send_json(client, "post", "/api/conversations/", {}, HTTP_X_CSRFTOKEN=token)
+    assert made.status_code == 201
+
+
+def test_wrong_method_is_405_with_allow(alice: Any) -> None:
+    response = logged_in(alice).put("/api/conversations/")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+# --- personas ---------------------------------------------------------------------------
+
+
+def test_personas_lists_active_ones_in_order(alice: Any, persona: Persona, pirate: Persona) -> None:
+    Persona.objects.create(slug="retired", name="Retired", system_prompt="x", is_active=False)
+    answer = logged_in(alice).get("/api/personas/")
+    assert answer.status_code == 200
+    assert answer.json() == [
+        {
+            "slug": "assistant",
+            "name": "Assistant",
+            "description": "Clear and friendly.",
+            "avatar": "💬",
+            "is_default": True,
+        },
+        {
+            "slug": "pirate",
+            "name": "Captain Redbeard",
+            "description": "Answers in pirate speak.",
+            "avatar": "🏴‍☠️",
+            "is_default": False,
+        },
+    ]
+
+
+# --- create -------------------------------------------------------------------------------
+
+
+def test_create_uses_the_default_persona_or_the_one_named(
+    alice: Any, persona: Persona, pirate: Persona
+) -> None:
+    client = logged_in(alice)
+    default = send_json(client, "post", "/api/conversations/", {"persona": None})
+    named = send_json(client, "post", "/api/conversations/", {"persona": "pirate"})
+    empty_body = client.post("/api/conversations/", content_type="application/json")
+    assert default.status_code == named.status_code == empty_body.status_code == 201
+    assert default.json()["persona"] == "assistant"
+    assert named.json()["persona"] == "pirate"
+    assert set(named.json()) == {"id", "title", "persona", "updated_at"}
+    assert Conversation.objects.get(id=named.json()["id"]).owner == alice
+
+
+def test_create_refuses_unknown_persona_and_bad_bodies(alice: Any, persona: Persona) -> None:
+    client = logged_in(alice)
+    unknown = send_json(client, "post", "/api/conversations/", {"persona": "nobody"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "not_found"
+    for body in ("{not json", "[1, 2]", {"persona": 7}):
+        bad = send_json(client, "post", "/api/conversations/", body)
+        assert bad.status_code == 400, body
+        assert bad.json()["error"]["code"] == "invalid"
+    assert not Conversation.objects.exists()
+
+
+def test_create_without_any_persona_is_a_clear_404(alice: Any) -> None:
+    answer = logged_in(alice).post("/api/conversations/", content_type="application/json")
+    assert answer.status_code == 404
+    assert "persona" in answer.json()["error"]["message"].lower()
+
+
+# --- list and search --------------------------------------------------------------------
+
+
+def test_list_is_newest_first_and_only_mine(alice: Any, bob: Any, persona: Persona) -> None:
+    first = chat(alice, persona, "First")
+    second = chat(alice, persona, "Second")
+    chat(bob, persona, "Bob's")
+    Conversation.objects.filter(id=first.id).update(updated_at=second.updated_at.replace(year=2099))
+    answer = logged_in(alice).get("/api/conversations/")
+    assert [c["title"] for c in answer.json()] == ["First", "Second"]
+    assert answer.json()[0] == {
+        "id": str(first.id),
+        "title": "First",
+        "persona": "assistant",
+        "updated_at": "2099" + answer.json()[0]["updated_at"][4:],
+    }
+
+
+def test_search_covers_titles_and_message_text_once_each(
+    alice: Any, bob: Any, persona: Persona
+) -> None:
+    by_title = chat(alice, persona, "Quantum homework")
+    by_text = chat(alice, persona, "Physics", "what is quantum tunnelling?", "Quantum is fun.")
+    chat(alice, persona, "Cooking", "pasta")
+    chat(bob, persona, "Quantum secrets", "quantum")
+    answer = logged_in(alice).get("/api/conversations/", {"q": "QUANTUM"})
+    assert sorted(c["id"] for c in answer.json()) == sorted([str(by_title.id), str(by_text.id)])
+    assert len(logged_in(alice).get("/api/conversations/", {"q": "  "}).json()) == 3
+
+
+# --- get, rename, delete ----------------------------------------------------------------
+
+
+def test_get_returns_the_messages_in_order(alice: Any, persona: Persona) -> None:
+    made = chat(alice, persona, "Hi", "hello", "hi there")
+    answer = logged_in(alice).get(f"/api/conversations/{made.id}/")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["id"] == str(made.id)
+    assert [(m["role"], m["content"], m["status"]) for m in body["messages"]] == [
+        ("user", "hello", "complete"),
+        ("assistant", "hi there", "complete"),
+    ]
+    assert {"id", "role", "content", "status", "created_at"} <= set(body["messages"][0])
+
+
+def test_rename_validates_and_keeps_the_list_order(alice: Any, persona: Persona) -> None:
+    made = chat(alice, persona, "Old")
+    before = Conversation.objects.get(id=made.id).updated_at
+    client = logged_in(alice)
+    path = f"/api/conversations/{made.id}/"
+    renamed = send_json(client, "patch", path, {"title": "  New   name "})
+    assert renamed.status_code == 200
+    assert renamed.json()["title"] == "New name"
+    made.refresh_from_db()
+    assert made.title == "New name"
+    assert made.updated_at == before, "renaming is not activity"
+
+    for body in ({"title": ""}, {"title": "x" * 201}, {"title": 5}, {}, "nope"):
+        bad = send_json(client, "patch", path, body)
+        assert bad.status_code == 400, body
+        assert bad.json()["error"]["code"] == "invalid"
+    assert send_json(client, "patch", path, {"title": "y" * 200}).status_code == 200
+
+
+def test_delete_removes_the_conversation_and_its_messages(alice: Any, persona: Persona) -> None:
+    made = chat(alice, persona, "Bye", "one", "two")
+    client = logged_in(alice)
+    assert client.delete(f"/api/conversations/{made.id}/").status_code == 204
+    assert client.get(f"/api/conversations/{made.id}/").status_code == 404
+    assert not Message.objects.exists()
+
+
+# --- export -----------------------------------------------------------------------------
+
+
+def test_export_markdown_is_a_download_with_role_headings(alice: Any, pirate: Persona) -> None:
+    made = chat(alice, pirate, 'Sail / "plans" <2025>', "Where to?", "Arr, **west**.")
+    Message.objects.create(
+        conversation=made, role=Message.Role.ASSISTANT, content="Half", status="stopped"
+    )
+    answer = logged_in(alice).get(f"/api/conversations/{made.id}/export/", {"format": "md"})
+    assert answer.status_code == 200
+    assert answer["Content-Type"].startswith("text/markdown")
+    disposition = answer["Content-Disposition"]
+    assert disposition == f'attachment; filename="sail-plans-2025-{str(made.id)[:8]}.md"'
+    text = answer.content.decode()
+    assert text.startswith('# Sail / "plans" <2025>\n')
+    assert "## You\n\nWhere to?" in text
+    assert "## Captain Redbeard\n\nArr, **west**." in text
+    assert "## Captain Redbeard (stopped)\n\nHalf" in text
+
+
+def test_export_json_holds_every_message(alice: Any, persona: Persona) -> None:
+    made = chat(alice, persona, "", "a", "b", "c")
+    answer = logged_in(alice).get(f"/api/conversations/{made.id}/export/", {"format": "json"})
+    assert answer["Content-Type"] == "application/json"
+    assert answer["Content-Disposition"].startswith('attachment; filename="conversation-')
+    body = json.loads(answer.content)
+    assert [m["content"] for m in body["messages"]] == ["a", "b", "c"]
+    assert body["persona"] == "assistant"
+    assert body["persona_name"] == "Assistant"
+
+
+def test_export_refuses_unknown_formats(alice: Any, persona: Persona) -> None:
+    made = chat(alice, persona, "x")
+    answer = logged_in(alice).get(f"/api/conversations/{made.id}/export/", {"format": "pdf"})
+    assert answer.status_code == 400
+
+
+# --- another user's ids -----------------------------------------------------------------
+
+
+def test_bob_gets_404_for_everything_of_alices(alice: Any, bob: Any, persona: Persona) -> None:
+    made = chat(alice, persona, "Alice only", "secret", "kept")
+    bob_client = logged_in(bob)
+    base = f"/api/conversations/{made.id}"
+    answers = {
+        "page": bob_client.get(f"/c/{made.id}/"),
+        "get": bob_client.get(f"{base}/"),
+        "export": bob_client.get(f"{base}/export/", {"format": "json"}),
+        "rename": send_json(bob_client, "patch", f"{base}/", {"title": "mine now"}),
+        "delete": bob_client.delete(f"{base}/"),
+    }
+    for action, answer in answers.items():
+        assert answer.status_code == 404, action
+    for action in ("get", "export", "rename", "delete"):
+        assert answers[action].json()["error"]["code"] == "not_found", action
+    made.refresh_from_db()
+    assert made.title == "Alice only"
+    assert made.messages.count() == 2
+    # The same answer as for an id that does not exist at all.
+    assert bob_client.get(f"/api/conversations/{uuid.uuid4()}/").status_code == 404
+    assert logged_in(alice).get(f"/c/{made.id}/").status_code == 200
