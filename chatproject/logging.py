@@ -82,6 +82,7 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
             "twisted": {"level": "INFO"},
             "httpcore": {"level": "INFO"},
             "httpx": {"level": "INFO"},
-            "psycopg": {"level": "INFO"},
+            # psycopg's pool logs every checkout and return at INFO.
+            "psycopg": {"level": "WARNING"},
         },
     }

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import uuid
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import DatabaseError
 
-from conversations import metrics, services
+from conversations import metrics, replylog, services, supervisor
 from conversations.db import db_call
 from conversations.errors import ChatError, NotFound, Unavailable
 from conversations.frames import Resume, Send, Stop, parse_frame
-from conversations.streaming import Frame, accepted_frame, registry, saved_done_frame
+from conversations.streaming import (
+    Frame,
+    accepted_frame,
+    delta_frame,
+    registry,
+    saved_done_frame,
+)
 from conversations.titles import announce_title
 from conversations.turns import turn_start
 
 logger = logging.getLogger(__name__)
+
+FINAL_ONLY = 2**62  # an after_seq past any delta: only the final frame is wanted
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -26,6 +36,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     counted = False
 
     async def connect(self) -> None:
+        self.remote_follows: dict[str, asyncio.Task[None]] = {}
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close()  # before accept: the handshake is refused with 403
@@ -37,8 +48,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             # Without the channel layer the socket still streams its own replies.
             logger.warning("channel layer unavailable; socket runs without fan-out")
+        supervisor.ensure_started()
         await self.accept()
         self.counted = True
+        registry.sockets.add(self)
         metrics.OPEN_SOCKETS.inc()
 
     async def disconnect(self, code: int) -> None:
@@ -46,7 +59,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.counted = False
         metrics.OPEN_SOCKETS.dec()
+        registry.sockets.discard(self)
         registry.unfollow_all(self.channel_name)
+        for task in self.remote_follows.values():
+            task.cancel()
         try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
         except Exception:
@@ -89,17 +105,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_send(self, command: Send) -> None:
         started = await turn_start(user_id=self.user_id, command=command)
-        await self.send_frame(accepted_frame(started.ctx))
+        accepted = accepted_frame(started.ctx)
+        await self.send_frame(accepted)
+        if started.generation is not None:
+            await self._tell_other_tabs(accepted)
         if started.ctx.conversation_created:
             # Other tabs learn of the new conversation; this one hears it too.
             await announce_title(self.user_id, started.ctx.conversation_id, started.ctx.title)
-        if started.generation is None:
+        if started.generation is not None:
+            await started.generation.follow(self.channel_name, self.send_frame, 0)
+        elif started.remote is not None:
+            self._follow_remote(started.remote, 0)
+        else:
             assert started.ctx.existing_reply is not None
             await self.send_frame(
                 saved_done_frame(started.ctx.conversation_id, started.ctx.existing_reply)
             )
-            return
-        await started.generation.follow(self.channel_name, self.send_frame, 0)
 
     async def chat_stop(self, command: Stop) -> None:
         running = registry.get(command.conversation_id)
@@ -108,6 +129,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # The stopping socket hears chat.done even if it was not following.
             await running.follow(self.channel_name, self.send_frame, len(running.frames))
             return
+        remote = await self._remote(command.conversation_id)
+        if remote is not None:
+            await replylog.guarded(replylog.publish_stop(command.conversation_id))
+            self._follow_remote(remote, FINAL_ONLY)
+            return
         await self._idle_or_not_found(command.conversation_id)
 
     async def chat_resume(self, command: Resume) -> None:
@@ -115,7 +141,59 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if running is not None and running.user_id == self.user_id:
             await running.follow(self.channel_name, self.send_frame, command.after_seq)
             return
+        remote = await self._remote(command.conversation_id)
+        if remote is not None:
+            self._follow_remote(remote, command.after_seq)
+            return
         await self._idle_or_not_found(command.conversation_id)
+
+    # --- replies generated elsewhere -----------------------------------------------------
+
+    async def _remote(self, conversation_id: uuid.UUID) -> replylog.GenerationMeta | None:
+        meta = await replylog.guarded(replylog.active(conversation_id))
+        return meta if meta is not None and meta.user_id == self.user_id else None
+
+    def _follow_remote(self, meta: replylog.GenerationMeta, after_seq: int) -> None:
+        """Follow another worker's generation through its reply log in Redis."""
+        key = meta.conversation_id
+        current = self.remote_follows.get(key)
+        if current is not None and not current.done():
+            if after_seq == FINAL_ONLY:
+                return  # already following: chat.done will come that way
+            current.cancel()
+        self.remote_follows[key] = asyncio.create_task(self._pump_remote(meta, after_seq))
+
+    async def _pump_remote(self, meta: replylog.GenerationMeta, after_seq: int) -> None:
+        conversation_id = uuid.UUID(meta.conversation_id)
+        message_id = uuid.UUID(meta.message_id)
+        try:
+            async for fields in replylog.entries(meta.message_id, after_seq):
+                if "final" in fields:
+                    await self.send_frame(json.loads(fields["final"]))
+                elif "seq" in fields:
+                    seq = int(fields["seq"])
+                    await self.send_frame(
+                        delta_frame(conversation_id, message_id, seq, fields["text"])
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            replylog.mark_down(exc)
+            await self.send_frame(
+                Unavailable("Lost the reply's log; resume in a moment.").frame(
+                    conversation_id=meta.conversation_id
+                )
+            )
+
+    async def _tell_other_tabs(self, accepted: Frame) -> None:
+        """Multi-tab sync: the user's other sockets, on any worker, follow this reply too."""
+        try:
+            await self.channel_layer.group_send(
+                self.group,
+                {"type": "chat.started", "frame": accepted, "sender": self.channel_name},
+            )
+        except Exception:
+            logger.debug("could not tell other tabs", exc_info=True)
 
     async def _idle_or_not_found(self, conversation_id: Any) -> None:
         owned = await db_call(services.conversation_owned)(
@@ -129,3 +207,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def conversation_updated(self, event: dict[str, Any]) -> None:
         await self.send_frame(event["frame"])
+
+    async def chat_started(self, event: dict[str, Any]) -> None:
+        if event["sender"] == self.channel_name:
+            return
+        frame = event["frame"]
+        conversation_id = uuid.UUID(frame["conversation_id"])
+        running = registry.get(conversation_id)
+        if running is not None and running.user_id == self.user_id:
+            await self.send_frame(frame)
+            await running.follow(self.channel_name, self.send_frame, 0)
+            return
+        remote = await self._remote(conversation_id)
+        if remote is not None:
+            await self.send_frame(frame)
+            self._follow_remote(remote, 0)

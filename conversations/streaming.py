@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -19,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError
 
-from conversations import logctx, metrics, services
+from conversations import logctx, metrics, replylog, services
 from conversations.context import ReplyInfo, TurnContext
 from conversations.db import db_call
 from conversations.errors import Busy
@@ -85,6 +87,7 @@ def accepted_frame(ctx: TurnContext) -> Frame:
 
 
 _END = object()
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _ms(since: float) -> float:
@@ -122,6 +125,7 @@ class Generation:
         self.task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.received_at = self.started  # when chat.send arrived; set by turn_start
 
     @property
@@ -135,6 +139,18 @@ class Generation:
     @property
     def text(self) -> str:
         return "".join(self.frames)
+
+    @property
+    def meta(self) -> replylog.GenerationMeta:
+        return replylog.GenerationMeta(
+            conversation_id=str(self.conversation_id),
+            message_id=str(self.ctx.message_id),
+            user_message_id=str(self.ctx.user_message_id),
+            client_id=str(self.ctx.client_id),
+            user_id=self.user_id,
+            worker=WORKER_ID,
+            started=self.started_wall,
+        )
 
     # --- following -----------------------------------------------------------------------
 
@@ -194,6 +210,7 @@ class Generation:
             return self._delta(seq)
 
         await self._deliver(frame_for)
+        await replylog.guarded(replylog.append(self.ctx.message_id, seq, text))
 
     # --- running -------------------------------------------------------------------------
 
@@ -212,6 +229,7 @@ class Generation:
         logctx.conversation_id.set(str(self.conversation_id))
         metrics.GENERATIONS_IN_FLIGHT.inc()
         try:
+            await replylog.guarded(replylog.announce(self.meta))
             await self._run()
         finally:
             metrics.GENERATIONS_IN_FLIGHT.dec()
@@ -304,6 +322,7 @@ class Generation:
 
         with contextlib.suppress(BaseException):
             await self._deliver(frame_for)
+            await replylog.guarded(replylog.append(self.ctx.message_id, seq, self.frames[-1]))
 
     async def _finish(self, status: str, error: str) -> None:
         content = self.text
@@ -337,6 +356,9 @@ class Generation:
         await self._deliver(lambda follower: final)
         self.followers.clear()
         self.registry.forget(self)
+        await replylog.guarded(
+            replylog.finish(self.meta, final, unsaved_status=status if saved is None else None)
+        )
 
     async def _save(self, *, status: str, content: str, error: str) -> bool | None:
         """Save with backoff while the database is away. None when it never came back."""
@@ -396,6 +418,8 @@ class Registry:
     reservations: list[Reservation] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    draining: bool = False
+    sockets: set[Any] = field(default_factory=set)  # open consumers, closed on shutdown
 
     def get(self, conversation_id: uuid.UUID) -> Generation | None:
         return self.generations.get(conversation_id)
@@ -404,13 +428,20 @@ class Registry:
         running = sum(1 for g in self.generations.values() if g.user_id == user_id)
         return running + sum(1 for r in self.reservations if r.user_id == user_id)
 
-    def reserve(self, *, user_id: int, conversation_id: uuid.UUID | None) -> Reservation:
+    def reserve(
+        self, *, user_id: int, conversation_id: uuid.UUID | None, cluster_active: int = 0
+    ) -> Reservation:
+        """Hold a slot. `cluster_active` is the user's generations on all workers (Redis)."""
+        if self.draining:
+            raise Busy("This server is restarting; reconnect and try again.")
         if conversation_id is not None and (
             conversation_id in self.generations
             or any(r.conversation_id == conversation_id for r in self.reservations)
         ):
             raise Busy("A reply is already being generated in this conversation.")
-        if self._count_for(user_id) >= settings.MAX_GENERATIONS_PER_USER:
+        local_reserved = sum(1 for r in self.reservations if r.user_id == user_id)
+        active = max(self._count_for(user_id), cluster_active + local_reserved)
+        if active >= settings.MAX_GENERATIONS_PER_USER:
             raise Busy(
                 f"You already have {settings.MAX_GENERATIONS_PER_USER} replies being "
                 "generated; wait for one to finish."
@@ -461,6 +492,7 @@ class Registry:
 
     async def drain(self, timeout: float) -> None:
         """Let generations finish for `timeout` seconds, then save the rest as interrupted."""
+        self.draining = True
         tasks = list(self.tasks)
         if not tasks:
             return

@@ -32,6 +32,14 @@ def make_user(username: str, display_name: str = "") -> Any:
     return user
 
 
+@pytest.fixture(autouse=True)
+def _chat_defaults(settings: Any) -> None:
+    # Tests send far more than a person would; the rate-limit test sets its own limit.
+    settings.MESSAGES_PER_MINUTE = 100_000
+    # pytest owns this process's signals.
+    settings.GRACEFUL_SHUTDOWN = False
+
+
 @pytest.fixture
 def alice(django_db_blocker: Any) -> Any:
     return make_user("alice", "Alice")
@@ -109,6 +117,11 @@ class Socket:
                 if frame["type"] == kind:
                     return frames
 
+    async def receive_type(self, kind: str, timeout: float = 30) -> dict[str, Any]:
+        """The first frame of type `kind`, skipping others."""
+        frames = await self.receive_until(kind, timeout)
+        return frames[-1]
+
     async def nothing_pending(self, timeout: float = 0.2) -> bool:
         return await self.communicator.receive_nothing(timeout)
 
@@ -144,6 +157,7 @@ Connect = Callable[..., Awaitable[Socket]]
 async def ws() -> AsyncIterator[Connect]:
     """Open sockets through the real ASGI stack (origin check, session auth, routing)."""
     from chatproject.asgi import application
+    from conversations import supervisor
     from conversations.streaming import registry
 
     opened: list[Socket] = []
@@ -169,6 +183,7 @@ async def ws() -> AsyncIterator[Connect]:
     pending = registry.tasks | registry.side_tasks
     if pending:
         await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 60)
+    await supervisor.stop()
 
 
 def _admin_dsn() -> str:

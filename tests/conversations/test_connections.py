@@ -88,20 +88,32 @@ async def run_turns(ws, user, turns: int, seed: int) -> dict[str, int]:
     outcomes = {"complete": 0, "stopped": 0, "disconnected": 0}
 
     async def one_turn() -> None:
+        # Sockets of one user also follow each other's replies (multi-tab sync): each turn
+        # only looks at frames of its own reply.
         socket = await ws(user)
-        await socket.send_message("Tell me something")
+        client_id = await socket.send_message("Tell me something")
         accepted = await socket.receive()
+        while accepted.get("client_id") != client_id:
+            accepted = await socket.receive()
         assert accepted["type"] == "chat.accepted", accepted
+        message_id = accepted["message_id"]
+
+        async def own(kind: str) -> dict:
+            while True:
+                frame = await socket.receive(30)
+                if frame["type"] == kind and frame.get("message_id") == message_id:
+                    return frame
+
         roll = rng.random()
         if roll < 0.3:
             await socket.disconnect()
             outcomes["disconnected"] += 1
             return
         if roll < 0.6:
-            await socket.receive()
+            await own("chat.delta")
             await socket.send({"type": "chat.stop", "conversation_id": accepted["conversation_id"]})
-        frames = await socket.receive_until("chat.done")
-        outcomes[frames[-1]["status"]] += 1
+        done = await own("chat.done")
+        outcomes[done["status"]] += 1
         await socket.disconnect()
 
     for start in range(0, turns, 8):

@@ -214,8 +214,7 @@ async def test_second_tab_sees_the_title_of_a_new_conversation(ws, alice, person
     await first.send_message("Plan a trip to Lisbon")
     await first.receive_until("chat.done")
 
-    update = await second.receive(updates=True)
-    assert update["type"] == "conversation.updated"
+    update = await second.receive_type("conversation.updated")
     assert update["title"] == "Plan a trip to Lisbon"
 
 

@@ -21,7 +21,7 @@ async def test_turn_streams_and_new_title_fans_out_through_redis(
     frames = await first.receive_until("chat.done")
     assert frames[-1]["status"] == "complete"
 
-    update = await other_tab.receive(updates=True)
+    update = await other_tab.receive_type("conversation.updated")
     assert update == {
         "type": "conversation.updated",
         "conversation_id": frames[0]["conversation_id"],

@@ -1,0 +1,94 @@
+"""Read-only moderation views: staff can find and read conversations, not rewrite them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from conversations.models import Conversation, Message
+
+
+class ReadOnlyMixin:
+    """Nothing here is added or edited through admin: the chat's own code writes these rows."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class MessageInline(ReadOnlyMixin, admin.TabularInline):
+    model = Message
+    fk_name = "conversation"
+    fields = readonly_fields = ("created_at", "role", "status", "content", "output_tokens", "error")
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ["created_at"]
+
+
+@admin.register(Conversation)
+class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["title_shown", "owner", "persona", "message_count", "created_at", "updated_at"]
+    list_filter = ["persona", "updated_at"]
+    list_select_related = ["owner", "persona"]
+    # "user" is the owner's username or display name; "text" is the title or any message.
+    search_fields = [
+        "owner__username",
+        "owner__profile__display_name",
+        "title",
+        "messages__content",
+    ]
+    search_help_text = "Search by username, display name, title or message text."
+    date_hierarchy = "updated_at"
+    fields = readonly_fields = ("id", "owner", "persona", "title", "created_at", "updated_at")
+    inlines = [MessageInline]
+    show_full_result_count = False  # a full COUNT(*) over every conversation on each page
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        return super().get_queryset(request).annotate(messages_total=Count("messages"))
+
+    @admin.display(description="title", ordering="title")
+    def title_shown(self, conversation: Conversation) -> str:
+        return conversation.title or "(untitled)"
+
+    @admin.display(description="messages", ordering="messages_total")
+    def message_count(self, conversation: Conversation) -> int:
+        return int(getattr(conversation, "messages_total", 0))
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["snippet", "role", "status", "owner", "conversation", "created_at"]
+    list_filter = ["role", "status", "created_at"]
+    list_select_related = ["conversation__owner"]
+    search_fields = ["content", "conversation__owner__username", "conversation__title"]
+    search_help_text = "Search by message text, username or conversation title."
+    date_hierarchy = "created_at"
+    fields = readonly_fields = (
+        "id",
+        "conversation",
+        "role",
+        "status",
+        "content",
+        "reply_to",
+        "client_id",
+        "input_tokens",
+        "output_tokens",
+        "error",
+        "created_at",
+    )
+    show_full_result_count = False
+
+    @admin.display(description="message")
+    def snippet(self, message: Message) -> str:
+        text = " ".join(message.content.split())
+        return text[:80] + ("…" if len(text) > 80 else "")
+
+    @admin.display(description="user", ordering="conversation__owner__username")
+    def owner(self, message: Message) -> str:
+        return str(message.conversation.owner)

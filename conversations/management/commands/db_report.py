@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
+
+from conversations.maintenance import MaintenanceError, Thresholds, db_report, report_lines
+
+
+class Command(BaseCommand):
+    help = (
+        "Report PostgreSQL connections by state, the longest open transaction, any idle in "
+        "transaction, and the workers' pool statistics. Exits 1 when something is wrong "
+        "(for cron and monitors), 2 when the database cannot be read."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        defaults = Thresholds()
+        parser.add_argument(
+            "--worker",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="A worker's /metrics URL to read its pool from; repeat for each worker.",
+        )
+        parser.add_argument(
+            "--max-idle-in-transaction",
+            type=float,
+            default=defaults.idle_in_transaction_seconds,
+            metavar="SECONDS",
+            help="Flag a connection idle in transaction this long (default %(default)s).",
+        )
+        parser.add_argument(
+            "--max-transaction-age",
+            type=float,
+            default=defaults.transaction_seconds,
+            metavar="SECONDS",
+            help="Flag a transaction open this long (default %(default)s).",
+        )
+        parser.add_argument(
+            "--max-connections-ratio",
+            type=float,
+            default=defaults.backends_ratio,
+            metavar="RATIO",
+            help="Flag when the server's connections reach this share of max_connections "
+            "(default %(default)s).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        thresholds = Thresholds(
+            idle_in_transaction_seconds=options["max_idle_in_transaction"],
+            transaction_seconds=options["max_transaction_age"],
+            backends_ratio=options["max_connections_ratio"],
+        )
+        try:
+            report = db_report(
+                thresholds=thresholds,
+                worker_urls=tuple(options["worker"]),
+                token=settings.METRICS_TOKEN,
+            )
+        except MaintenanceError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        except DatabaseError as exc:
+            raise CommandError(
+                f"db_report: cannot read the database: {exc}", returncode=2
+            ) from None
+        for line in report_lines(report):
+            self.stdout.write(line)
+        if report.ok:
+            self.stdout.write(
+                f"db_report: OK, {sum(report.states.values())} connection(s), "
+                f"{len(report.idle_in_transaction)} idle in transaction"
+            )
+            return
+        raise CommandError(f"db_report: {len(report.problems)} problem(s) found", returncode=1)

@@ -1,0 +1,331 @@
+"""The shared reply log in Redis: what lets a reply outlive its worker.
+
+With `REDIS_URL` set, every generation keeps its deltas in a Redis Stream
+(`chat:log:<message_id>`) and announces itself under `chat:gen:<conversation_id>`, kept alive
+by a heartbeat key. Any worker can then replay and follow a reply, stop it (a message on
+`chat:control`), or, when the heartbeat has stopped, save what the log holds as `interrupted`.
+
+Every call here may fail when Redis is away; callers treat that as "degraded": the socket's
+own stream goes on in its worker, only the cross-worker features pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+CONTROL_CHANNEL = "chat:control"
+
+
+def gen_key(conversation_id: uuid.UUID | str) -> str:
+    return f"chat:gen:{conversation_id}"
+
+
+def log_key(message_id: uuid.UUID | str) -> str:
+    return f"chat:log:{message_id}"
+
+
+def heartbeat_key(message_id: uuid.UUID | str) -> str:
+    return f"chat:hb:{message_id}"
+
+
+def user_key(user_id: int) -> str:
+    return f"chat:user:{user_id}:gens"
+
+
+@dataclass(frozen=True)
+class GenerationMeta:
+    conversation_id: str
+    message_id: str
+    user_message_id: str
+    client_id: str
+    user_id: int
+    worker: str
+    started: float
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> GenerationMeta:
+        return cls(**json.loads(raw))
+
+
+# redis-py's async types are loose unions (bytes | str | None); this module decodes responses.
+_clients: dict[int, Any] = {}
+_down_until = 0.0
+
+
+class Degraded(Exception):
+    """Redis is away (or was moments ago): cross-worker features pause, streams go on."""
+
+
+def mark_down(exc: BaseException) -> None:
+    global _down_until
+    if time.monotonic() >= _down_until:
+        logger.warning("Redis unavailable, running degraded for a few seconds: %s", exc)
+    _down_until = time.monotonic() + settings.REDIS_RETRY_SECONDS
+
+
+def is_down() -> bool:
+    return time.monotonic() < _down_until
+
+
+async def guarded(work: Any, default: Any = None) -> Any:
+    """Await a Redis call; on failure, note the outage and return `default`."""
+    if is_down():
+        work.close()
+        return default
+    try:
+        return await work
+    except (TimeoutError, aioredis.RedisError, OSError) as exc:
+        mark_down(exc)
+        return default
+
+
+def client() -> Any:
+    """One client per event loop (redis.asyncio connections belong to the loop that made them)."""
+    if not settings.REDIS_URL:
+        return None
+    loop = asyncio.get_running_loop()
+    found = _clients.get(id(loop))
+    if found is None:
+        found = aioredis.Redis.from_url(
+            settings.REDIS_URL,
+            decode_responses=True,
+            socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+        )
+        _clients[id(loop)] = found
+    return found
+
+
+async def claim(conversation_id: uuid.UUID, token: str) -> bool:
+    """Hold the conversation for one turn across all workers (before anything is saved)."""
+    redis = client()
+    if redis is None:
+        return True
+    ok = await redis.set(gen_key(conversation_id), token, nx=True, ex=settings.GENERATION_TTL)
+    return bool(ok)
+
+
+async def unclaim(conversation_id: uuid.UUID, token: str) -> None:
+    redis = client()
+    if redis is None:
+        return
+    # Only our own claim: compare and delete in one step.
+    await redis.eval(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end",
+        1,
+        gen_key(conversation_id),
+        token,
+    )
+
+
+async def announce(meta: GenerationMeta) -> None:
+    redis = client()
+    if redis is None:
+        return
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(gen_key(meta.conversation_id), meta.dumps(), ex=settings.GENERATION_TTL)
+        pipe.set(heartbeat_key(meta.message_id), "1", ex=settings.HEARTBEAT_TTL)
+        pipe.sadd(user_key(meta.user_id), meta.conversation_id)
+        pipe.expire(user_key(meta.user_id), settings.GENERATION_TTL)
+        pipe.xadd(log_key(meta.message_id), {"meta": meta.dumps()})
+        pipe.expire(log_key(meta.message_id), settings.REPLY_LOG_TTL)
+        await pipe.execute()
+
+
+async def append(message_id: uuid.UUID, seq: int, text: str) -> None:
+    redis = client()
+    if redis is not None:
+        await redis.xadd(log_key(message_id), {"seq": str(seq), "text": text})
+
+
+UNSAVED_KEY = "chat:unsaved"
+
+
+async def finish(
+    meta: GenerationMeta, final: dict[str, Any], *, unsaved_status: str | None = None
+) -> None:
+    """Append the final frame and drop the markers of a generation in flight.
+
+    A reply whose save failed keeps its log for a week and is listed under `chat:unsaved`,
+    where `manage.py recover_streams` finds it.
+    """
+    redis = client()
+    if redis is None:
+        return
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(log_key(meta.message_id), {"final": json.dumps(final)})
+        if unsaved_status:
+            pipe.expire(log_key(meta.message_id), settings.REPLY_LOG_KEEP_SECONDS)
+            pipe.hset(UNSAVED_KEY, meta.message_id, json.dumps([meta.dumps(), unsaved_status]))
+        else:
+            pipe.expire(log_key(meta.message_id), settings.REPLY_LOG_TTL)
+        pipe.delete(heartbeat_key(meta.message_id))
+        pipe.srem(user_key(meta.user_id), meta.conversation_id)
+        await pipe.execute()
+    await unclaim(uuid.UUID(meta.conversation_id), meta.dumps())
+
+
+async def unsaved() -> list[tuple[GenerationMeta, str]]:
+    redis = client()
+    if redis is None:
+        return []
+    found = []
+    for raw in (await redis.hgetall(UNSAVED_KEY)).values():
+        meta_raw, status = json.loads(raw)
+        found.append((GenerationMeta.loads(meta_raw), status))
+    return found
+
+
+async def forget_unsaved(message_id: str) -> None:
+    redis = client()
+    if redis is not None:
+        await redis.hdel(UNSAVED_KEY, message_id)
+
+
+async def beat(metas: list[GenerationMeta]) -> None:
+    redis = client()
+    if redis is None or not metas:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for meta in metas:
+            pipe.set(heartbeat_key(meta.message_id), "1", ex=settings.HEARTBEAT_TTL)
+            pipe.expire(gen_key(meta.conversation_id), settings.GENERATION_TTL)
+        await pipe.execute()
+
+
+async def active(conversation_id: uuid.UUID) -> GenerationMeta | None:
+    redis = client()
+    if redis is None:
+        return None
+    raw = await redis.get(gen_key(conversation_id))
+    if not raw or not raw.startswith("{"):
+        return None  # nothing, or a claim whose turn has not begun yet
+    return GenerationMeta.loads(raw)
+
+
+async def user_active(user_id: int) -> int:
+    redis = client()
+    if redis is None:
+        return 0
+    return int(await redis.scard(user_key(user_id)))
+
+
+async def publish_stop(conversation_id: uuid.UUID) -> None:
+    redis = client()
+    if redis is not None:
+        await redis.publish(
+            CONTROL_CHANNEL, json.dumps({"op": "stop", "conversation_id": str(conversation_id)})
+        )
+
+
+async def rate_hit(user_id: int) -> float | None:
+    """Count one message; the seconds to wait when over the per-minute limit, else None."""
+    redis = client()
+    if redis is None:
+        return None
+    now = time.time()
+    key = f"chat:rate:{user_id}:{int(now // 60)}"
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 70)
+        count, _ = await pipe.execute()
+    if int(count) > settings.MESSAGES_PER_MINUTE:
+        return round(60 - now % 60, 1)
+    return None
+
+
+async def entries(
+    message_id: uuid.UUID | str, after_seq: int, *, block_ms: int = 1000
+) -> AsyncIterator[dict[str, str]]:
+    """The log from after `after_seq`: replayed, then followed live, up to the final entry."""
+    redis = client()
+    if redis is None:
+        return
+    key = log_key(message_id)
+    last_id = "0-0"
+    idle_since = time.monotonic()
+    while True:
+        batch = await redis.xread({key: last_id}, count=500, block=block_ms)
+        if not batch:
+            # No entry for a while: the heartbeat tells whether anyone still writes here.
+            if time.monotonic() - idle_since > settings.FOLLOW_GIVE_UP_SECONDS:
+                return
+            continue
+        idle_since = time.monotonic()
+        for entry_id, fields in batch[0][1]:
+            last_id = entry_id
+            if "seq" in fields and int(fields["seq"]) <= after_seq:
+                continue
+            yield fields
+            if "final" in fields:
+                return
+
+
+async def log_text(message_id: str) -> tuple[str, dict[str, Any] | None]:
+    """The reply so far from the log, and its final frame when it has one."""
+    redis = client()
+    assert redis is not None
+    parts: list[str] = []
+    final = None
+    for _, fields in await redis.xrange(log_key(message_id)):
+        if "text" in fields:
+            parts.append(fields["text"])
+        if "final" in fields:
+            final = json.loads(fields["final"])
+    return "".join(parts), final
+
+
+async def last_seq(message_id: uuid.UUID | str) -> int:
+    redis = client()
+    if redis is None:
+        return 0
+    for _, fields in await redis.xrevrange(log_key(message_id), count=5):
+        if "seq" in fields:
+            return int(fields["seq"])
+    return 0
+
+
+async def orphans(grace: float) -> list[GenerationMeta]:
+    """Generations whose heartbeat has stopped: their worker died."""
+    redis = client()
+    if redis is None:
+        return []
+    found = []
+    async for key in redis.scan_iter(match="chat:gen:*", count=200):
+        raw = await redis.get(key)
+        if not raw or not raw.startswith("{"):
+            continue
+        meta = GenerationMeta.loads(raw)
+        if time.time() - meta.started < grace:
+            continue
+        if not await redis.exists(heartbeat_key(meta.message_id)):
+            found.append(meta)
+    return found
+
+
+async def lock_recovery(message_id: str) -> bool:
+    redis = client()
+    assert redis is not None
+    return bool(await redis.set(f"chat:recovering:{message_id}", "1", nx=True, ex=60))
+
+
+async def ping() -> bool:
+    redis = client()
+    if redis is None:
+        return True
+    return bool(await redis.ping())

@@ -1,0 +1,129 @@
+"""Per-worker background duties: heartbeats, remote stop requests, recovery, and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import uuid
+from typing import Any
+
+from django.conf import settings
+
+from conversations import replylog
+from conversations.streaming import registry
+
+logger = logging.getLogger(__name__)
+
+_tasks: dict[int, asyncio.Task[None]] = {}
+
+
+def ensure_started() -> None:
+    """Start this event loop's supervisor once (lazily: Daphne has no startup hook)."""
+    loop = asyncio.get_running_loop()
+    if id(loop) in _tasks:
+        return
+    _tasks[id(loop)] = loop.create_task(_supervise())
+    if settings.GRACEFUL_SHUTDOWN:
+        _install_sigterm(loop)
+
+
+async def stop() -> None:
+    task = _tasks.pop(id(asyncio.get_running_loop()), None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def _supervise() -> None:
+    if not settings.REDIS_URL:
+        return
+    await asyncio.gather(_heartbeats(), _control(), _recovery())
+
+
+async def _heartbeats() -> None:
+    while True:
+        metas = [generation.meta for generation in list(registry.generations.values())]
+        await replylog.guarded(replylog.beat(metas))
+        await asyncio.sleep(settings.HEARTBEAT_SECONDS)
+
+
+async def _control() -> None:
+    """Stop requests from other workers, on the `chat:control` channel."""
+    while True:
+        redis = replylog.client()
+        if redis is None:
+            return
+        try:
+            async with redis.pubsub() as pubsub:
+                await pubsub.subscribe(replylog.CONTROL_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        _on_control(message["data"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            replylog.mark_down(exc)
+        await asyncio.sleep(settings.REDIS_RETRY_SECONDS)
+
+
+def _on_control(raw: Any) -> None:
+    try:
+        command = json.loads(raw)
+        conversation_id = uuid.UUID(command["conversation_id"])
+    except (ValueError, KeyError, TypeError):
+        return
+    generation = registry.get(conversation_id)
+    if command.get("op") == "stop" and generation is not None:
+        generation.stop()
+
+
+async def _recovery() -> None:
+    from conversations.recovery import recover_orphans
+
+    while True:
+        await asyncio.sleep(settings.RECOVERY_INTERVAL_SECONDS)
+        if replylog.is_down():
+            continue
+        try:
+            await recover_orphans()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("recovery round failed: %s", exc)
+
+
+def _install_sigterm(loop: asyncio.AbstractEventLoop) -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term() -> None:
+        if not registry.draining:
+            loop.create_task(_shutdown(loop, previous))
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    except (NotImplementedError, RuntimeError, ValueError):
+        logger.info("graceful shutdown unavailable here (no signal handlers on this loop)")
+
+
+async def _shutdown(loop: asyncio.AbstractEventLoop, previous: Any) -> None:
+    """Refuse new turns, let replies finish for a while, save the rest, then exit."""
+    logger.warning(
+        "SIGTERM: draining %d generation(s) for up to %.0fs",
+        len(registry.generations),
+        settings.GENERATION_DRAIN_SECONDS,
+    )
+    await registry.drain(settings.GENERATION_DRAIN_SECONDS)
+    for consumer in list(registry.sockets):
+        with contextlib.suppress(Exception):
+            await consumer.close(code=1012)  # "Service Restart": reconnect, maybe elsewhere
+    await asyncio.sleep(0.1)
+    loop.remove_signal_handler(signal.SIGTERM)
+    if callable(previous):
+        previous(signal.SIGTERM, None)
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
