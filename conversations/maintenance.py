@@ -237,6 +237,9 @@ WHERE datname = current_database() AND backend_type = 'client backend'
 
 def _read_activity() -> tuple[str, list[Backend], int, int]:
     with connection.cursor() as cursor:
+        # pg_stat_activity is read once per transaction and then frozen; inside a caller's
+        # transaction that would show a connection that has since moved on.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute("SELECT current_database(), current_setting('max_connections')::int")
         database, max_connections = cursor.fetchone()
         cursor.execute(

@@ -18,6 +18,7 @@ from conversations.streaming import registry
 logger = logging.getLogger(__name__)
 
 _tasks: dict[int, asyncio.Task[None]] = {}
+RESTART_CLOSE_CODE = 4012
 
 
 def ensure_started() -> None:
@@ -119,8 +120,11 @@ async def _shutdown(loop: asyncio.AbstractEventLoop, previous: Any) -> None:
     await registry.drain(settings.GENERATION_DRAIN_SECONDS)
     for consumer in list(registry.sockets):
         with contextlib.suppress(Exception):
-            await consumer.close(code=1012)  # "Service Restart": reconnect, maybe elsewhere
-    await asyncio.sleep(0.1)
+            # 4012 mirrors 1012 "Service Restart" (servers may not send 1012 themselves):
+            # the page reconnects, through the load balancer, to a worker that is up.
+            await consumer.close(code=RESTART_CLOSE_CODE)
+    # Let the close frames reach the clients before the server stops.
+    await asyncio.sleep(0.5)
     loop.remove_signal_handler(signal.SIGTERM)
     if callable(previous):
         previous(signal.SIGTERM, None)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import sys
+import contextlib
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -41,7 +41,7 @@ class Command(BaseCommand):
             with (
                 output.open("w", encoding="utf-8", newline="")
                 if output
-                else open(sys.stdout.fileno(), "w", encoding="utf-8", closefd=False) as out
+                else contextlib.nullcontext(cast(TextIO, self.stdout._out)) as out
             ):
                 count = conversations_export(
                     out=out,

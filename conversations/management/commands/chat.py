@@ -1,0 +1,234 @@
+"""manage.py chat: talk to a persona from the terminal through the very turn the socket runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
+
+from conversations.context import TurnContext
+from conversations.db import db_call
+from conversations.errors import ChatError, Invalid, TooLarge
+from conversations.frames import Send, parse_frame
+from conversations.streaming import Frame, Generation, registry
+from conversations.turns import turn_start
+
+PROMPT = "you> "
+
+
+def user_for_chat(username: str | None) -> int:
+    """The id of the user to chat as: `username`, or else the first superuser."""
+    users = get_user_model().objects.filter(is_active=True)
+    if username:
+        found = users.filter(username=username).values_list("pk", flat=True).first()
+        if found is None:
+            raise CommandError(f"No active user {username!r}.")
+        return int(found)
+    first = users.filter(is_superuser=True).order_by("pk").values_list("pk", flat=True).first()
+    if first is None:
+        raise CommandError(
+            "There is no superuser to chat as: pass --user USERNAME "
+            "(or create one with manage.py createsuperuser)."
+        )
+    return int(first)
+
+
+@dataclass
+class Outcome:
+    status: str = ""
+    error: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "error"
+
+    def summary(self) -> str:
+        if self.error:
+            return f"[{self.status}: {self.error}]"
+        tokens = f"{_count(self.input_tokens)} tokens in, {_count(self.output_tokens)} out"
+        return f"[{self.status}, {tokens}]"
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _uncancel() -> None:
+    """Carry on after asyncio.run's Ctrl-C cancellation was handled."""
+    current = asyncio.current_task()
+    if current is not None:
+        current.uncancel()
+
+
+def _model_of(ctx: TurnContext, provider: str) -> str:
+    defaults = {"openai": settings.OPENAI_MODEL, "gemini": settings.GEMINI_MODEL}
+    return ctx.persona.model or defaults.get(provider, "")
+
+
+class Command(BaseCommand):
+    help = (
+        "Chat with a persona in the terminal, through the same turn as the web chat: "
+        "replies stream as they arrive and are saved. With --message, one turn; otherwise "
+        "one turn per line read until an empty line or end of input. Exits non-zero when "
+        "the provider is misconfigured or a reply fails, so it checks a key or a model."
+    )
+    # The turn reports a misconfigured provider for the persona asked for, with the same
+    # message; the startup check about the default provider must not block a working persona.
+    requires_system_checks: list[str] = []
+    # `stdin` lets tests feed the interactive loop through call_command.
+    stealth_options = ("stdin",)
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--persona", required=True, metavar="SLUG", help="Slug of the persona to talk to."
+        )
+        parser.add_argument(
+            "--user", dest="username", help="Chat as this user (default: the first superuser)."
+        )
+        parser.add_argument("--message", metavar="TEXT", help="Send this one message and exit.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stdin: TextIO = options.get("stdin") or sys.stdin
+        one_shot: str | None = options["message"]
+        user_id = asyncio.run(db_call(user_for_chat)(options["username"]))
+        self.persona: str = options["persona"]
+        self.conversation_id: uuid.UUID | None = None
+        turns = failed = 0
+        last_error = ""
+        while True:
+            text = one_shot if one_shot is not None else self._read(stdin)
+            if text is None or (one_shot is None and not text):
+                break
+            try:
+                outcome = asyncio.run(self._turn(user_id, text))
+            except KeyboardInterrupt:
+                self.stderr.write("\ninterrupted")
+                break
+            except (Invalid, TooLarge) as error:
+                if one_shot is not None:
+                    raise CommandError(error.message) from None
+                self.stderr.write(error.message)  # a typing mistake: let them try again
+                continue
+            except ChatError as error:
+                raise CommandError(error.message) from None
+            except DatabaseError as error:
+                raise CommandError(f"The database could not be reached: {error}") from None
+            turns += 1
+            if outcome.failed:
+                failed += 1
+                last_error = outcome.error
+            if one_shot is not None:
+                break
+        where = f", conversation {self.conversation_id}" if self.conversation_id else ""
+        self.stdout.write(f"chat: {turns} turn{'' if turns == 1 else 's'}{where}")
+        if failed:
+            raise CommandError(
+                f"{failed} of {turns} replies failed: {last_error}"
+                if turns > 1
+                else f"The reply failed: {last_error}"
+            )
+
+    def _read(self, stdin: TextIO) -> str | None:
+        """The next line, stripped; None at the end of input (Ctrl-D) or on Ctrl-C."""
+        try:
+            if stdin is sys.stdin and stdin.isatty():
+                return input(PROMPT).strip()
+            line = stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            self.stdout.write("")
+            return None
+        return line.strip() if line else None
+
+    def _command(self, text: str) -> Send:
+        # Through the socket's own parser: the same limits and the same refusals.
+        frame = {
+            "type": "chat.send",
+            "conversation_id": str(self.conversation_id) if self.conversation_id else None,
+            "persona": None if self.conversation_id else self.persona,
+            "content": text,
+            "client_id": str(uuid.uuid4()),
+        }
+        command = parse_frame(json.dumps(frame))
+        assert isinstance(command, Send)
+        return command
+
+    async def _turn(self, user_id: int, text: str) -> Outcome:
+        command = self._command(text)
+        side_work = set(registry.side_tasks)
+        started = await turn_start(user_id=user_id, command=command)
+        titles = registry.side_tasks - side_work
+        ctx = started.ctx
+        if self.conversation_id is None:
+            self.conversation_id = ctx.conversation_id
+            provider = started.generation.provider.name if started.generation else "?"
+            model = _model_of(ctx, provider)
+            self.stdout.write(
+                f"{ctx.persona.name} ({provider}{f', {model}' if model else ''}) "
+                f"in conversation {ctx.conversation_id}"
+            )
+        if started.generation is None:
+            assert ctx.existing_reply is not None  # an idempotent re-send: already answered
+            reply = ctx.existing_reply
+            self.stdout.write(reply.content)
+            outcome = Outcome(reply.status, reply.error, reply.input_tokens, reply.output_tokens)
+        else:
+            outcome = await self._follow(started.generation)
+        self.stdout.write(outcome.summary())
+        if titles:
+            await self._await_title(titles)
+        return outcome
+
+    async def _await_title(self, titles: set[asyncio.Task[Any]]) -> None:
+        # Naming the conversation runs beside the reply; asyncio.run would cancel it on return.
+        try:
+            results = await asyncio.gather(*titles, return_exceptions=True)
+        except asyncio.CancelledError:
+            _uncancel()  # Ctrl-C: the heuristic title stays
+            return
+        for title in results:
+            if isinstance(title, str):
+                self.stdout.write(f"title: {title}")
+
+    async def _follow(self, generation: Generation) -> Outcome:
+        outcome = Outcome()
+        printed = False
+
+        async def show(frame: Frame) -> None:
+            nonlocal printed
+            kind = frame["type"]
+            if kind == "chat.delta":
+                self.stdout.write(frame["text"], ending="")
+                self.stdout.flush()
+                printed = True
+            elif kind == "chat.done":
+                usage = frame["usage"]
+                outcome.status = frame["status"]
+                outcome.error = frame["error"] or ""
+                outcome.input_tokens = usage["input_tokens"]
+                outcome.output_tokens = usage["output_tokens"]
+            elif kind == "chat.error":
+                outcome.status, outcome.error = "error", frame["message"]
+
+        await generation.follow(f"cli.{uuid.uuid4().hex}", show, 0)
+        task = generation.task
+        assert task is not None
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Ctrl-C while a reply streams works like chat.stop: the text so far is saved.
+            generation.stop()
+            await task
+            _uncancel()
+        if printed:
+            self.stdout.write("")  # end the reply's last line
+        return outcome

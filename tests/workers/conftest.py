@@ -1,0 +1,217 @@
+"""Real Daphne workers over the test database and a real Redis, driven by real WebSocket
+clients (the `websockets` library), on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import redis
+from django.conf import settings
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.conftest import session_cookie
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "test-output" / "workers"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def database_url(db: dict[str, Any] | None = None) -> str:
+    db = db or settings.DATABASES["default"]
+    user = quote(db.get("USER") or "postgres")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+class Worker:
+    """One Daphne process. `kill()` is `kill -9`; `terminate()` is SIGTERM."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        self.log_path = OUTPUT / f"{name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/chat/"
+
+    def start(self) -> Worker:
+        daphne = str(Path(sys.executable).with_name("daphne"))
+        self.log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [daphne, "-b", "127.0.0.1", "-p", str(self.port), "chatproject.asgi:application"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/healthz", timeout=1
+            ) as response:
+                if response.status == 200:
+                    return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not answer /healthz within 30 s")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        if hasattr(self, "log"):
+            self.log.close()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture
+def worker_env(redis_url: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "REDIS_URL": redis_url,
+        "DJANGO_DEBUG": "true",
+        "LLM_PROVIDER": "demo",
+        "DEMO_TOKEN_DELAY_MS": "20",
+        "DEMO_REPLY_WORDS": "100",
+        "DEMO_FAIL_AFTER_WORDS": "",
+        "DB_POOL_MAX_SIZE": "4",
+        "HEARTBEAT_SECONDS": "0.5",
+        "HEARTBEAT_TTL": "2",
+        "RECOVERY_INTERVAL_SECONDS": "1",
+        "GRACEFUL_SHUTDOWN": "true",
+        "GENERATION_DRAIN_SECONDS": "3",
+        "MESSAGES_PER_MINUTE": "1000",
+        "MAX_GENERATIONS_PER_USER": "100",
+    }
+    env.pop("DATABASE_TEST_NAME", None)
+    return env
+
+
+@pytest.fixture
+def spawn(worker_env: dict[str, str]) -> Iterator[Any]:
+    started: list[Worker] = []
+
+    def start(name: str, **overrides: str) -> Worker:
+        worker = Worker(name, {**worker_env, **overrides}).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+class Client:
+    """A browser tab: one authenticated socket speaking the protocol."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.connection.send(json.dumps(frame))
+
+    async def send_message(self, content: str, conversation_id: str | None = None) -> str:
+        client_id = str(uuid.uuid4())
+        await self.send(
+            {
+                "type": "chat.send",
+                "conversation_id": conversation_id,
+                "persona": None,
+                "content": content,
+                "client_id": client_id,
+            }
+        )
+        return client_id
+
+    async def receive(self, timeout: float = 20) -> dict[str, Any]:
+        """The next frame, skipping `conversation.updated` announcements."""
+        while True:
+            raw = await asyncio.wait_for(self.connection.recv(), timeout)
+            frame: dict[str, Any] = json.loads(raw)
+            if frame["type"] != "conversation.updated":
+                return frame
+
+    async def until(self, kind: str, timeout: float = 30, **match: Any) -> list[dict[str, Any]]:
+        """Frames up to the first of type `kind` whose fields match."""
+        frames = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.receive(timeout)
+                frames.append(frame)
+                if frame["type"] == kind and all(frame.get(k) == v for k, v in match.items()):
+                    return frames
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+
+
+async def open_client(worker: Worker, user: Any) -> Client:
+    from conversations.db import db_call
+
+    cookie = await db_call(session_cookie)(user)
+    connection = await connect(
+        worker.url,
+        additional_headers={
+            "Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
+            "Origin": f"http://127.0.0.1:{worker.port}",
+        },
+        open_timeout=10,
+    )
+    return Client(connection)
+
+
+def deltas_text(frames: list[dict[str, Any]], message_id: str | None = None) -> str:
+    return "".join(
+        f["text"]
+        for f in frames
+        if f["type"] == "chat.delta" and (message_id is None or f["message_id"] == message_id)
+    )
