@@ -109,6 +109,9 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
         }
     _database["OPTIONS"] = _options
     _database["CONN_MAX_AGE"] = 0
+    # With the pool, this tests each connection as it leaves the pool: after a database
+    # restart the pool still holds dead ones, and a turn must not be refused for them.
+    _database["CONN_HEALTH_CHECKS"] = True
     if test_name := envstr("DATABASE_TEST_NAME"):
         _database["TEST"] = {"NAME": test_name}
 DATABASES = {"default": _database}
@@ -121,7 +124,15 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s socket timeout by default, the same as
+                # channels-redis's blocking pop: give the pop room, or receive() raises.
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 3}
+                ],
+                "capacity": 1000,
+                "expiry": 30,
+            },
         }
     }
 else:

@@ -61,8 +61,10 @@ async def _control() -> None:
         try:
             async with redis.pubsub() as pubsub:
                 await pubsub.subscribe(replylog.CONTROL_CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while True:
+                    # A short poll, not listen(): a quiet channel is not a dead Redis.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                    if message is not None and message.get("type") == "message":
                         _on_control(message["data"])
         except asyncio.CancelledError:
             raise

@@ -271,7 +271,10 @@ def redis_layer(settings: Any) -> Any:
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [url], "prefix": f"test-{uuid.uuid4().hex[:8]}"},
+            "CONFIG": {
+                "hosts": [{"address": url, "socket_timeout": 15}],
+                "prefix": f"test-{uuid.uuid4().hex[:8]}",
+            },
         }
     }
     return url

@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -73,9 +75,12 @@ class Worker:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited; see {self.log_path}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                f"http://127.0.0.1:{self.port}/healthz", timeout=1
-            ) as response:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/healthz", timeout=1
+                ) as response,
+            ):
                 if response.status == 200:
                     return self
             if time.monotonic() > deadline:
@@ -216,3 +221,111 @@ def deltas_text(frames: list[dict[str, Any]], message_id: str | None = None) -> 
         for f in frames
         if f["type"] == "chat.delta" and (message_id is None or f["message_id"] == message_id)
     )
+
+
+class ScratchPostgres:
+    """A PostgreSQL server of the test's own, so it can be stopped and restarted."""
+
+    def __init__(self) -> None:
+        versions = sorted(Path("/usr/lib/postgresql").iterdir())
+        if not versions:
+            pytest.skip("PostgreSQL server binaries are not installed")
+        self.bin = versions[-1] / "bin"
+        self.dir = Path(tempfile.mkdtemp(prefix="scratch-pg-", dir="/tmp"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        shutil.chown(self.dir, "postgres", "postgres")
+        self._as_postgres(
+            self.bin / "initdb",
+            "-D",
+            self.data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "--no-instructions",
+        )
+        self.start()
+        self._as_postgres(self.bin / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "chat")
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/chat"
+
+    def _as_postgres(self, *command: Any) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *map(str, command)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        self._as_postgres(
+            self.bin / "pg_ctl",
+            "-D",
+            self.data,
+            "-o",
+            options,
+            "-l",
+            self.dir / "server.log",
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def destroy(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch_pg() -> Iterator[ScratchPostgres]:
+    if os.geteuid() != 0:
+        pytest.skip("starting a scratch PostgreSQL needs root (runuser)")
+    server = ScratchPostgres()
+    yield server
+    server.destroy()
+
+
+def scratch_cookies(url: str, usernames: list[str]) -> dict[str, str]:
+    env = {**os.environ, "DATABASE_URL": url}
+    env.pop("DATABASE_TEST_NAME", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.workers.scratch_setup", *usernames],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cookies: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])["cookies"]
+    return cookies
+
+
+async def open_with_cookie(worker: Worker, cookie: str) -> Client:
+    connection = await connect(
+        worker.url,
+        additional_headers={
+            "Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
+            "Origin": f"http://127.0.0.1:{worker.port}",
+        },
+        open_timeout=10,
+    )
+    return Client(connection)
