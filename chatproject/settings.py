@@ -150,6 +150,18 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 ALLOW_SIGNUP = envbool("ALLOW_SIGNUP", True)
 
+# --- Behind nginx (deploy/): HTTPS only, HSTS. All driven by env, all off in development.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+# Probes and scrapers reach each worker directly over plain HTTP on the private network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = envint("DJANGO_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = envbool("DJANGO_HSTS_PRELOAD", False)
+# Asking browsers to preload the domain is the domain owner's call (hstspreload.org).
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+READYZ_CHECK_TIMEOUT = envfloat("READYZ_CHECK_TIMEOUT", 2.0)
+
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = not DEBUG
@@ -183,6 +195,8 @@ DEMO_TOKEN_DELAY_MS = envint("DEMO_TOKEN_DELAY_MS", 30)
 DEMO_REPLY_WORDS = envint("DEMO_REPLY_WORDS", 0) or None
 # Failure injection for chaos runs: the demo provider fails after this many words.
 DEMO_FAIL_AFTER_WORDS = envint("DEMO_FAIL_AFTER_WORDS", 0) or None
+# ...or fails part-way through this percentage of questions (chosen by their hash).
+DEMO_FAIL_RATE = envint("DEMO_FAIL_RATE", 0)
 
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 16000)
 MAX_FRAME_BYTES = envint("MAX_FRAME_BYTES", MAX_MESSAGE_CHARS * 4 + 4096)

@@ -14,6 +14,7 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from conversations import replylog
 from conversations.api import _csrf_failed, error_response
 from conversations.db import db_call
 from conversations.errors import ChatError, Invalid
@@ -21,6 +22,8 @@ from conversations.frames import Send, parse_frame
 from conversations.models import Message
 from conversations.serializers import message_dict
 from conversations.turns import turn_start
+
+FINAL_ONLY = 2**62  # an after_seq past any delta
 
 HTTP_STATUS = {
     "invalid": 400,
@@ -86,7 +89,15 @@ async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> Json
         return error_response(403, "csrf_failed", "Missing or wrong X-CSRFToken header.")
     try:
         started = await turn_start(user_id=user_id, command=_command(request.body, conversation_id))
-        if started.generation is not None:
+        if started.remote is not None:
+            # A re-post of a reply generated on another worker: wait for its end there.
+            async for fields in replylog.entries(started.remote.message_id, FINAL_ONLY):
+                if "final" in fields and json.loads(fields["final"]).get("type") == "chat.error":
+                    final = json.loads(fields["final"])
+                    error = ChatError(final["message"])
+                    error.code = final["code"]
+                    raise error
+        elif started.generation is not None:
             task = started.generation.task
             assert task is not None
             # Shielded: a client that hangs up does not cancel the process-owned generation.

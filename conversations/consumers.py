@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import uuid
 from typing import Any
 
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
+from django.conf import settings
 from django.db import DatabaseError
 
 from conversations import metrics, replylog, services, supervisor
@@ -22,7 +28,6 @@ from conversations.streaming import (
     registry,
     saved_done_frame,
 )
-from conversations.titles import announce_title
 from conversations.turns import turn_start
 
 logger = logging.getLogger(__name__)
@@ -30,10 +35,49 @@ logger = logging.getLogger(__name__)
 FINAL_ONLY = 2**62  # an after_seq past any delta: only the final frame is wanted
 
 
+class ResilientLayer:
+    """A channel layer whose receive() waits out a Redis outage instead of ending the socket.
+
+    Channels awaits the layer's receive() beside the socket's own; if it raised, the socket
+    would close with 1011 even though its own reply needs no Redis at all.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self._layer = layer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._layer, name)
+
+    async def receive(self, channel: str) -> Any:
+        while True:
+            try:
+                return await self._layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                replylog.mark_down(exc)
+                await asyncio.sleep(settings.REDIS_RETRY_SECONDS)
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     user_id: int
     group: str
     counted = False
+    channel_layer: Any
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # As AsyncConsumer.__call__, with the channel layer wrapped to survive outages.
+        self.scope = scope
+        layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_layer = ResilientLayer(layer) if layer is not None else None
+        self.base_send = send
+        sources = [receive]
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            sources.append(self.channel_receive)
+        with contextlib.suppress(StopConsumer):
+            await await_many_dispatch(sources, self.dispatch)
 
     async def connect(self) -> None:
         self.remote_follows: dict[str, asyncio.Task[None]] = {}
@@ -109,9 +153,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_frame(accepted)
         if started.generation is not None:
             await self._tell_other_tabs(accepted)
-        if started.ctx.conversation_created:
-            # Other tabs learn of the new conversation; this one hears it too.
-            await announce_title(self.user_id, started.ctx.conversation_id, started.ctx.title)
         if started.generation is not None:
             await started.generation.follow(self.channel_name, self.send_frame, 0)
         elif started.remote is not None:

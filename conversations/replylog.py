@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -63,7 +64,7 @@ class GenerationMeta:
 
 
 # redis-py's async types are loose unions (bytes | str | None); this module decodes responses.
-_clients: dict[int, Any] = {}
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 _down_until = 0.0
 
 
@@ -99,7 +100,7 @@ def client() -> Any:
     if not settings.REDIS_URL:
         return None
     loop = asyncio.get_running_loop()
-    found = _clients.get(id(loop))
+    found = _clients.get(loop)
     if found is None:
         found = aioredis.Redis.from_url(
             settings.REDIS_URL,
@@ -107,7 +108,7 @@ def client() -> Any:
             socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
             socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
         )
-        _clients[id(loop)] = found
+        _clients[loop] = found
     return found
 
 

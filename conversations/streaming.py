@@ -305,6 +305,7 @@ class Generation:
             if buffer:
                 # Text the model already produced is kept, even when stopped or failing.
                 self.frames.append("".join(buffer))
+                metrics.FRAMES.inc()
                 await self._deliver_tail()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:

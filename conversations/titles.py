@@ -34,10 +34,14 @@ def title_request(ctx: TurnContext) -> ProviderRequest:
 
 
 def clean_title(text: str) -> str:
-    """The first line, without markdown, quotes or a trailing full stop; '' when unusable."""
+    """The first line, without markdown, quotes, a "Title:" label or a final stop."""
     line = next((part for part in text.strip().splitlines() if part.strip()), "")
-    line = " ".join(line.strip().lstrip("#*").strip().strip("\"'`*").split())
-    line = line.removeprefix("Title:").strip().rstrip(".")
+    previous = None
+    while line != previous:
+        previous = line
+        line = " ".join(line.split()).lstrip("#").strip().strip("\"'`*_").strip().rstrip(".")
+        if line.lower().startswith("title:"):
+            line = line[len("title:") :]
     return line[:TITLE_MAX_CHARS].strip()
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from conversations import logctx, metrics, replylog, services
+from conversations import logctx, metrics, replylog, services, supervisor
 from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.errors import Busy, ProviderFailed, RateLimited
@@ -17,7 +17,7 @@ from conversations.frames import Send
 from conversations.llm import Provider, ProviderError, get_provider
 from conversations.prompts import build_request
 from conversations.streaming import Generation, Reservation, registry
-from conversations.titles import title_generate
+from conversations.titles import announce_title, title_generate
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ async def rate_check(user_id: int) -> None:
 
 async def turn_start(*, user_id: int, command: Send) -> Started:
     """Steps 1-4 of a turn: limits, begin in one transaction, then start the generation."""
+    # Heartbeats, remote stops and recovery must run wherever a turn starts (socket, HTTP,
+    # the chat command), or another worker would take this reply for a dead worker's.
+    supervisor.ensure_started()
+    # The socket's task outlives a turn: do not let the last turn's ids label this one.
+    logctx.turn_id.set("-")
+    logctx.conversation_id.set(str(command.conversation_id) if command.conversation_id else "-")
     remote = None
     if command.conversation_id is not None:
         running = registry.get(command.conversation_id)
@@ -128,6 +134,8 @@ async def turn_start(*, user_id: int, command: Send) -> Started:
     generation = registry.start(ctx, provider, build_request(ctx), reservation)
     generation.received_at = received_at
     if ctx.conversation_created:
+        # The heuristic title first, so a generated one can only ever replace it.
+        await announce_title(ctx.user_id, ctx.conversation_id, ctx.title)
         registry.spawn(title_generate(ctx, provider))
     return Started(ctx, generation)
 

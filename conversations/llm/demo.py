@@ -97,6 +97,7 @@ class DemoProvider(Provider):
         self.fail_after_words = (
             settings.DEMO_FAIL_AFTER_WORDS if fail_after_words is None else fail_after_words
         )
+        self.fail_rate = settings.DEMO_FAIL_RATE
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[str | Usage, None]:
         if request.purpose == "title":
@@ -104,8 +105,14 @@ class DemoProvider(Provider):
             yield title_from_message(question)
             return
         tokens = demo_reply_tokens(request, self.reply_words)
+        fail_after = self.fail_after_words
+        if fail_after is None and self.fail_rate:
+            # Chaos runs: a deterministic share of questions fail part-way through.
+            digest = int(hashlib.sha256(request.messages[-1].content.encode()).hexdigest(), 16)
+            if digest % 100 < self.fail_rate:
+                fail_after = 1 + digest % max(1, len(tokens) - 1)
         for index, token in enumerate(tokens):
-            if self.fail_after_words is not None and index >= self.fail_after_words:
+            if fail_after is not None and index >= fail_after:
                 raise ProviderError("The demo model failed mid-reply (failure injection).")
             if self.delay:
                 await asyncio.sleep(self.delay)

@@ -187,3 +187,18 @@ async def test_sigterm_drains_then_saves_the_rest_interrupted(
     after = await asyncio.to_thread(settled, pg_backends)
     assert sum(after.values()) == baseline
     assert after.get("idle in transaction", 0) == 0
+
+
+async def test_rate_limit_holds_across_workers(spawn, alice, persona):
+    a = spawn("A", MESSAGES_PER_MINUTE="3", DEMO_REPLY_WORDS="5", DEMO_TOKEN_DELAY_MS="1")
+    b = spawn("B", MESSAGES_PER_MINUTE="3", DEMO_REPLY_WORDS="5", DEMO_TOKEN_DELAY_MS="1")
+    on_a, on_b = await open_client(a, alice), await open_client(b, alice)
+    for client in (on_a, on_b, on_a):
+        await client.send_message("Counted wherever it lands")
+        await client.until("chat.done", timeout=20)
+    late = await on_b.send_message("The fourth this minute")
+    refused = (await on_b.until("chat.error", client_id=late))[-1]
+    assert refused["code"] == "rate_limited"
+    assert refused["retry_after"] > 0
+    for client in (on_a, on_b):
+        await client.close()

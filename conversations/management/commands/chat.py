@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -14,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from conversations import supervisor
 from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.errors import ChatError, Invalid, TooLarge
@@ -59,6 +63,13 @@ class Outcome:
         return f"[{self.status}, {tokens}]"
 
 
+@dataclass
+class Tally:
+    turns: int = 0
+    failed: int = 0
+    last_error: str = ""
+
+
 def _count(value: int | None) -> str:
     return "?" if value is None else str(value)
 
@@ -70,6 +81,30 @@ def _uncancel() -> None:
         current.uncancel()
 
 
+class _Interrupts:
+    """Every Ctrl-C cancels what the session awaits; asyncio.run's own handler only does that
+    once and raises KeyboardInterrupt the second time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.remove_signal_handler(signal.SIGINT)
+
+
+def _catch_interrupts() -> _Interrupts:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    if main is None:
+        return _Interrupts(None)
+    try:
+        loop.add_signal_handler(signal.SIGINT, main.cancel)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return _Interrupts(None)  # not the main thread: asyncio.run's handler applies
+    return _Interrupts(loop)
+
+
 def _model_of(ctx: TurnContext, provider: str) -> str:
     defaults = {"openai": settings.OPENAI_MODEL, "gemini": settings.GEMINI_MODEL}
     return ctx.persona.model or defaults.get(provider, "")
@@ -79,8 +114,9 @@ class Command(BaseCommand):
     help = (
         "Chat with a persona in the terminal, through the same turn as the web chat: "
         "replies stream as they arrive and are saved. With --message, one turn; otherwise "
-        "one turn per line read until an empty line or end of input. Exits non-zero when "
-        "the provider is misconfigured or a reply fails, so it checks a key or a model."
+        "one turn per line read until an empty line or end of input (Ctrl-C stops a reply). "
+        "Exits non-zero when the provider is misconfigured or a reply fails, so it checks a "
+        "key or a model."
     )
     # The turn reports a misconfigured provider for the persona asked for, with the same
     # message; the startup check about the default provider must not block a working persona.
@@ -98,56 +134,93 @@ class Command(BaseCommand):
         parser.add_argument("--message", metavar="TEXT", help="Send this one message and exit.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stdin: TextIO = options.get("stdin") or sys.stdin
-        one_shot: str | None = options["message"]
-        user_id = asyncio.run(db_call(user_for_chat)(options["username"]))
         self.persona: str = options["persona"]
         self.conversation_id: uuid.UUID | None = None
-        turns = failed = 0
-        last_error = ""
-        while True:
-            text = one_shot if one_shot is not None else self._read(stdin)
-            if text is None or (one_shot is None and not text):
-                break
-            try:
-                outcome = asyncio.run(self._turn(user_id, text))
-            except KeyboardInterrupt:
-                self.stderr.write("\ninterrupted")
-                break
-            except (Invalid, TooLarge) as error:
-                if one_shot is not None:
-                    raise CommandError(error.message) from None
-                self.stderr.write(error.message)  # a typing mistake: let them try again
-                continue
-            except ChatError as error:
-                raise CommandError(error.message) from None
-            except DatabaseError as error:
-                raise CommandError(f"The database could not be reached: {error}") from None
-            turns += 1
-            if outcome.failed:
-                failed += 1
-                last_error = outcome.error
-            if one_shot is not None:
-                break
+        tally = Tally()
+        # One event loop for the whole session: the turn's clients (Redis, the channel layer)
+        # belong to the loop that made them.
+        session = self._session(
+            tally, options["username"], options["message"], options.get("stdin") or sys.stdin
+        )
+        try:
+            asyncio.run(session)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self.stderr.write("\ninterrupted")
         where = f", conversation {self.conversation_id}" if self.conversation_id else ""
-        self.stdout.write(f"chat: {turns} turn{'' if turns == 1 else 's'}{where}")
-        if failed:
+        self.stdout.write(f"chat: {tally.turns} turn{'' if tally.turns == 1 else 's'}{where}")
+        if tally.failed:
             raise CommandError(
-                f"{failed} of {turns} replies failed: {last_error}"
-                if turns > 1
-                else f"The reply failed: {last_error}"
+                f"{tally.failed} of {tally.turns} replies failed: {tally.last_error}"
+                if tally.turns > 1
+                else f"The reply failed: {tally.last_error}"
             )
 
-    def _read(self, stdin: TextIO) -> str | None:
-        """The next line, stripped; None at the end of input (Ctrl-D) or on Ctrl-C."""
+    async def _session(
+        self, tally: Tally, username: str | None, one_shot: str | None, stdin: TextIO
+    ) -> None:
+        user_id = await db_call(user_for_chat)(username)
+        # As a socket does: heartbeats keep other workers from saving our reply as orphaned.
+        supervisor.ensure_started()
+        interrupts = _catch_interrupts()
         try:
-            if stdin is sys.stdin and stdin.isatty():
-                return input(PROMPT).strip()
-            line = stdin.readline()
-        except (EOFError, KeyboardInterrupt):
+            while True:
+                text = one_shot if one_shot is not None else await self._read(stdin)
+                if text is None or (one_shot is None and not text):
+                    break
+                try:
+                    outcome = await self._turn(user_id, text)
+                except (Invalid, TooLarge) as error:
+                    if one_shot is not None:
+                        raise CommandError(error.message) from None
+                    self.stderr.write(error.message)  # a typing mistake: let them try again
+                    continue
+                except ChatError as error:
+                    raise CommandError(error.message) from None
+                except DatabaseError as error:
+                    raise CommandError(f"The database could not be reached: {error}") from None
+                except asyncio.CancelledError:
+                    _uncancel()  # Ctrl-C before the reply began
+                    self.stderr.write("\ninterrupted")
+                    break
+                tally.turns += 1
+                if outcome.failed:
+                    tally.failed += 1
+                    tally.last_error = outcome.error
+                if one_shot is not None:
+                    break
+        finally:
+            interrupts.close()
+            await supervisor.stop()
+
+    async def _read(self, stdin: TextIO) -> str | None:
+        """The next line, stripped; None at the end of input (Ctrl-D) or on Ctrl-C."""
+        loop = asyncio.get_running_loop()
+        line: asyncio.Future[str | None] = loop.create_future()
+        interactive = stdin is sys.stdin and stdin.isatty()
+
+        def deliver(value: str | None) -> None:
+            if not line.done():
+                line.set_result(value)
+
+        def read() -> None:
+            try:
+                text: str | None = input(PROMPT) if interactive else stdin.readline() or None
+            except (EOFError, OSError, ValueError):
+                text = None
+            # The loop may be gone already (Ctrl-C at the prompt).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, text)
+
+        # A daemon thread, not the loop's executor: on Ctrl-C the session ends at once
+        # instead of waiting for a line that never comes.
+        threading.Thread(target=read, name="chat-stdin", daemon=True).start()
+        try:
+            text = await line
+        except asyncio.CancelledError:
+            _uncancel()
             self.stdout.write("")
             return None
-        return line.strip() if line else None
+        return text.strip() if text is not None else None
 
     def _command(self, text: str) -> Send:
         # Through the socket's own parser: the same limits and the same refusals.
@@ -176,28 +249,18 @@ class Command(BaseCommand):
                 f"{ctx.persona.name} ({provider}{f', {model}' if model else ''}) "
                 f"in conversation {ctx.conversation_id}"
             )
-        if started.generation is None:
-            assert ctx.existing_reply is not None  # an idempotent re-send: already answered
+        if started.generation is not None:
+            outcome = await self._follow(started.generation)
+        elif ctx.existing_reply is not None:  # an idempotent re-send: answered before
             reply = ctx.existing_reply
             self.stdout.write(reply.content)
             outcome = Outcome(reply.status, reply.error, reply.input_tokens, reply.output_tokens)
-        else:
-            outcome = await self._follow(started.generation)
+        else:  # generated by another worker; fresh client ids make this unreachable here
+            outcome = Outcome("error", "The reply is being generated by another worker.")
         self.stdout.write(outcome.summary())
         if titles:
             await self._await_title(titles)
         return outcome
-
-    async def _await_title(self, titles: set[asyncio.Task[Any]]) -> None:
-        # Naming the conversation runs beside the reply; asyncio.run would cancel it on return.
-        try:
-            results = await asyncio.gather(*titles, return_exceptions=True)
-        except asyncio.CancelledError:
-            _uncancel()  # Ctrl-C: the heuristic title stays
-            return
-        for title in results:
-            if isinstance(title, str):
-                self.stdout.write(f"title: {title}")
 
     async def _follow(self, generation: Generation) -> Outcome:
         outcome = Outcome()
@@ -232,3 +295,15 @@ class Command(BaseCommand):
         if printed:
             self.stdout.write("")  # end the reply's last line
         return outcome
+
+    async def _await_title(self, titles: set[asyncio.Task[Any]]) -> None:
+        # Naming the conversation runs beside the reply; wait, so the title is shown and
+        # nothing is cancelled when the session ends.
+        try:
+            results = await asyncio.gather(*titles, return_exceptions=True)
+        except asyncio.CancelledError:
+            _uncancel()  # Ctrl-C: the heuristic title stays
+            return
+        for title in results:
+            if isinstance(title, str):
+                self.stdout.write(f"title: {title}")
