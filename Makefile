@@ -8,7 +8,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chat
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-fast lint format install install-dev migrate clean
+.PHONY: run test test-fast chaos lint format install install-dev migrate clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: install-dev
 test-fast: install-dev
 	DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \
 		$(VENV)/bin/pytest -m "not browser and not slow" $(PYTEST_ARGS)
+
+chaos: install-dev
+	DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= CHAOS_TURNS=500 \
+		$(VENV)/bin/pytest tests/workers/test_chaos.py -s -q $(PYTEST_ARGS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
