@@ -28,7 +28,7 @@ migrate: install
 
 run: migrate
 	$(PY) manage.py seed_personas
-	$(PY) manage.py create_demo_user
+	$(PY) manage.py create_demo_user --url http://$(HOST):$(PORT)
 	@echo "Serving on http://$(HOST):$(PORT)/ (Ctrl+C to stop)"
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatproject.asgi:application
 

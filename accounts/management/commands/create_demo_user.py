@@ -15,6 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--username", default="demo")
         parser.add_argument("--password", default="demo-chat-2026")
         parser.add_argument("--display-name", default="Demo User")
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="Where the app runs.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.DEBUG:
@@ -26,6 +27,6 @@ class Command(BaseCommand):
         )
         state = "created" if created else "already exists"
         self.stdout.write(
-            f"create_demo_user: {state}; log in at http://127.0.0.1:8000/accounts/login/ "
+            f"create_demo_user: {state}; log in at {options['url']}/accounts/login/ "
             f"as {options['username']} / {options['password']}"
         )
