@@ -152,7 +152,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         accepted = accepted_frame(started.ctx)
         await self.send_frame(accepted)
         if started.generation is not None:
-            await self._tell_other_tabs(accepted)
+            # Other tabs have not seen the message: it travels with their copy.
+            await self._tell_other_tabs({**accepted, "content": started.ctx.content})
         if started.generation is not None:
             await started.generation.follow(self.channel_name, self.send_frame, 0)
         elif started.remote is not None:

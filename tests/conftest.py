@@ -82,6 +82,18 @@ def fast_demo(settings: Any) -> Any:
     return settings
 
 
+def subprocess_database_url(dbname: str | None = None) -> str:
+    """The pytest-django test database as a DATABASE_URL for a server in a subprocess."""
+    from urllib.parse import quote
+
+    db = settings.DATABASES["default"]
+    user = quote(db.get("USER") or "postgres")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{dbname or db['NAME']}"
+
+
 def session_cookie(user: Any) -> str:
     client = Client()
     client.force_login(user)

@@ -947,6 +947,10 @@
     if (frame.conversation_id !== state.currentId) return;
     if (frame.title) setTitle(frame.title);
     if (entry) acknowledge(entry, frame.user_message_id);
+    else if (typeof frame.content === "string" && !findMessageNode(frame.user_message_id)) {
+      // Sent from another tab: show the user's message before its reply streams in.
+      appendMessage({ role: "user", id: frame.user_message_id, content: frame.content, status: "complete" });
+    }
     if (frame.message_id && !state.finalIds.has(frame.message_id)) startStream(frame.conversation_id, frame.message_id);
   }
 

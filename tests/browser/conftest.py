@@ -18,13 +18,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.conftest import session_cookie
+from tests.conftest import session_cookie, subprocess_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output"
@@ -53,15 +52,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    user = quote(db.get("USER") or "postgres")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
-
-
 # Package scope: Daphne's pooled connections to the test database must be gone before
 # other packages run, or tests that count PostgreSQL backends would count them too.
 @pytest.fixture(scope="package")
@@ -76,7 +66,7 @@ def app_url(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     env = {
         **os.environ,
         # settings.DATABASES now names the test database (test_<name>).
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": subprocess_database_url(),
         "DJANGO_DEBUG": "true",
         "DEMO_TOKEN_DELAY_MS": DEMO_TOKEN_DELAY_MS,
         "DEMO_REPLY_WORDS": DEMO_REPLY_WORDS,

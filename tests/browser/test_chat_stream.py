@@ -145,6 +145,36 @@ def test_reload_mid_reply_resumes_with_no_gap_and_no_duplicate(
     expect(reply).to_have_count(1)
 
 
+def test_second_tab_shows_the_message_and_the_live_reply(
+    new_context: Callable[..., Any], alice: Any, persona: Any
+) -> None:
+    context = new_context(alice)
+    first = context.new_page()
+    first.goto("/")
+    send(first, "First message, to open a conversation")
+    expect(first.locator("article[data-role=assistant]")).to_have_attribute(
+        "data-status", "complete", timeout=20_000
+    )
+    second = context.new_page()
+    second.goto(first.url)
+    expect(second.locator("article[data-role=assistant]")).to_have_count(1)
+
+    send(first, "Asked in the first tab")
+
+    mirror = second.locator("article[data-role=assistant]").last
+    expect(second.locator("article[data-role=user]").last).to_have_text(
+        re.compile("Asked in the first tab")
+    )
+    expect(mirror).to_have_attribute("data-status", "streaming")
+    expect(mirror).to_have_attribute("data-status", "complete", timeout=20_000)
+    original = first.locator("article[data-role=assistant]").last
+    expect(original).to_have_attribute("data-status", "complete", timeout=20_000)
+    assert shown(second, "article[data-role=assistant]:last-of-type .msg-body") == shown(
+        first, "article[data-role=assistant]:last-of-type .msg-body"
+    )
+    expect(second.locator("article[data-role=user]")).to_have_count(2)
+
+
 def test_socket_drop_mid_reply_reconnects_and_resumes(
     open_page: Callable[..., Page], alice: Any, persona: Any
 ) -> None:

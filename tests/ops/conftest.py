@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -88,16 +87,6 @@ def fetch(
         return Response(raw.status, raw.headers, raw.read())
     finally:
         conn.close()
-
-
-def subprocess_database_url(dbname: str | None = None) -> str:
-    """The pytest-django test database as a DATABASE_URL for a subprocess."""
-    db = settings.DATABASES["default"]
-    user = quote(db.get("USER") or "postgres")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    return f"postgres://{user}{password}@{host}:{port}/{dbname or db['NAME']}"
 
 
 def needs_postgresql() -> None:

@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from conversations.models import Message
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, subprocess_database_url
 from tests.ops.conftest import (
     OUTPUT,
     ROOT,
@@ -37,7 +37,6 @@ from tests.ops.conftest import (
     free_port,
     needs_postgresql,
     port_open,
-    subprocess_database_url,
     wait_for,
 )
 from tests.ops.conftest import fetch as plain_fetch

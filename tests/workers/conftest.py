@@ -19,14 +19,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import redis
 from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import session_cookie
+from tests.conftest import session_cookie, subprocess_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output" / "workers"
@@ -36,14 +35,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def database_url(db: dict[str, Any] | None = None) -> str:
-    db = db or settings.DATABASES["default"]
-    user = quote(db.get("USER") or "postgres")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
 
 
 class Worker:
@@ -121,7 +112,7 @@ def redis_url() -> Iterator[str]:
 def worker_env(redis_url: str) -> dict[str, str]:
     env = {
         **os.environ,
-        "DATABASE_URL": database_url(),
+        "DATABASE_URL": subprocess_database_url(),
         "REDIS_URL": redis_url,
         "DJANGO_DEBUG": "true",
         "LLM_PROVIDER": "demo",
@@ -203,16 +194,7 @@ class Client:
 async def open_client(worker: Worker, user: Any) -> Client:
     from conversations.db import db_call
 
-    cookie = await db_call(session_cookie)(user)
-    connection = await connect(
-        worker.url,
-        additional_headers={
-            "Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
-            "Origin": f"http://127.0.0.1:{worker.port}",
-        },
-        open_timeout=10,
-    )
-    return Client(connection)
+    return await open_with_cookie(worker, await db_call(session_cookie)(user))
 
 
 def deltas_text(frames: list[dict[str, Any]], message_id: str | None = None) -> str:
