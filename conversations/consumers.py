@@ -140,6 +140,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.refuse(
                 Unavailable("The database could not be reached; nothing was saved."), known
             )
+        except Exception:
+            # A bug must cost one request, not the socket and the user's other replies.
+            logger.exception("chat frame failed")
+            await self.refuse(Unavailable("Something went wrong on our side; try again."), known)
 
     async def refuse(self, error: ChatError, known: dict[str, Any]) -> None:
         metrics.REFUSALS.labels(error.code).inc()
@@ -154,7 +158,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if started.generation is not None:
             # Other tabs have not seen the message: it travels with their copy.
             await self._tell_other_tabs({**accepted, "content": started.ctx.content})
-        if started.generation is not None:
             await started.generation.follow(self.channel_name, self.send_frame, 0)
         elif started.remote is not None:
             self._follow_remote(started.remote, 0)

@@ -58,6 +58,11 @@ async def test_no_connection_is_checked_out_while_streaming(
     samples = samples[:-2]
     assert len(samples) >= 10, "the stream was long enough to sample"
     assert [checked_out for checked_out, _ in samples] == [0] * len(samples), samples
+    print(
+        f"\n[pool] {len(samples)} samples while streaming: "
+        f"checked out {set(c for c, _ in samples)}, "
+        f"backends {sorted({tuple(sorted(b.items())) for _, b in samples})}"
+    )
     for _, backends in samples:
         assert backends.get("active", 0) == 0
         assert backends.get("idle in transaction", 0) == 0
@@ -79,6 +84,10 @@ async def test_no_connection_is_open_while_streaming_without_pool(
     samples = samples[:-2]
     assert len(samples) >= 10
     assert samples == [baseline] * len(samples)
+    print(
+        f"\n[no-pool] {len(samples)} samples while streaming: backends {set(samples)}, "
+        f"baseline {baseline}"
+    )
     assert frames[-1]["status"] == "complete"
 
 
