@@ -115,6 +115,13 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
     if test_name := envstr("DATABASE_TEST_NAME"):
         _database["TEST"] = {"NAME": test_name}
 DATABASES = {"default": _database}
+# Threads for the turn's database calls (0: Channels' single shared thread, which SQLite
+# keeps: it allows one writer at a time). The pool's size is the natural bound: more threads
+# would only wait for connections.
+DB_CALL_THREADS = envint(
+    "DB_CALL_THREADS",
+    envint("DB_POOL_MAX_SIZE", 10) if _database["ENGINE"].endswith("postgresql") else 0,
+)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

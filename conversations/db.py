@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db import connections
 
 P = ParamSpec("P")
@@ -34,5 +36,28 @@ def released(func: Callable[P, R]) -> Callable[P, R]:
     return inner
 
 
+_executor: ThreadPoolExecutor | None = None
+
+
+def _turn_executor() -> ThreadPoolExecutor | None:
+    """A thread pool for the turn's self-contained calls, or None to use Channels' one thread.
+
+    By default every `database_sync_to_async` call of a process queues on one shared thread,
+    so under a burst the two short transactions of each turn wait behind everyone else's
+    (measured in bench/: p99 time to first token 376 ms at 100 streams, 54 ms with a pool).
+    Each call here opens, uses and gives back its own connection, so it may run on any
+    thread.
+    """
+    global _executor
+    if settings.DB_CALL_THREADS <= 0:
+        return None
+    if _executor is None:
+        _executor = ThreadPoolExecutor(settings.DB_CALL_THREADS, thread_name_prefix="db-call")
+    return _executor
+
+
 def db_call(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
-    return database_sync_to_async(released(func))
+    executor = _turn_executor()
+    if executor is None:
+        return database_sync_to_async(released(func))
+    return database_sync_to_async(released(func), thread_sensitive=False, executor=executor)

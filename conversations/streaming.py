@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,19 +86,11 @@ def accepted_frame(ctx: TurnContext) -> Frame:
     }
 
 
-_END = object()
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _ms(since: float) -> float:
     return (time.monotonic() - since) * 1000
-
-
-async def _next(events: AsyncIterator[str | Usage]) -> object:
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        return _END
 
 
 @dataclass
@@ -262,55 +254,60 @@ class Generation:
         metrics.TURNS.labels(status).inc()
 
     async def _stream(self) -> None:
+        """Provider events into frames: the first delta at once, then one frame per window.
+
+        One producer task drains the provider into a buffer and one timer per window flushes
+        it, however many tokens arrive in that window (a task or a wait per token is what
+        made per-token streaming expensive). A model that pauses still has its text out
+        within one window.
+        """
         window = settings.STREAM_COALESCE_MS / 1000
         buffer: list[str] = []
-        last_flush = 0.0
-        events: AsyncIterator[str | Usage] = self.provider.stream(self.request)
-        pending: asyncio.Future[object] | None = None
-        try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(_next(events))
-                timeout = None
-                if buffer:
-                    timeout = max(0.0, last_flush + window - time.monotonic())
-                done, _ = await asyncio.wait({pending}, timeout=timeout)
-                if not done:
-                    # The model paused: send what we have instead of holding it back.
-                    await self._emit("".join(buffer))
-                    buffer.clear()
-                    last_flush = time.monotonic()
-                    continue
-                finished, pending = pending, None
-                event = finished.result()
-                if event is _END:
-                    break
+        events = self.provider.stream(self.request)
+        first = asyncio.Event()
+
+        async def pull() -> None:
+            async for event in events:
                 if isinstance(event, Usage):
                     self.usage = event
-                    continue
-                if not isinstance(event, str) or not event:
-                    continue
-                metrics.TOKENS.inc()
-                buffer.append(event)
-                # The first delta goes out at once; after it, one frame per window.
-                if not self.frames or time.monotonic() - last_flush >= window:
-                    await self._emit("".join(buffer))
-                    buffer.clear()
-                    last_flush = time.monotonic()
+                elif isinstance(event, str) and event:
+                    buffer.append(event)
+                    first.set()
+
+        async def flush() -> None:
+            text, count = "".join(buffer), len(buffer)
+            buffer.clear()
+            metrics.TOKENS.inc(count)
+            await self._emit(text)
+
+        producer = asyncio.ensure_future(pull())
+        try:
+            waiter = asyncio.ensure_future(first.wait())
+            try:
+                await asyncio.wait({producer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            while True:
+                if buffer:
+                    await flush()
+                if producer.done():
+                    break
+                await asyncio.wait({producer}, timeout=window)
+            producer.result()  # the provider's error, if it failed
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
+            if not producer.done():
+                producer.cancel()
                 with contextlib.suppress(BaseException):
-                    await pending
+                    await producer
             if buffer:
                 # Text the model already produced is kept, even when stopped or failing.
+                metrics.TOKENS.inc(len(buffer))
                 self.frames.append("".join(buffer))
                 metrics.FRAMES.inc()
                 await self._deliver_tail()
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(BaseException):
-                    await aclose()
+            # Closes the upstream HTTP stream on stop and shutdown.
+            with contextlib.suppress(BaseException):
+                await events.aclose()
 
     async def _deliver_tail(self) -> None:
         seq = len(self.frames)

@@ -24,6 +24,7 @@ import pytest
 import redis
 from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import session_cookie, subprocess_database_url
 
@@ -301,13 +302,21 @@ def scratch_cookies(url: str, usernames: list[str]) -> dict[str, str]:
     return cookies
 
 
-async def open_with_cookie(worker: Worker, cookie: str) -> Client:
-    connection = await connect(
-        worker.url,
-        additional_headers={
-            "Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
-            "Origin": f"http://127.0.0.1:{worker.port}",
-        },
-        open_timeout=10,
-    )
-    return Client(connection)
+async def open_with_cookie(worker: Worker, cookie: str, attempts: int = 5) -> Client:
+    """Connect as the page does: a failed handshake is retried with backoff."""
+    for attempt in range(attempts):
+        try:
+            connection = await connect(
+                worker.url,
+                additional_headers={
+                    "Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
+                    "Origin": f"http://127.0.0.1:{worker.port}",
+                },
+                open_timeout=10,
+            )
+            return Client(connection)
+        except InvalidStatus:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
