@@ -7,8 +7,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chat
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+BENCH_SMOKE_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/bench_smoke
 
-.PHONY: run test test-fast chaos lint format install install-dev migrate clean
+.PHONY: run test test-fast chaos lint format install install-dev migrate clean bench bench-smoke
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,15 @@ test-fast: install-dev
 chaos: install-dev
 	DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= CHAOS_TURNS=500 \
 		$(VENV)/bin/pytest tests/workers/test_chaos.py -s -q $(PYTEST_ARGS)
+
+# The streaming benchmark, ~30 min on 2 cores: bench/results/{results.md,bench.png,profile.md}
+bench: install-dev
+	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.run --profile
+
+# ~20 s, correctness only (CI runs it through tests/bench/)
+bench-smoke: install-dev
+	$(PY) -m bench.run --smoke --database-url $(BENCH_SMOKE_DATABASE_URL)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

@@ -218,7 +218,9 @@ REPLY_SAVE_RETRY_SECONDS = envfloat("REPLY_SAVE_RETRY_SECONDS", 60.0)
 MESSAGES_PER_MINUTE = envint("MESSAGES_PER_MINUTE", 20)
 GENERATION_DRAIN_SECONDS = envfloat("GENERATION_DRAIN_SECONDS", 20.0)
 # The reply log in Redis (cross-worker resume, stop, recovery after a worker dies).
-REDIS_TIMEOUT_SECONDS = envfloat("REDIS_TIMEOUT_SECONDS", 2.0)
+# Generous: a busy event loop makes a prompt answer look late, and a false outage pauses
+# the cross-worker features for REDIS_RETRY_SECONDS.
+REDIS_TIMEOUT_SECONDS = envfloat("REDIS_TIMEOUT_SECONDS", 5.0)
 REDIS_RETRY_SECONDS = envfloat("REDIS_RETRY_SECONDS", 5.0)
 GRACEFUL_SHUTDOWN = envbool("GRACEFUL_SHUTDOWN", True)
 HEARTBEAT_SECONDS = envfloat("HEARTBEAT_SECONDS", 1.0)

@@ -16,6 +16,7 @@ from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from conversations import metrics, replylog, services, supervisor
 from conversations.db import db_call
@@ -220,15 +221,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     await self.send_frame(
                         delta_frame(conversation_id, message_id, seq, fields["text"])
                     )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             replylog.mark_down(exc)
-            await self.send_frame(
-                Unavailable("Lost the reply's log; resume in a moment.").frame(
-                    conversation_id=meta.conversation_id
+            with contextlib.suppress(Exception):
+                await self.send_frame(
+                    Unavailable("Lost the reply's log; resume in a moment.").frame(
+                        conversation_id=meta.conversation_id
+                    )
                 )
-            )
+        except Exception:
+            # The socket closed while we followed: nothing to do, and no outage to report.
+            logger.debug("remote follow ended", exc_info=True)
 
     async def _tell_other_tabs(self, accepted: Frame) -> None:
         """Multi-tab sync: the user's other sockets, on any worker, follow this reply too."""
@@ -251,10 +254,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- channel layer events ------------------------------------------------------------
 
     async def conversation_updated(self, event: dict[str, Any]) -> None:
-        await self.send_frame(event["frame"])
+        # The socket may have closed while the event was on its way.
+        with contextlib.suppress(Exception):
+            await self.send_frame(event["frame"])
 
     async def chat_started(self, event: dict[str, Any]) -> None:
-        if event["sender"] == self.channel_name:
+        if event["sender"] == self.channel_name or not self.counted:
             return
         frame = event["frame"]
         conversation_id = uuid.UUID(frame["conversation_id"])

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from conversations import replylog, services
+from conversations.context import ReplyInfo
 from conversations.db import db_call
 from conversations.llm.base import Usage
-from conversations.streaming import done_frame
+from conversations.streaming import done_frame, saved_done_frame
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Recovered:
 
 async def _save(
     meta: replylog.GenerationMeta, *, text: str, status: str, error: str
-) -> bool | None:
+) -> ReplyInfo | None:
     return await db_call(services.reply_save)(
         message_id=uuid.UUID(meta.message_id),
         conversation_id=uuid.UUID(meta.conversation_id),
@@ -67,14 +68,27 @@ async def recover_orphans(*, dry_run: bool = False) -> list[Recovered]:
                     )
                 )
                 continue
-            final = done_frame(
-                uuid.UUID(meta.conversation_id),
-                uuid.UUID(meta.message_id),
-                status="interrupted",
-                content=text,
-                usage=Usage(),
-                error=INTERRUPTED_REASON,
+            # The row as saved: if the live worker saved first, its reply stands.
+            final = (
+                saved_done_frame(uuid.UUID(meta.conversation_id), saved)
+                if saved is not None
+                else done_frame(
+                    uuid.UUID(meta.conversation_id),
+                    uuid.UUID(meta.message_id),
+                    status="interrupted",
+                    content=text,
+                    usage=Usage(),
+                    error=INTERRUPTED_REASON,
+                )
             )
+            if saved is not None and saved.content.startswith(text) and saved.content != text:
+                # The live worker saved more than its log holds (Redis was away for part of
+                # the reply): followers get the rest as one more delta before chat.done.
+                await replylog.append(
+                    uuid.UUID(meta.message_id),
+                    await replylog.last_seq(meta.message_id) + 1,
+                    saved.content[len(text) :],
+                )
             outcome = "saved" if saved else "conversation deleted"
         else:
             outcome = "already saved"

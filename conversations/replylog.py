@@ -148,10 +148,11 @@ async def announce(meta: GenerationMeta) -> None:
         await pipe.execute()
 
 
-async def append(message_id: uuid.UUID, seq: int, text: str) -> None:
+async def append(message_id: uuid.UUID, seq: int, text: str) -> bool:
     redis = client()
     if redis is not None:
         await redis.xadd(log_key(message_id), {"seq": str(seq), "text": text})
+    return True
 
 
 UNSAVED_KEY = "chat:unsaved"
@@ -314,8 +315,13 @@ async def orphans(grace: float) -> list[GenerationMeta]:
         meta = GenerationMeta.loads(raw)
         if time.time() - meta.started < grace:
             continue
-        if not await redis.exists(heartbeat_key(meta.message_id)):
-            found.append(meta)
+        if await redis.exists(heartbeat_key(meta.message_id)):
+            continue
+        # A busy worker may beat late; a reply whose log still grows is alive.
+        last = await redis.xrevrange(log_key(meta.message_id), count=1)
+        if last and time.time() * 1000 - int(last[0][0].split("-")[0]) < grace * 1000:
+            continue
+        found.append(meta)
     return found
 
 

@@ -169,11 +169,17 @@ def reply_save(
     input_tokens: int | None,
     output_tokens: int | None,
     error: str,
-) -> bool:
-    """Insert the assistant's reply once. False when the conversation was deleted meanwhile."""
-    if not Conversation.objects.filter(id=conversation_id).exists():
-        return False
-    _, created = Message.objects.get_or_create(
+) -> ReplyInfo | None:
+    """Insert the assistant's reply once, and return the row as saved.
+
+    If the reply was saved before (a recovering worker, a retried save), the earlier row
+    stands and is returned, so `chat.done` always carries what the database holds. None when
+    the conversation was deleted meanwhile.
+    """
+    # The update doubles as the check that the conversation still exists.
+    if not Conversation.objects.filter(id=conversation_id).update(updated_at=timezone.now()):
+        return None
+    reply, _ = Message.objects.get_or_create(
         id=message_id,
         defaults={
             "conversation_id": conversation_id,
@@ -186,9 +192,7 @@ def reply_save(
             "error": error[:500],
         },
     )
-    if created:
-        Conversation.objects.filter(id=conversation_id).update(updated_at=timezone.now())
-    return True
+    return _reply_info(reply)
 
 
 def reply_find(*, user_message_id: uuid.UUID) -> ReplyInfo | None:

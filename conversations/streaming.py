@@ -87,6 +87,7 @@ def accepted_frame(ctx: TurnContext) -> Frame:
 
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+SAVE_FAILED = object()  # the database never came back within REPLY_SAVE_RETRY_SECONDS
 
 
 def _ms(since: float) -> float:
@@ -109,6 +110,7 @@ class Generation:
         self.request = request
         self.registry = registry
         self.frames: list[str] = []  # coalesced delta texts; frames[i] has seq i + 1
+        self.logged = 0  # frames appended to the Redis reply log so far
         self.final: list[Frame] = []  # chat.done (or chat.error) once the reply is saved
         self.followers: dict[str, Follower] = {}
         self.stop_requested = False
@@ -174,35 +176,45 @@ class Generation:
     def _delta(self, seq: int) -> Frame:
         return delta_frame(self.conversation_id, self.ctx.message_id, seq, self.frames[seq - 1])
 
-    async def _deliver(self, frame_for: Callable[[Follower], Frame | None]) -> None:
+    async def _catch_up(self) -> None:
+        """Send every live follower the frames it has not had yet, in seq order.
+
+        Cursors, not "the frame just made": a delivery cut short (a stop cancels the stream
+        mid-send) leaves a follower behind, and the next call brings it level, so no
+        follower ever sees a gap before chat.done.
+        """
         for key, follower in list(self.followers.items()):
             if not follower.live:
                 continue
-            frame = frame_for(follower)
-            if frame is None:
-                continue
             try:
-                await follower.send(frame)
+                while follower.next_seq <= len(self.frames):
+                    seq = follower.next_seq
+                    follower.next_seq += 1
+                    await follower.send(self._delta(seq))
             except Exception:
                 # A socket that went away stops following; the generation goes on.
                 logger.debug("dropping follower %s of %s", key, self.conversation_id)
                 self.followers.pop(key, None)
 
+    async def _log_pending(self) -> None:
+        """Append to the Redis log what it lacks (a cut-short append is made up later)."""
+        if not settings.REDIS_URL:
+            return
+        while self.logged < len(self.frames):
+            seq = self.logged + 1
+            if not await replylog.guarded(
+                replylog.append(self.ctx.message_id, seq, self.frames[seq - 1]), False
+            ):
+                return
+            self.logged = seq
+
     async def _emit(self, text: str) -> None:
         self.frames.append(text)
-        seq = len(self.frames)
         metrics.FRAMES.inc()
-        if seq == 1:
+        if len(self.frames) == 1:
             metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.received_at)
-
-        def frame_for(follower: Follower) -> Frame | None:
-            if follower.next_seq != seq:
-                return None
-            follower.next_seq += 1
-            return self._delta(seq)
-
-        await self._deliver(frame_for)
-        await replylog.guarded(replylog.append(self.ctx.message_id, seq, text))
+        await self._catch_up()
+        await self._log_pending()
 
     # --- running -------------------------------------------------------------------------
 
@@ -250,7 +262,7 @@ class Generation:
             logger.exception("generation %s failed", self.ctx.message_id)
             status, error = "error", "The model failed unexpectedly."
             metrics.PROVIDER_ERRORS.labels(self.provider.name, "unexpected").inc()
-        await self._finish(status, error)
+        status = await self._finish(status, error)
         metrics.TURNS.labels(status).inc()
 
     async def _stream(self) -> None:
@@ -300,32 +312,20 @@ class Generation:
                 with contextlib.suppress(BaseException):
                     await producer
             if buffer:
-                # Text the model already produced is kept, even when stopped or failing.
+                # Text the model already produced is kept, even when stopped or failing;
+                # _finish delivers it before chat.done.
                 metrics.TOKENS.inc(len(buffer))
                 self.frames.append("".join(buffer))
                 metrics.FRAMES.inc()
-                await self._deliver_tail()
             # Closes the upstream HTTP stream on stop and shutdown.
             with contextlib.suppress(BaseException):
                 await events.aclose()
 
-    async def _deliver_tail(self) -> None:
-        seq = len(self.frames)
-
-        def frame_for(follower: Follower) -> Frame | None:
-            if follower.next_seq != seq:
-                return None
-            follower.next_seq += 1
-            return self._delta(seq)
-
-        with contextlib.suppress(BaseException):
-            await self._deliver(frame_for)
-            await replylog.guarded(replylog.append(self.ctx.message_id, seq, self.frames[-1]))
-
-    async def _finish(self, status: str, error: str) -> None:
-        content = self.text
-        saved = await self._save(status=status, content=content, error=error)
-        if saved is None:
+    async def _finish(self, status: str, error: str) -> str:
+        """Save, then send the final frame. Returns the status as saved."""
+        await self._log_pending()
+        saved = await self._save(status=status, content=self.text, error=error)
+        if saved is SAVE_FAILED:
             final: Frame = {
                 "type": "chat.error",
                 "code": "save_failed",
@@ -333,7 +333,7 @@ class Generation:
                 "conversation_id": str(self.conversation_id),
                 "client_id": str(self.ctx.client_id),
             }
-        elif saved is False:
+        elif saved is None:
             final = {
                 "type": "chat.error",
                 "code": "not_found",
@@ -342,31 +342,38 @@ class Generation:
                 "client_id": str(self.ctx.client_id),
             }
         else:
-            final = done_frame(
-                self.conversation_id,
-                self.ctx.message_id,
-                status=status,
-                content=content,
-                usage=self.usage,
-                error=error,
-            )
+            assert isinstance(saved, ReplyInfo)
+            final = saved_done_frame(self.conversation_id, saved)
+            status = saved.status
         self.final = [final]
-        await self._deliver(lambda follower: final)
+        await self._catch_up()
+        for follower in list(self.followers.values()):
+            if follower.live:
+                with contextlib.suppress(Exception):
+                    await follower.send(final)
         self.followers.clear()
         self.registry.forget(self)
-        await replylog.guarded(
-            replylog.finish(self.meta, final, unsaved_status=status if saved is None else None)
-        )
+        await self._log_pending()
+        if self.logged == len(self.frames) or not settings.REDIS_URL:
+            await replylog.guarded(
+                replylog.finish(
+                    self.meta, final, unsaved_status=status if saved is SAVE_FAILED else None
+                )
+            )
+        # Else Redis is away: no final may follow an incomplete log. The reply's markers
+        # stay, and a recovery round later ends the log with the row as saved.
+        return status
 
-    async def _save(self, *, status: str, content: str, error: str) -> bool | None:
-        """Save with backoff while the database is away. None when it never came back."""
+    async def _save(self, *, status: str, content: str, error: str) -> ReplyInfo | object | None:
+        """Save with backoff while the database is away: the saved row, None when the
+        conversation is gone, SAVE_FAILED when the database never came back."""
         deadline = time.monotonic() + settings.REPLY_SAVE_RETRY_SECONDS
         delay = 0.25
         while True:
             began = time.monotonic()
             try:
                 logger.debug("turn save: database work begins")
-                saved: bool = await db_call(services.reply_save)(
+                saved = await db_call(services.reply_save)(
                     message_id=self.ctx.message_id,
                     conversation_id=self.conversation_id,
                     user_message_id=self.ctx.user_message_id,
@@ -388,7 +395,7 @@ class Generation:
                         self.conversation_id,
                         exc,
                     )
-                    return None
+                    return SAVE_FAILED
                 metrics.SAVE_RETRIES.inc()
                 logger.warning("reply save failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)

@@ -93,7 +93,7 @@ async def play(turn: Turn, workers, cookies, rng: random.Random) -> None:
         turn.status = done["status"]
         assert sorted(parts) == list(range(1, len(parts) + 1)), "no gap in seq"
         turn.text = "".join(parts[seq] for seq in sorted(parts))
-        assert turn.text == done["content"]
+        assert turn.text == done["content"], (turn.action, sorted(parts), done["status"])
     await client.close()
 
 

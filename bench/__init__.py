@@ -1,0 +1,1 @@
+"""Streaming benchmark: see bench/run.py."""

@@ -1,0 +1,1051 @@
+"""The benchmark harness: `make bench` (full) and `make bench-smoke` (correctness only).
+
+    python -m bench.run                 # full matrix -> bench/results/ (results.md, bench.png)
+    python -m bench.run --smoke         # ~30 s: all turns complete, no errors, backends back
+    python -m bench.run --levels 50,250 --variants ceiling,daphne   # a slice
+    python -m bench.run --profile       # py-spy under the 250-client burst -> results/profile.md
+
+For every (variant, scenario, N) it starts a fresh server process, warms it with one turn,
+then runs the load client (bench/client.py) in a separate process. Every time is measured
+in the client; server CPU and RSS come from /proc/<pid>; PostgreSQL backends from
+pg_stat_activity. Each figure is also given as a ratio against the ceiling (a bare
+`websockets` server, bench/ceiling.py) measured in the same run.
+
+Variants:
+  ceiling          bare websockets, same words, same pace, same coalescing, no Django/DB/layer
+  daphne           the project, served by Daphne (in-memory channel layer)
+  uvicorn          the project, served by Uvicorn (uvloop + httptools, websockets-sansio)
+  daphne-threads   the project with the turn's db calls on a 10-thread pool
+                   (thread_sensitive=False), see bench/variant_app.py
+  daphne-lean / uvicorn-lean   the project with the suggested hot-path changes applied by
+                   bench/variant_app.py: db calls on a 10-thread pool, one coalescing timer
+                   per window instead of a Task + asyncio.wait per token, and the in-memory
+                   layer's expiry scan at most once a second
+  daphne-redis     the project with the Redis channel layer
+  before           the seed's design: a transaction held across the stream (bench/before_app.py)
+  before-nopool    the same without Django's pool: one backend per stream (private cluster only)
+  ceiling-pertoken / daphne-pertoken   coalescing off (one frame per word), for comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import pg
+from bench.common import free_port, wait_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BIN = Path(sys.executable).parent
+SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
+POOL_MAX = 10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    shape: str  # burst | ramp
+    words: int
+    delay_ms: float
+    ramp_s: float = 0.0
+    coalesce_ms: int = 40
+
+    @property
+    def ideal_s(self) -> float:
+        return self.words * self.delay_ms / 1000
+
+
+RAMP = Scenario("ramp", "ramp", words=200, delay_ms=20, ramp_s=5.0)  # 200 words at 50/s
+BURST = Scenario("burst", "burst", words=500, delay_ms=10)  # 500 words at 100/s, all at once
+PERTOKEN = Scenario("burst-pertoken", "burst", words=500, delay_ms=10, coalesce_ms=0)
+SMOKE = Scenario("smoke", "burst", words=20, delay_ms=10)
+
+# The suggested hot-path changes, applied by bench/variant_app.py without editing the app.
+LEAN = {"BENCH_DB_THREADS": str(POOL_MAX), "BENCH_LEAN_STREAM": "1", "BENCH_LAYER_CLEAN_S": "1"}
+
+# variant -> (kind, ASGI app or None, extra env)
+VARIANTS: dict[str, tuple[str, str | None, dict[str, str]]] = {
+    "ceiling": ("ceiling", None, {}),
+    "daphne": ("daphne", "chatproject.asgi:application", {}),
+    "uvicorn": ("uvicorn", "chatproject.asgi:application", {}),
+    "daphne-threads": (
+        "daphne",
+        "bench.variant_app:application",
+        {"BENCH_DB_THREADS": str(POOL_MAX)},
+    ),
+    "uvicorn-threads": (
+        "uvicorn",
+        "bench.variant_app:application",
+        {"BENCH_DB_THREADS": str(POOL_MAX)},
+    ),
+    "daphne-lean": ("daphne", "bench.variant_app:application", dict(LEAN)),
+    "uvicorn-lean": ("uvicorn", "bench.variant_app:application", dict(LEAN)),
+    "daphne-redis": ("daphne", "chatproject.asgi:application", {"REDIS_URL": "redis"}),
+    "before": ("daphne", "bench.before_app:application", {}),
+    "before-nopool": ("daphne", "bench.before_app:application", {"DB_POOL": "false"}),
+    "ceiling-pertoken": ("ceiling", None, {}),
+    "daphne-pertoken": ("daphne", "chatproject.asgi:application", {}),
+}
+
+
+@dataclass
+class Plan:
+    runs: list[tuple[str, Scenario, int]] = field(default_factory=list)
+
+    def add(self, variants: list[str], scenario: Scenario, levels: list[int]) -> None:
+        for n in levels:
+            for variant in variants:
+                self.runs.append((variant, scenario, n))
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.database_url = ""
+        self.redis_url = args.redis_url
+        self.sessions_file = RESULTS / ".sessions.json"
+        self.logs = RESULTS / "logs"
+        self.cluster: pg.PrivateCluster | None = None
+        self.problems: list[str] = []
+        self.src = ROOT
+        self.snapshot_dir = ""
+        self.source_text = ""
+
+    def source(self) -> str:
+        """The commit served, and how many files differed from it (read-only git)."""
+        try:
+            head = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown (no git)"
+        stamp = dt.datetime.now(dt.UTC).strftime("%H:%M UTC")
+        return f"commit {head} + {len(dirty)} modified tracked files, copied at {stamp}"
+
+    def take_snapshot(self) -> None:
+        """Serve a frozen copy of the tree, so edits made during a long run change nothing."""
+        import tempfile
+
+        self.source_text = self.source()
+        self.snapshot_dir = tempfile.mkdtemp(prefix="bench-src-")
+        self.src = Path(self.snapshot_dir) / "src"
+        shutil.copytree(
+            ROOT,
+            self.src,
+            ignore=shutil.ignore_patterns(
+                ".venv",
+                ".git",
+                "results",
+                "test-output",
+                "staticfiles",
+                "node_modules",
+                "*.sqlite3",
+                "__pycache__",
+                ".*_cache",
+            ),
+        )
+
+    def drop_snapshot(self) -> None:
+        if self.snapshot_dir:
+            shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+            self.snapshot_dir = ""
+            self.src = ROOT
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def start_database(self, users: int) -> None:
+        if self.args.pg == "private":
+            if not pg.PrivateCluster.available():
+                print("bench: no initdb/postgres user here; using the shared server", flush=True)
+                self.args.pg = "shared"
+            else:
+                self.cluster = pg.PrivateCluster(free_port())
+                self.cluster.start()
+                self.database_url = self.cluster.url("bench_chat")
+        if self.args.pg == "shared":
+            self.database_url = self.args.database_url
+        env = self.base_env(SMOKE)
+        began = time.monotonic()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.prepare",
+                "--users",
+                str(users),
+                "--out",
+                str(self.sessions_file),
+            ],
+            cwd=self.src,
+            env=env,
+            check=True,
+        )
+        print(f"bench: database ready in {time.monotonic() - began:.1f}s", flush=True)
+
+    def stop_database(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+
+    def base_env(self, scenario: Scenario) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DJANGO_", "DB_", "DEMO_", "REDIS", "STREAM_", "MAX_"))
+        }
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "chatproject.settings",
+                "DATABASE_URL": self.database_url,
+                "DB_POOL_MAX_SIZE": str(POOL_MAX),
+                "DJANGO_DEBUG": "false",
+                "DJANGO_SECRET_KEY": SECRET,
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "LLM_PROVIDER": "demo",
+                "DEMO_TOKEN_DELAY_MS": str(int(scenario.delay_ms)),
+                "DEMO_REPLY_WORDS": str(scenario.words),
+                "STREAM_COALESCE_MS": str(scenario.coalesce_ms),
+                "MAX_GENERATIONS_PER_USER": "3",
+                "MAX_GENERATIONS_PER_WORKER": "10000",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    # --- one run -------------------------------------------------------------------------
+
+    def server_argv(self, kind: str, app: str | None, port: int, scenario: Scenario) -> list[str]:
+        if kind == "ceiling":
+            return [
+                sys.executable,
+                "-m",
+                "bench.ceiling",
+                "--port",
+                str(port),
+                "--delay-ms",
+                str(scenario.delay_ms),
+                "--words",
+                str(scenario.words),
+                "--coalesce-ms",
+                str(scenario.coalesce_ms),
+            ]
+        assert app is not None
+        if kind == "daphne":
+            return [str(BIN / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
+        return [
+            str(BIN / "uvicorn"),
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            self.args.uvicorn_ws,
+            "--lifespan",
+            "off",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+        ]
+
+    def run_one(self, variant: str, scenario: Scenario, n: int) -> dict[str, Any]:
+        kind, app, extra = VARIANTS[variant]
+        port = free_port()
+        env = self.base_env(scenario)
+        env.update(extra)
+        if env.get("REDIS_URL") == "redis":
+            env["REDIS_URL"] = self.redis_url
+        django = kind != "ceiling"
+        if django:
+            pg.truncate_conversations(self.database_url)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"{variant}-{scenario.name}-{n}.log"
+        began = time.monotonic()
+        with open(log_path, "w") as log:
+            server = subprocess.Popen(
+                self.server_argv(kind, app, port, scenario),
+                cwd=self.src,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                wait_port(port, timeout=60)
+                client_base = [
+                    sys.executable,
+                    "-m",
+                    "bench.client",
+                    "--url",
+                    f"ws://127.0.0.1:{port}/ws/chat/",
+                    "--origin",
+                    f"http://127.0.0.1:{port}",
+                    "--words",
+                    str(scenario.words),
+                    "--delay-ms",
+                    str(scenario.delay_ms),
+                    "--shape",
+                    scenario.shape,
+                    "--ramp-s",
+                    str(scenario.ramp_s),
+                ]
+                if django:
+                    client_base += ["--sessions-file", str(self.sessions_file)]
+                    # Warm up: one full turn, so imports and the pool's first connection
+                    # are not in the measurement.
+                    warm = subprocess.run(
+                        [*client_base, "--n", "1"],
+                        cwd=self.src,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=scenario.ideal_s * 4 + 60,
+                    )
+                    if warm.returncode != 0 or '"completed": 1' not in warm.stdout:
+                        raise RuntimeError(f"warm-up turn failed: {warm.stdout}{warm.stderr}")
+                argv = [
+                    *client_base,
+                    "--n",
+                    str(n),
+                    "--server-pid",
+                    str(server.pid),
+                    "--pg-dsn",
+                    pg.admin_dsn(self.database_url),
+                    "--pg-db",
+                    pg.dbname(self.database_url),
+                ]
+                if django:
+                    argv += ["--metrics-url", f"http://127.0.0.1:{port}/metrics"]
+                budget = scenario.ideal_s * 15 + scenario.ramp_s + 30 + n / 20 + 90
+                result = self.run_client(argv, env, budget, server.pid, variant, scenario, n)
+            finally:
+                self.stop_server(server)
+        after_stop = pg.backends_gone(self.database_url) if django else {}
+        result.update(
+            {
+                "variant": variant,
+                "scenario": scenario.name,
+                "coalesce_ms": scenario.coalesce_ms,
+                "pg_backends_after_stop": after_stop,
+                "source": self.source_text or self.source(),
+                "run_s": time.monotonic() - began,
+            }
+        )
+        return result
+
+    def run_client(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        budget: float,
+        server_pid: int,
+        variant: str,
+        scenario: Scenario,
+        n: int,
+    ) -> dict[str, Any]:
+        profiler: subprocess.Popen[bytes] | None = None
+        profile_out = RESULTS / f"profile-{variant}-{scenario.name}-{n}.txt"
+        want_profile = self.args.profile and (variant, scenario.name, n) in self.profile_targets()
+        out_path = self.logs / f"client-{variant}-{scenario.name}-{n}.json"
+        out_path.unlink(missing_ok=True)
+        client = subprocess.Popen(
+            [*argv, "--out", str(out_path)],
+            cwd=self.src,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def watch_stderr() -> None:
+            nonlocal profiler
+            assert client.stderr is not None
+            for line in client.stderr:
+                if line.startswith("TURNS_START") and want_profile and profiler is None:
+                    profiler = subprocess.Popen(
+                        [
+                            str(BIN / "py-spy"),
+                            "record",
+                            "--pid",
+                            str(server_pid),
+                            "--rate",
+                            "200",
+                            "--duration",
+                            str(int(scenario.ideal_s + scenario.ramp_s + 2)),
+                            "--format",
+                            "raw",
+                            "--nonblocking",
+                            "--gil",
+                            "--threads",
+                            "--output",
+                            str(profile_out),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                elif not line.startswith("TURNS_START"):
+                    sys.stderr.write(f"  client: {line}")
+
+        watcher = threading.Thread(target=watch_stderr, daemon=True)
+        watcher.start()
+        try:
+            client.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+            raise RuntimeError(f"the load client ran past {budget:.0f}s") from None
+        watcher.join(timeout=5)
+        if profiler is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(timeout=60)
+        if client.returncode != 0:
+            raise RuntimeError(f"the load client failed with exit code {client.returncode}")
+        return dict(json.loads(out_path.read_text()))
+
+    def stop_server(self, server: subprocess.Popen[Any]) -> None:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+    def profile_targets(self) -> set[tuple[str, str, int]]:
+        burst = {(v, "burst", 250) for v in ("daphne", "uvicorn", "daphne-lean", "uvicorn-lean")}
+        return burst | {("daphne", "ramp", 1000), ("uvicorn-lean", "ramp", 250)}
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def ratio(value: float, base: float) -> str:
+    if not base or math.isnan(base) or math.isnan(value):
+        return "–"
+    return f"{value / base:.2f}×"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gib = 0.0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_gib = int(line.split()[1]) / 1024 / 1024
+    versions = []
+    for module in ("django", "channels", "daphne", "uvicorn", "websockets", "psycopg"):
+        with contextlib.suppress(Exception):
+            versions.append(f"{module} {__import__(module).__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}; " + ", ".join(versions)
+    )
+
+
+def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw.json").write_text(json.dumps(results, indent=1))
+    ceiling = {(r["scenario"], r["n"]): r for r in results if r["variant"].startswith("ceiling")}
+    lone = {r["variant"]: r for r in results if r["scenario"] == "ramp" and r["n"] == 1}
+    lines = [
+        "# Streaming benchmark",
+        "",
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on: {machine()}.",
+        "",
+        "One server process; the load client is another process on the same machine (so the",
+        "client's CPU competes with the server's). Times are measured in the client. Ratios",
+        "(×) are against the ceiling (bare `websockets`, same words, pace and coalescing)",
+        "measured in the same run at the same N. `TTFT+` is the time to the first delta minus",
+        "the model's own first-token delay (one word). Gaps are between consecutive deltas of",
+        "a turn (coalescing window 40 ms). CPU is the server's user+system time over the turns.",
+        f"Pool: DB_POOL_MAX_SIZE={POOL_MAX}. Socket compression off, keepalive pings off "
+        "in the client.",
+        "",
+        "Source served: "
+        + "; ".join(dict.fromkeys(str(r.get("source", "not recorded")) for r in results))
+        + ".",
+        "",
+    ]
+    for scenario in dict.fromkeys(r["scenario"] for r in results):
+        rows = [r for r in results if r["scenario"] == scenario]
+        first = rows[0]
+        desc = (
+            f"{first['words']} words at {1000 / first['delay_ms']:.0f}/s "
+            f"(ideal {first['ideal_s']:.1f} s), "
+            + (
+                f"arrivals spread over {first['ramp_s']:.0f} s"
+                if first["shape"] == "ramp"
+                else "all clients at once"
+            )
+            + (", coalescing off" if first.get("coalesce_ms") == 0 else "")
+        )
+        lines += [
+            f"## {scenario}: {desc}",
+            "",
+            "| variant | N | ok / err | compl. p50 s | compl. p99 s | p99 × ideal | p99 × ceil |"
+            " TTFT+ p50 ms | TTFT+ p99 ms | accepted p99 ms | gap p50 ms | gap p99 ms |"
+            " frames/s | tokens/s | CPU s | CPU/token µs | × ceil | peak RSS MiB | × ceil |"
+            " KiB/socket | PG peak | longest tx ms | PG after | DB ms/turn (begin/save) |",
+            "|" + "---|" * 24,
+        ]
+        for r in rows:
+            base = ceiling.get((scenario, r["n"]), {})
+            if r["variant"].endswith("-pertoken"):
+                base = ceiling.get(("burst-pertoken", r["n"]), base)
+            errs = ", ".join(f"{k}:{v}" for k, v in sorted(r["errors"].items())) or "0"
+            db = r.get("db_ms_per_turn") or {}
+            db_txt = f"{fmt(db.get('begin'))}/{fmt(db.get('save'))}" if db else "–"
+            after = r.get("pg_backends_after") or {}
+            after_txt = ", ".join(f"{k}:{v}" for k, v in sorted(after.items())) or "0"
+            rss = r["rss_peak_kib"] / 1024
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        r["variant"],
+                        str(r["n"]),
+                        f"{r['completed']} / {errs}",
+                        fmt(r["completion_p50_s"], 2),
+                        fmt(r["completion_p99_s"], 2),
+                        ratio(r["completion_p99_s"], r["ideal_s"]),
+                        ratio(r["completion_p99_s"], base.get("completion_p99_s", math.nan)),
+                        fmt(r["ttft_added_p50_ms"]),
+                        fmt(r["ttft_added_p99_ms"]),
+                        fmt(r["accepted_p99_ms"]),
+                        fmt(r["gap_p50_ms"]),
+                        fmt(r["gap_p99_ms"]),
+                        fmt(r["frames_per_s"], 0),
+                        fmt(r["tokens_per_s"], 0),
+                        fmt(r["server_cpu_s"], 2),
+                        fmt(r["cpu_per_token_us"], 0),
+                        ratio(r["cpu_per_token_us"], base.get("cpu_per_token_us", math.nan)),
+                        fmt(rss, 0),
+                        ratio(rss, base.get("rss_peak_kib", 0) / 1024),
+                        fmt(r["mem_per_socket_kib"], 0),
+                        str(r["pg_backends_peak"]),
+                        fmt(r.get("pg_tx_age_max_ms", math.nan), 0),
+                        after_txt,
+                        db_txt,
+                    ]
+                )
+                + " |"
+            )
+        lines.append("")
+    if lone:
+        lines += [
+            "Lone stream (N=1, ramp scenario) completion: "
+            + ", ".join(f"{v}: {fmt(r['completion_p50_s'], 3)} s" for v, r in lone.items()),
+            "",
+        ]
+    lines += targets(results)
+    lines += [f"- {note}" for note in notes]
+    if elapsed:
+        lines += ["", f"Whole run: {elapsed / 60:.1f} min.", ""]
+    else:
+        with contextlib.suppress(OSError):
+            previous = (RESULTS / "results.md").read_text().splitlines()
+            lines += ["", *[line for line in previous if line.startswith("Whole run:")], ""]
+    (RESULTS / "results.md").write_text("\n".join(lines))
+    plot(results)
+
+
+def targets(results: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, checked against this run's numbers."""
+
+    def find(variant: str, scenario: str, n: int) -> dict[str, Any] | None:
+        for r in results:
+            if (r["variant"], r["scenario"], r["n"]) == (variant, scenario, n):
+                return r
+        return None
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    out = ["## Targets", ""]
+    for server in ("daphne", "uvicorn", "daphne-lean", "uvicorn-lean"):
+        lone, big = find(server, "ramp", 1), find(server, "ramp", 1000)
+        if lone and big:
+            limit = 1.25 * lone["completion_p50_s"]
+            ok = big["error_count"] == 0 and big["completion_p99_s"] <= limit
+            out.append(
+                f"- {server}: 1,000 streams (ramp) complete with {big['error_count']} errors, "
+                f"p99 {big['completion_p99_s']:.2f} s vs 1.25 × lone = {limit:.2f} s: {mark(ok)}"
+            )
+        burst = find(server, "burst", 250)
+        if burst:
+            ok = burst["error_count"] == 0 and burst["completion_p99_s"] <= 1.2 * burst["ideal_s"]
+            out.append(
+                f"- {server}: 250-client burst p99 {burst['completion_p99_s']:.2f} s vs 1.2 × "
+                f"ideal = {1.2 * burst['ideal_s']:.2f} s: {mark(ok)}; TTFT+ under the burst "
+                f"p50 {burst['ttft_added_p50_ms']:.0f} ms, p99 {burst['ttft_added_p99_ms']:.0f} ms"
+            )
+        hundred = find(server, "ramp", 100)
+        if hundred:
+            out.append(
+                f"- {server}: TTFT+ p50 at 100 streams {hundred['ttft_added_p50_ms']:.1f} ms "
+                f"(target ≤ 15 ms): {mark(hundred['ttft_added_p50_ms'] <= 15)}"
+            )
+        ratios = []
+        for r in results:
+            base = find("ceiling", r["scenario"], r["n"])
+            if r["variant"] == server and base and r["completed"] and base["completed"]:
+                ratios.append(
+                    (r["scenario"], r["n"], r["cpu_per_token_us"] / base["cpu_per_token_us"])
+                )
+        if ratios:
+            worst = max(x for _, _, x in ratios)
+            out.append(
+                f"- {server}: CPU per token vs ceiling "
+                + ", ".join(f"{sc} {n}: {x:.1f}×" for sc, n, x in ratios if n > 1)
+                + f" (target ≤ 2×): {mark(worst <= 2)}"
+            )
+        peaks = [r["pg_backends_peak"] for r in results if r["variant"] == server]
+        if peaks:
+            out.append(
+                f"- {server}: peak PostgreSQL backends {max(peaks)} (pool max {POOL_MAX}): "
+                f"{mark(max(peaks) <= POOL_MAX)}"
+            )
+    for variant in ("before", "before-nopool"):
+        failed = [
+            f"N={r['n']} ({r['scenario']}): {r['completed']}/{r['n']} complete, "
+            f"{r['error_count']} errors, p99 {r['completion_p99_s']:.1f} s, "
+            f"{r['pg_backends_peak']} backends"
+            for r in results
+            if r["variant"] == variant and r["n"] > 1
+        ]
+        if failed:
+            out.append(f"- {variant}: " + "; ".join(failed))
+    return [*out, ""]
+
+
+def plot(results: list[dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib is not installed; no plot", flush=True)
+        return
+    ramp = [r for r in results if r["scenario"] == "ramp" and r["n"] > 1]
+    if not ramp:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for variant in dict.fromkeys(r["variant"] for r in ramp):
+        rows = sorted((r for r in ramp if r["variant"] == variant), key=lambda r: r["n"])
+        ns = [r["n"] for r in rows]
+        p99 = [r["completion_p99_s"] / r["ideal_s"] if r["completed"] else math.nan for r in rows]
+        cpu = [r["cpu_per_token_us"] for r in rows]
+        style = "--" if variant.startswith("before") else "-"
+        (line,) = left.plot(ns, p99, style, marker="o", label=variant)
+        right.plot(ns, cpu, style, marker="o", label=variant, color=line.get_color())
+        # Runs with errors or timeouts: p99 and CPU/token cover the completed turns only.
+        bad = [i for i, r in enumerate(rows) if r["error_count"]]
+        for ax, ys in ((left, p99), (right, cpu)):
+            ax.plot(
+                [ns[i] for i in bad],
+                [ys[i] for i in bad],
+                "x",
+                color="black",
+                markersize=9,
+                zorder=5,
+            )
+    left.axhline(1.25, color="grey", linewidth=0.8, linestyle=":")
+    fig.text(
+        0.01,
+        0.01,
+        "x: the run had errors or timeouts; its p99 and CPU/token cover completed turns only",
+        fontsize=8,
+    )
+    left.set(
+        xscale="log",
+        xlabel="concurrent streams",
+        ylabel="p99 completion / ideal",
+        title="Completion time (200 words at 50/s, 5 s ramp)",
+    )
+    right.set(
+        xscale="log",
+        xlabel="concurrent streams",
+        ylabel="server CPU µs per delivered word",
+        title="CPU per token",
+    )
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(RESULTS / "bench.png", dpi=110)
+    plt.close(fig)
+
+
+# --- profile summary -------------------------------------------------------------------------
+
+PROFILE_BUCKETS = [
+    ("generation task (Generation._stream, inclusive)", ("Generation._stream (",)),
+    (
+        "  coalescer bookkeeping: asyncio.wait/ensure_future per token",
+        ("wait (asyncio/tasks", "ensure_future (asyncio", "_wait (asyncio/tasks"),
+    ),
+    ("  demo provider + asyncio.sleep pacing", ("DemoProvider.stream (", "sleep (asyncio/tasks")),
+    ("  _emit/_deliver -> send (inclusive)", ("Generation._emit (", "Generation._deliver (")),
+    ("  reply log (conversations/replylog.py)", ("conversations/replylog",)),
+    ("JSON encode (json.dumps)", ("dumps (json/", "encode (json/encoder")),
+    ("delta frame dicts + UUID str", ("delta_frame (", "Generation._delta (", "UUID.__str__")),
+    (
+        "Channels send path (consumer.send -> session wrapper)",
+        ("AsyncConsumer.send (", "InstanceSessionWrapper.send ("),
+    ),
+    (
+        "server write: Daphne/Twisted/Autobahn",
+        (
+            "handle_reply (daphne",
+            "daphne/ws_protocol",
+            "autobahn/",
+            "twisted/internet/tcp",
+            "twisted/internet/abstract",
+        ),
+    ),
+    ("server write: uvicorn websockets-sansio", ("uvicorn/protocols/websockets",)),
+    ("Channels in-memory layer (_clean_expired, group_send)", ("channels/layers",)),
+    ("channels_redis", ("channels_redis",)),
+    ("turn_start on the loop (reserve, prompt, registry)", ("turn_start (conversations",)),
+    ("prometheus_client metrics", ("prometheus_client",)),
+    ("sync_to_async hand-off on the loop (asgiref)", ("asgiref/sync",)),
+    ("Django ORM + psycopg (worker threads)", ("django/db/", "psycopg")),
+    (
+        "session/user lookup in the handshake",
+        ("get_user (channels/auth", "SessionStore", "_lookup_user"),
+    ),
+]
+
+# Rows by self time (the leaf frame): the machinery under every task.
+PROFILE_SELF = [
+    ("asyncio/selectors machinery (self)", ("asyncio/", "selectors.py")),
+    ("Twisted/Daphne/Autobahn (self)", ("twisted/", "daphne/", "autobahn/")),
+    ("uvicorn/websockets (self)", ("uvicorn/", "websockets/")),
+]
+
+
+def _task_frames(frames: list[str]) -> list[str]:
+    """The frames of the running task or callback: those after the event loop's Handle._run."""
+    for i in range(len(frames) - 1, 0, -1):
+        if frames[i].startswith("Handle._run (asyncio/events"):
+            return frames[i + 1 :]
+    return frames[1:]
+
+
+def summarize_profile(path: Path) -> list[str]:
+    """Shares of GIL-holding samples (py-spy --gil --threads): where the CPU goes.
+
+    The first frame of each stack names the thread; the event loop runs on MainThread, every
+    other thread is a sync_to_async worker. Buckets are inclusive and overlap.
+    """
+    samples: list[tuple[list[str], int]] = []
+    loop_threads: set[str] = set()
+    for line in path.read_text().splitlines():
+        stack, _, weight = line.rpartition(" ")
+        if stack and weight.isdigit():
+            frames = stack.split(";")
+            samples.append((frames, int(weight)))
+            if "MainThread" in frames[0]:
+                loop_threads.add(frames[0])
+    total = sum(c for _, c in samples) or 1
+    on_loop = sum(c for frames, c in samples if frames[0] in loop_threads)
+    out = [
+        f"### {path.name}: {total} GIL-holding samples",
+        "",
+        f"Event-loop thread: {on_loop / total:.1%} of them; worker threads "
+        f"(database_sync_to_async): {(total - on_loop) / total:.1%}.",
+        "",
+        "| bucket (inclusive) | all threads | event loop only |",
+        "|---|---|---|",
+    ]
+    for label, needles in PROFILE_BUCKETS:
+        hits = [
+            (frames[0] in loop_threads, c)
+            for frames, c in samples
+            if any(n in f for f in _task_frames(frames) for n in needles)
+        ]
+        hit = sum(c for _, c in hits)
+        loop_hit = sum(c for on, c in hits if on)
+        out.append(f"| {label} | {hit / total:.1%} | {loop_hit / max(on_loop, 1):.1%} |")
+    for label, needles in PROFILE_SELF:
+        hits = [
+            (frames[0] in loop_threads, c)
+            for frames, c in samples
+            if any(n in frames[-1] for n in needles)
+        ]
+        hit = sum(c for _, c in hits)
+        loop_hit = sum(c for on, c in hits if on)
+        out.append(f"| {label} | {hit / total:.1%} | {loop_hit / max(on_loop, 1):.1%} |")
+    own: dict[str, int] = {}
+    for frames, count in samples:
+        leaf = frames[-1] if frames else "?"
+        own[leaf] = own.get(leaf, 0) + count
+    out += ["", "Top self time:", "", "| function | share |", "|---|---|"]
+    for name, count in sorted(own.items(), key=lambda kv: -kv[1])[:20]:
+        out.append(f"| `{name}` | {count / total:.1%} |")
+    return [*out, ""]
+
+
+def write_profile(results: list[dict[str, Any]]) -> None:
+    sections = [
+        "# Server profile under load",
+        "",
+        "py-spy 0.4 `record --rate 200 --nonblocking --gil --threads` on the server process,",
+        "from the moment the turns start. Only samples holding the GIL count: this is where",
+        "the server's Python CPU goes. The runs below were slowed by the profiler; their",
+        "timings are not the benchmark's (see results.md).",
+        "",
+        f"Machine: {machine()}.",
+        "",
+    ]
+    for r in results:
+        sections.append(
+            f"- {r['variant']} {r['scenario']} N={r['n']}: {r['completed']}/{r['n']} complete, "
+            f"p99 {r['completion_p99_s']:.2f} s (ideal {r['ideal_s']:.1f} s), server CPU "
+            f"{r['server_cpu_s']:.1f} s = {r['cpu_per_token_us']:.0f} µs/token, DB ms/turn "
+            f"{ {k: round(v, 1) for k, v in (r.get('db_ms_per_turn') or {}).items()} }"
+        )
+    sections.append("")
+    for path in sorted(RESULTS.glob("profile-*.txt")):
+        sections += summarize_profile(path)
+    (RESULTS / "profile.md").write_text("\n".join(sections))
+
+
+# --- entry -----------------------------------------------------------------------------------
+
+
+def parse_levels(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def smoke(bench: Bench) -> int:
+    """Correctness only: every turn completes, no errors, the database is left as found."""
+    failures: list[str] = []
+    variants = ["ceiling", "daphne", "before"]
+    if shutil.which("uvicorn", path=str(BIN)):
+        variants.append("uvicorn")
+    n = bench.args.n or 20
+    results = []
+    for variant in variants:
+        vn = min(n, POOL_MAX // 2) if variant == "before" else n
+        r = bench.run_one(variant, SMOKE, vn)
+        results.append(r)
+        print(
+            f"smoke {variant:8s} N={vn}: {r['completed']}/{vn} complete, errors {r['errors']}, "
+            f"PG peak {r['pg_backends_peak']}, longest tx {r['pg_tx_age_max_ms']:.0f} ms, "
+            f"after {r['pg_backends_after']}, after stop {r['pg_backends_after_stop']} "
+            f"({r['run_s']:.1f}s)",
+            flush=True,
+        )
+        if r["completed"] != vn or r["error_count"]:
+            failures.append(f"{variant}: {r['completed']}/{vn} complete, errors {r['errors']}")
+        if variant in ("daphne", "uvicorn"):
+            after = r["pg_backends_after"]
+            busy = {k: v for k, v in after.items() if k != "idle"}
+            if busy:
+                failures.append(f"{variant}: backends still busy after the turns: {after}")
+            if r["pg_long_tx_peak"]:
+                failures.append(
+                    f"{variant}: {r['pg_long_tx_peak']} transactions open for over a second"
+                )
+            if r["pg_backends_peak"] > POOL_MAX:
+                failures.append(f"{variant}: {r['pg_backends_peak']} backends > pool {POOL_MAX}")
+        if variant != "ceiling" and sum(r["pg_backends_after_stop"].values()):
+            failures.append(
+                f"{variant}: backends left after the server stopped: {r['pg_backends_after_stop']}"
+            )
+    (RESULTS / "smoke.json").write_text(json.dumps(results, indent=1))
+    for failure in failures:
+        print(f"SMOKE FAILURE: {failure}", flush=True)
+    print("smoke: ok" if not failures else "smoke: FAILED", flush=True)
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="short correctness run")
+    parser.add_argument("--n", type=int, default=0, help="clients in the smoke run (20)")
+    parser.add_argument(
+        "--pg",
+        choices=["private", "shared"],
+        default=None,
+        help="private cluster (full default) or a database on --database-url (smoke default)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="for --pg shared (default postgres://postgres@127.0.0.1:5432/bench_chat, "
+        "bench_smoke for --smoke)",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--levels", default="1,50,100,250,500,1000,2000", help="ramp levels")
+    parser.add_argument("--burst", default="250", help="burst levels")
+    parser.add_argument(
+        "--variants",
+        default="ceiling,daphne,uvicorn,daphne-lean,uvicorn-lean,before",
+        help="variants for the ramp scenario",
+    )
+    parser.add_argument(
+        "--burst-variants",
+        default=(
+            "ceiling,daphne,uvicorn,daphne-threads,uvicorn-threads,daphne-lean,uvicorn-lean,"
+            "daphne-redis,before"
+        ),
+    )
+    parser.add_argument(
+        "--before-max", type=int, default=500, help="highest N the before designs run at"
+    )
+    parser.add_argument("--nopool-levels", default="100,250", help="before-nopool ramp levels")
+    parser.add_argument(
+        "--no-pertoken",
+        dest="pertoken",
+        action="store_false",
+        help="skip the coalescing-off burst (ceiling and daphne, one frame per word)",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the 250 burst")
+    parser.add_argument("--uvicorn-ws", default="websockets-sansio")
+    parser.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="serve the live tree instead of a copy taken at the start",
+    )
+    parser.add_argument(
+        "--note", action="append", default=[], help="a note for --report-only (repeatable)"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite results.md and bench.png from raw.json"
+    )
+    args = parser.parse_args()
+    if args.pg is None:
+        args.pg = "shared" if args.smoke else "private"
+    if args.database_url is None:
+        name = "bench_smoke" if args.smoke else "bench_chat"
+        args.database_url = f"postgres://postgres@127.0.0.1:5432/{name}"
+
+    bench = Bench(args)
+    began = time.monotonic()
+    if args.report_only:
+        write_report(json.loads((RESULTS / "raw.json").read_text()), args.note, 0.0)
+        return 0
+    if args.smoke:
+        bench.start_database(args.n or 20)
+        try:
+            code = smoke(bench)
+        finally:
+            bench.stop_database()
+        print(f"smoke: {time.monotonic() - began:.1f}s", flush=True)
+        return code
+
+    plan = Plan()
+    levels = parse_levels(args.levels)
+    variants = [v for v in args.variants.split(",") if v]
+    for n in levels:
+        for v in variants:
+            if v.startswith("before") and n > args.before_max:
+                continue
+            plan.runs.append((v, RAMP, n))
+    if args.pg == "private" or pg.PrivateCluster.available():
+        for n in parse_levels(args.nopool_levels):
+            if "before" in variants:
+                plan.runs.append(("before-nopool", RAMP, n))
+    burst_variants = [v for v in args.burst_variants.split(",") if v]
+    plan.add(burst_variants, BURST, parse_levels(args.burst))
+    if args.pertoken:
+        plan.add(["ceiling-pertoken", "daphne-pertoken"], PERTOKEN, parse_levels(args.burst))
+    if args.profile:
+        # A profile run of its own: py-spy perturbs timings, so it never feeds results.md.
+        plan = Plan()
+        plan.add(["daphne", "uvicorn", "daphne-lean", "uvicorn-lean"], BURST, [250])
+        plan.add(["daphne"], RAMP, [1000])
+        plan.add(["uvicorn-lean"], RAMP, [250])
+
+    if args.snapshot:
+        bench.take_snapshot()
+    users = max(n for _, _, n in plan.runs)
+    if args.pg == "private" and not pg.PrivateCluster.available():
+        plan.runs = [r for r in plan.runs if r[0] != "before-nopool"]
+    bench.start_database(users)
+    if args.pg != "private":
+        plan.runs = [r for r in plan.runs if r[0] != "before-nopool"]
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
+    try:
+        for i, (variant, scenario, n) in enumerate(plan.runs, 1):
+            print(f"bench [{i}/{len(plan.runs)}] {variant} {scenario.name} N={n}", flush=True)
+            try:
+                r = bench.run_one(variant, scenario, n)
+            except Exception as exc:
+                notes.append(f"{variant} {scenario.name} N={n} did not finish: {exc}")
+                print(f"  failed: {exc}", flush=True)
+                continue
+            results.append(r)
+            print(
+                f"  {r['completed']}/{n} ok, errors {r['errors']}, p99 {r['completion_p99_s']:.2f}s"
+                f" (ideal {r['ideal_s']:.1f}s), TTFT+ p50/p99 {r['ttft_added_p50_ms']:.1f}/"
+                f"{r['ttft_added_p99_ms']:.1f} ms, CPU {r['server_cpu_s']:.2f}s "
+                f"({r['cpu_per_token_us']:.0f} µs/token), client CPU {r['client_cpu_s']:.1f}s, "
+                f"PG peak {r['pg_backends_peak']} (idle in tx {r['pg_idle_in_tx_peak']}), "
+                f"{r['run_s']:.0f}s",
+                flush=True,
+            )
+            if not args.profile:
+                write_report(results, notes, time.monotonic() - began)
+    finally:
+        bench.stop_database()
+        bench.drop_snapshot()
+    if args.profile:
+        write_profile(results)
+    else:
+        write_report(results, notes, time.monotonic() - began)
+    print(f"bench: done in {(time.monotonic() - began) / 60:.1f} min -> {RESULTS}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
