@@ -31,7 +31,8 @@ run: migrate
 	$(PY) manage.py seed_personas
 	$(PY) manage.py create_demo_user --url http://$(HOST):$(PORT)
 	@echo "Serving on http://$(HOST):$(PORT)/ (Ctrl+C to stop)"
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatproject.asgi:application
+	$(VENV)/bin/uvicorn chatproject.asgi:application --host $(HOST) --port $(PORT) \
+		--ws websockets-sansio --lifespan off
 
 test: install-dev
 	DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \
