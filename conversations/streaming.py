@@ -118,6 +118,7 @@ class Generation:
         self.usage = Usage()
         self.task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
+        self._producer: asyncio.Future[None] | None = None
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.received_at = self.started  # when chat.send arrived; set by turn_start
@@ -220,13 +221,18 @@ class Generation:
 
     def stop(self) -> None:
         self.stop_requested = True
-        if self._stream_task is not None:
-            self._stream_task.cancel()
+        self._cancel_stream()
 
     def interrupt(self) -> None:
         self.interrupted = True
-        if self._stream_task is not None:
-            self._stream_task.cancel()
+        self._cancel_stream()
+
+    def _cancel_stream(self) -> None:
+        # Cancel the provider's side, not a send in progress: the frames already made still
+        # reach every follower, then the stream ends as stopped or interrupted.
+        target = self._producer if self._producer is not None else self._stream_task
+        if target is not None:
+            target.cancel()
 
     async def run(self) -> None:
         logctx.turn_id.set(str(self.ctx.message_id))
@@ -292,7 +298,7 @@ class Generation:
             metrics.TOKENS.inc(count)
             await self._emit(text)
 
-        producer = asyncio.ensure_future(pull())
+        producer = self._producer = asyncio.ensure_future(pull())
         try:
             waiter = asyncio.ensure_future(first.wait())
             try:

@@ -245,6 +245,17 @@ def settled(count: Callable[[], dict[str, int]], quiet: float = 0.3) -> dict[str
     return last
 
 
+async def release_shared_thread() -> None:
+    """Close what earlier tests left open on asgiref's shared sync thread.
+
+    Test helpers such as Django's AsyncClient run ORM code there outside any request, so
+    nothing closes it; counting "connections checked out" must not count that leftover.
+    """
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(connections.close_all)()
+
+
 def pool_checked_out(window: float = 0.25) -> int:
     """Connections out of the pool: the least seen over a short window.
 

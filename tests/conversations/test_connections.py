@@ -15,7 +15,7 @@ from django.db import connection
 from conversations.db import db_call
 from conversations.models import Message
 from conversations.streaming import registry
-from tests.conftest import pool_checked_out, settled
+from tests.conftest import pool_checked_out, release_shared_thread, settled
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -43,6 +43,7 @@ async def test_no_connection_is_checked_out_while_streaming(
     ws, alice, persona, settings, pg_backends, main_thread_released
 ):
     assert connection.pool is not None, "the suite runs with Django's pool on"
+    await release_shared_thread()
     settings.DEMO_TOKEN_DELAY_MS = 15
     settings.DEMO_REPLY_WORDS = 120
     socket = await ws(alice)
@@ -74,6 +75,7 @@ async def test_no_connection_is_open_while_streaming_without_pool(
 ):
     settings.DEMO_TOKEN_DELAY_MS = 15
     settings.DEMO_REPLY_WORDS = 120
+    await release_shared_thread()
     baseline = sum(settled(pg_backends).values())
     socket = await ws(alice)
     await socket.send_message("A long answer, please")
@@ -154,6 +156,7 @@ async def test_two_hundred_turns_leave_no_connection_behind(
     settings.DEMO_TOKEN_DELAY_MS = 2
     settings.DEMO_REPLY_WORDS = 25
     settings.MAX_GENERATIONS_PER_USER = 1000
+    await release_shared_thread()
     baseline = settled(pg_backends)
 
     outcomes = await run_turns(ws, alice, 200, seed=20261127)

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 
 from conversations.db import db_call
-from tests.conftest import pool_checked_out
+from tests.conftest import pool_checked_out, release_shared_thread
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -26,6 +26,7 @@ def released_main(alice):
 
 async def test_db_call_releases_from_tasks_and_fresh_contexts(alice, released_main):
     assert connection.pool is not None
+    await release_shared_thread()
 
     await db_call(count_users)()
     await asyncio.gather(*(db_call(count_users)() for _ in range(5)))
