@@ -23,8 +23,6 @@ from conversations.models import Message
 from conversations.serializers import message_dict
 from conversations.turns import turn_start
 
-FINAL_ONLY = 2**62  # an after_seq past any delta
-
 HTTP_STATUS = {
     "invalid": 400,
     "too_large": 413,
@@ -91,7 +89,7 @@ async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> Json
         started = await turn_start(user_id=user_id, command=_command(request.body, conversation_id))
         if started.remote is not None:
             # A re-post of a reply generated on another worker: wait for its end there.
-            async for fields in replylog.entries(started.remote.message_id, FINAL_ONLY):
+            async for fields in replylog.entries(started.remote.message_id, replylog.FINAL_ONLY):
                 if "final" in fields and json.loads(fields["final"]).get("type") == "chat.error":
                     final = json.loads(fields["final"])
                     error = ChatError(final["message"])

@@ -33,8 +33,6 @@ from conversations.turns import turn_start
 
 logger = logging.getLogger(__name__)
 
-FINAL_ONLY = 2**62  # an after_seq past any delta: only the final frame is wanted
-
 
 class ResilientLayer:
     """A channel layer whose receive() waits out a Redis outage instead of ending the socket.
@@ -178,7 +176,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         remote = await self._remote(command.conversation_id)
         if remote is not None:
             await replylog.guarded(replylog.publish_stop(command.conversation_id))
-            self._follow_remote(remote, FINAL_ONLY)
+            self._follow_remote(remote, replylog.FINAL_ONLY)
             return
         await self._idle_or_not_found(command.conversation_id)
 
@@ -204,7 +202,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         key = meta.conversation_id
         current = self.remote_follows.get(key)
         if current is not None and not current.done():
-            if after_seq == FINAL_ONLY:
+            if after_seq == replylog.FINAL_ONLY:
                 return  # already following: chat.done will come that way
             current.cancel()
         self.remote_follows[key] = asyncio.create_task(self._pump_remote(meta, after_seq))

@@ -27,6 +27,7 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 CONTROL_CHANNEL = "chat:control"
+FINAL_ONLY = 2**62  # an after_seq past any delta: only the final frame is wanted
 
 
 def gen_key(conversation_id: uuid.UUID | str) -> str:
