@@ -16,7 +16,8 @@ from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 from django.views.decorators.csrf import csrf_exempt
 
-from conversations import serializers
+from conversations import serializers, services
+from conversations.errors import NotFound
 from conversations.models import Conversation, Message
 from conversations.views import _get_conversation_for_user
 from personas.models import Persona
@@ -99,18 +100,12 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
 
 
 def _persona_for_new_conversation(slug: Any) -> Persona:
-    personas = Persona.objects.filter(is_active=True)
-    if slug is None:
-        persona = personas.filter(is_default=True).first() or personas.first()
-        if persona is None:
-            raise ApiError(404, "not_found", "No persona is set up yet.")
-        return persona
-    if not isinstance(slug, str):
+    if slug is not None and not isinstance(slug, str):
         raise ApiError(400, "invalid", "persona must be a slug or null.")
-    persona = personas.filter(slug=slug).first()
-    if persona is None:
-        raise ApiError(404, "not_found", f"No persona {slug!r}.")
-    return persona
+    try:
+        return services.persona_for_new_conversation(slug)
+    except NotFound as exc:
+        raise ApiError(404, "not_found", exc.message) from None
 
 
 def _clean_title(value: Any) -> str:

@@ -74,6 +74,11 @@ def _command(body: bytes, conversation_id: uuid.UUID) -> Send:
     return command
 
 
+def _raise_if_error(final: dict[str, Any]) -> None:
+    if final.get("type") == "chat.error":
+        raise ChatError.from_frame(final)
+
+
 @csrf_exempt  # checked below, so that a failure answers JSON like the rest of the API
 async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
     if request.method != "POST":
@@ -90,21 +95,15 @@ async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> Json
         if started.remote is not None:
             # A re-post of a reply generated on another worker: wait for its end there.
             async for fields in replylog.entries(started.remote.message_id, replylog.FINAL_ONLY):
-                if "final" in fields and json.loads(fields["final"]).get("type") == "chat.error":
-                    final = json.loads(fields["final"])
-                    error = ChatError(final["message"])
-                    error.code = final["code"]
-                    raise error
+                if "final" in fields:
+                    _raise_if_error(json.loads(fields["final"]))
         elif started.generation is not None:
             task = started.generation.task
             assert task is not None
             # Shielded: a client that hangs up does not cancel the process-owned generation.
             await asyncio.shield(task)
-            final = started.generation.final[0] if started.generation.final else {}
-            if final.get("type") == "chat.error":
-                error = ChatError(final["message"])
-                error.code = final["code"]
-                raise error
+            if started.generation.final:
+                _raise_if_error(started.generation.final[0])
     except ChatError as error:
         return chat_error_response(error)
     return JsonResponse(await db_call(_messages)(started.ctx.user_message_id), status=201)

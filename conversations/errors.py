@@ -13,6 +13,12 @@ class ChatError(Exception):
         self.message = message
         self.fields = fields
 
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> ChatError:
+        """The error a `chat.error` frame stands for (e.g. one read back from the reply log)."""
+        kinds = {kind.code: kind for kind in ChatError.__subclasses__()}
+        return kinds.get(frame["code"], ChatError)(frame["message"])
+
     def frame(self, **known: Any) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "chat.error", "code": self.code, "message": self.message}
         frame.update({k: v for k, v in known.items() if v is not None})

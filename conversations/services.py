@@ -54,11 +54,11 @@ def persona_for_new_conversation(slug: str | None) -> Persona:
     personas = Persona.objects.filter(is_active=True)
     persona = (
         personas.filter(slug=slug).first()
-        if slug
+        if slug is not None
         else (personas.filter(is_default=True).first() or personas.first())
     )
     if persona is None:
-        raise NotFound(f"No persona {slug!r}." if slug else "No persona is set up yet.")
+        raise NotFound(f"No persona {slug!r}." if slug is not None else "No persona is set up yet.")
     return persona
 
 

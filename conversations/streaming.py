@@ -156,10 +156,7 @@ class Generation:
         follower = Follower(send=send, next_seq=after_seq + 1)
         self.followers[key] = follower
         try:
-            while follower.next_seq <= len(self.frames):
-                seq = follower.next_seq
-                follower.next_seq += 1
-                await send(self._delta(seq))
+            await self._send_missing(follower)
             if self.final:
                 for frame in self.final:
                     await send(frame)
@@ -177,6 +174,13 @@ class Generation:
     def _delta(self, seq: int) -> Frame:
         return delta_frame(self.conversation_id, self.ctx.message_id, seq, self.frames[seq - 1])
 
+    async def _send_missing(self, follower: Follower) -> None:
+        """The frames after the follower's cursor, in seq order."""
+        while follower.next_seq <= len(self.frames):
+            seq = follower.next_seq
+            follower.next_seq += 1
+            await follower.send(self._delta(seq))
+
     async def _catch_up(self) -> None:
         """Send every live follower the frames it has not had yet, in seq order.
 
@@ -188,10 +192,7 @@ class Generation:
             if not follower.live:
                 continue
             try:
-                while follower.next_seq <= len(self.frames):
-                    seq = follower.next_seq
-                    follower.next_seq += 1
-                    await follower.send(self._delta(seq))
+                await self._send_missing(follower)
             except Exception:
                 # A socket that went away stops following; the generation goes on.
                 logger.debug("dropping follower %s of %s", key, self.conversation_id)
