@@ -147,7 +147,9 @@ def split(frames: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str], dict
 async def test_reply_streams_and_is_saved_with_the_usage_from_the_wire(
     upstream: Upstream, ws, alice, persona
 ):
-    upstream.reply()
+    # Events far apart next to the 40 ms coalescing window, so each is its own frame even
+    # when the machine is busy (at 0.1 s a loaded run merged two).
+    upstream.reply(event_pause=0.3)
     socket = await ws(alice)
 
     await socket.send_message(QUESTION)
