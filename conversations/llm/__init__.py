@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from conversations.llm.base import (
+    PUBLIC_CONFIGURATION_ERROR,
     ChatMessage,
     Completion,
     Provider,
@@ -16,6 +17,7 @@ from conversations.llm.demo import DemoProvider
 
 __all__ = [
     "PROVIDER_NAMES",
+    "PUBLIC_CONFIGURATION_ERROR",
     "ChatMessage",
     "Completion",
     "Provider",

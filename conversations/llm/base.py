@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+
+# What a user is told when a provider cannot be used as configured. The detail, which names
+# settings, is for the log, system checks and /readyz's operators: configuration_error().
+PUBLIC_CONFIGURATION_ERROR = "The model is not configured; ask an administrator."
 
 
 class ProviderError(Exception):
@@ -57,8 +65,15 @@ class Provider:
     name = "base"
 
     def configuration_error(self) -> str | None:
-        """A human sentence naming what is missing, or None when the provider can be used."""
+        """A sentence for operators naming what is missing, or None when the provider can be
+        used. Users get PUBLIC_CONFIGURATION_ERROR instead."""
         return None
+
+    def check_configured(self) -> None:
+        """Log what is missing and raise ProviderError(PUBLIC_CONFIGURATION_ERROR)."""
+        if problem := self.configuration_error():
+            logger.error("LLM provider %r cannot be used: %s", self.name, problem)
+            raise ProviderError(PUBLIC_CONFIGURATION_ERROR)
 
     def stream(self, request: ProviderRequest) -> AsyncGenerator[str | Usage, None]:
         raise NotImplementedError

@@ -58,8 +58,7 @@ class GeminiProvider(Provider):
         return None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[str | Usage, None]:
-        if problem := self.configuration_error():
-            raise ProviderError(problem)
+        self.check_configured()
         limits = Limits.from_settings()
         # `async for` alone would leave the inner generator open when this one is closed.
         events = resilient_stream(LABEL, lambda: _attempt(request, limits), limits)

@@ -44,8 +44,7 @@ class OpenAIProvider(Provider):
         return None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[str | Usage, None]:
-        if problem := self.configuration_error():
-            raise ProviderError(problem)
+        self.check_configured()
         limits = Limits.from_settings()
         label = _label()
         # `async for` alone would leave the inner generator open when this one is closed.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import random
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -21,6 +22,8 @@ import httpx2
 from django.conf import settings
 
 from conversations.llm.base import ProviderError, Usage
+
+logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 2
 
@@ -77,8 +80,12 @@ def status_error(
 ) -> ProviderError:
     """A human sentence for an HTTP error status; only 408, 429 and 5xx are retryable."""
     if bad_key or status in (401, 403):
-        hint = f" Check {key_setting}." if key_setting else ""
-        return ProviderError(f"{cap(label)} rejected the API key (HTTP {status}).{hint}")
+        # The setting to fix is for the log; users are only told who can fix it.
+        check = f": check {key_setting}" if key_setting else ""
+        logger.error("%s rejected the API key (HTTP %s)%s", cap(label), status, check)
+        return ProviderError(
+            f"{cap(label)} rejected the API key (HTTP {status}); ask an administrator."
+        )
     if status == 429:
         return ProviderError(
             f"{cap(label)} is rate limiting requests (HTTP 429). Try again shortly.",

@@ -156,7 +156,7 @@ def test_misconfigured_provider_from_the_shell_prints_the_message_and_exits_1(al
 def test_a_rejected_key_fails_the_reply_and_exits_non_zero(openai_turns, alice, persona, settings):
     settings.OPENAI_API_KEY = "wrong-key"
 
-    with pytest.raises(CommandError, match=r"rejected the API key \(HTTP 401\)\. Check OPENAI_API"):
+    with pytest.raises(CommandError, match=r"rejected the API key \(HTTP 401\); ask an admin"):
         chat("--persona", "assistant", "--message", "Hi", "--user", "alice")
 
     assert messages(alice)[1][:2] == ("assistant", "error")

@@ -262,7 +262,11 @@ async def test_closing_the_stream_closes_the_upstream_connection(
 @pytest.mark.asyncio
 @pytest.mark.parametrize("status", [400, 403])
 async def test_bad_api_key_is_explained_and_not_retried(
-    gemini_server: WireServer, pirate_request: ProviderRequest, limits: Any, status: int
+    gemini_server: WireServer,
+    pirate_request: ProviderRequest,
+    limits: Any,
+    status: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     limits.GEMINI_API_KEY = "wrong-key"
     gemini_server.script = Script(events=load_events("gemini_stream_ok.json"), auth_status=status)
@@ -270,9 +274,11 @@ async def test_bad_api_key_is_explained_and_not_retried(
     reply = await collect(GeminiProvider().stream(pirate_request))
 
     assert reply.error is not None
+    # The user is told who can fix it; the setting to fix is named in the log only.
     assert reply.error.message == (
-        f"Gemini rejected the API key (HTTP {status}). Check GEMINI_API_KEY."
+        f"Gemini rejected the API key (HTTP {status}); ask an administrator."
     )
+    assert "GEMINI_API_KEY" in caplog.text
     assert "wrong-key" not in reply.error.message
     assert not reply.error.retryable
     assert len(gemini_server.requests) == 1
@@ -320,15 +326,17 @@ def test_missing_key_is_a_configuration_error(settings: Any) -> None:
 
 
 @pytest.mark.asyncio
-async def test_streaming_without_a_key_raises_the_configuration_error(
-    settings: Any, pirate_request: ProviderRequest
+async def test_streaming_without_a_key_tells_the_user_to_ask_an_administrator(
+    settings: Any, pirate_request: ProviderRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.GEMINI_API_KEY = ""
 
     reply = await collect(GeminiProvider().stream(pirate_request))
 
     assert reply.error is not None
-    assert reply.error.message == GeminiProvider().configuration_error()
+    assert reply.error.message == "The model is not configured; ask an administrator."
+    assert "GEMINI_API_KEY" not in reply.error.message
+    assert GeminiProvider().configuration_error() in caplog.text
 
 
 def test_configured_key_is_enough(settings: Any) -> None:

@@ -290,7 +290,10 @@ async def test_closing_the_stream_closes_the_upstream_connection(
 
 @pytest.mark.asyncio
 async def test_bad_api_key_is_explained_and_not_retried(
-    openai_server: WireServer, pirate_request: ProviderRequest, limits: Any
+    openai_server: WireServer,
+    pirate_request: ProviderRequest,
+    limits: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     limits.OPENAI_API_KEY = "wrong-key"
     openai_server.script = Script(events=load_events("openai_stream_ok.json"))
@@ -300,8 +303,10 @@ async def test_bad_api_key_is_explained_and_not_retried(
     assert reply.error is not None
     assert reply.error.message == (
         f"The OpenAI-compatible server at {host(openai_server)} "
-        "rejected the API key (HTTP 401). Check OPENAI_API_KEY."
+        "rejected the API key (HTTP 401); ask an administrator."
     )
+    # The setting to fix is named in the log only.
+    assert "OPENAI_API_KEY" in caplog.text
     assert not reply.error.retryable
     assert len(openai_server.requests) == 1
 
@@ -354,8 +359,8 @@ def test_missing_key_without_a_server_is_a_configuration_error(settings: Any) ->
 
 
 @pytest.mark.asyncio
-async def test_streaming_without_a_key_raises_the_configuration_error(
-    settings: Any, pirate_request: ProviderRequest
+async def test_streaming_without_a_key_tells_the_user_to_ask_an_administrator(
+    settings: Any, pirate_request: ProviderRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.OPENAI_API_KEY = ""
     settings.OPENAI_BASE_URL = ""
@@ -363,7 +368,9 @@ async def test_streaming_without_a_key_raises_the_configuration_error(
     reply = await collect(OpenAIProvider().stream(pirate_request))
 
     assert reply.error is not None
-    assert reply.error.message == OpenAIProvider().configuration_error()
+    assert reply.error.message == "The model is not configured; ask an administrator."
+    assert "OPENAI_API_KEY" not in reply.error.message
+    assert OpenAIProvider().configuration_error() in caplog.text
 
 
 @pytest.mark.asyncio

@@ -256,8 +256,8 @@ async def test_wrong_key_ends_the_reply_with_a_helpful_error(
     accepted, deltas, done = split(await socket.receive_until("chat.done"))
 
     message = (
-        f"The OpenAI-compatible server at {host} rejected the API key (HTTP 401). "
-        "Check OPENAI_API_KEY."
+        f"The OpenAI-compatible server at {host} rejected the API key (HTTP 401); "
+        "ask an administrator."
     )
     assert deltas == []
     assert (done["status"], done["content"], done["error"]) == ("error", "", message)
