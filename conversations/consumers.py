@@ -20,8 +20,9 @@ from redis.exceptions import RedisError
 
 from conversations import metrics, replylog, services, supervisor
 from conversations.db import db_call
-from conversations.errors import ChatError, NotFound, Unavailable
+from conversations.errors import ChatError, NotFound, SessionEnded, Unavailable
 from conversations.frames import Resume, Send, Stop, parse_frame
+from conversations.outbox import SERVER_SOCKET_KEY, Outbox, ServerSocket
 from conversations.streaming import (
     Frame,
     accepted_frame,
@@ -32,6 +33,10 @@ from conversations.streaming import (
 from conversations.turns import turn_start
 
 logger = logging.getLogger(__name__)
+
+# 4401 mirrors HTTP 401: the session ended (logout, password change, deactivation, deletion).
+# The page asks the API whether it is still signed in, and goes to the login page if not.
+SESSION_ENDED_CLOSE_CODE = 4401
 
 
 class ResilientLayer:
@@ -61,7 +66,10 @@ class ResilientLayer:
 class ChatConsumer(AsyncWebsocketConsumer):
     user_id: int
     group: str
+    session_key: str | None
+    outbox: Outbox
     counted = False
+    ending = False
     channel_layer: Any
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -86,6 +94,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.user_id = user.id
         self.group = f"user.{user.id}"
+        session = self.scope.get("session")
+        self.session_key = session.session_key if session is not None else None
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
         except Exception:
@@ -93,6 +103,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.warning("channel layer unavailable; socket runs without fan-out")
         supervisor.ensure_started()
         await self.accept()
+        self.outbox = Outbox(
+            lambda text: self.send(text_data=text),
+            lambda code: self.close(code=code),
+            self.scope.get(SERVER_SOCKET_KEY) or ServerSocket(None),
+        )
+        self.outbox.start()
         self.counted = True
         registry.sockets.add(self)
         metrics.OPEN_SOCKETS.inc()
@@ -101,6 +117,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not getattr(self, "counted", False):
             return
         self.counted = False
+        self.outbox.close()
         metrics.OPEN_SOCKETS.dec()
         registry.sockets.discard(self)
         registry.unfollow_all(self.channel_name)
@@ -111,10 +128,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.debug("group_discard failed", exc_info=True)
 
-    async def send_frame(self, frame: Frame) -> None:
-        await self.send(text_data=json.dumps(frame))
+    def push(self, frame: Frame) -> bool:
+        """Queue a frame for this socket without waiting; False once it stopped taking them."""
+        return self.outbox.put(frame)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.ending:
+            return
         known: dict[str, Any] = {}
         try:
             command = parse_frame(text_data)
@@ -132,6 +152,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     await self.chat_stop(command)
                 else:
                     await self.chat_resume(command)
+        except SessionEnded as error:
+            await self.refuse(error, known)
+            await self.end_session()
         except ChatError as error:
             await self.refuse(error, known)
         except DatabaseError:
@@ -146,32 +169,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def refuse(self, error: ChatError, known: dict[str, Any]) -> None:
         metrics.REFUSALS.labels(error.code).inc()
-        await self.send_frame(error.frame(**known))
+        self.push(error.frame(**known))
 
     # --- commands ------------------------------------------------------------------------
 
     async def chat_send(self, command: Send) -> None:
-        started = await turn_start(user_id=self.user_id, command=command)
+        started = await turn_start(
+            user_id=self.user_id, command=command, session_key=self.session_key
+        )
         accepted = accepted_frame(started.ctx)
-        await self.send_frame(accepted)
+        self.push(accepted)
         if started.generation is not None:
+            started.generation.follow(self.channel_name, self.push, 0)
             # Other tabs have not seen the message: it travels with their copy.
             await self._tell_other_tabs({**accepted, "content": started.ctx.content})
-            await started.generation.follow(self.channel_name, self.send_frame, 0)
         elif started.remote is not None:
             self._follow_remote(started.remote, 0)
         else:
             assert started.ctx.existing_reply is not None
-            await self.send_frame(
-                saved_done_frame(started.ctx.conversation_id, started.ctx.existing_reply)
-            )
+            self.push(saved_done_frame(started.ctx.conversation_id, started.ctx.existing_reply))
 
     async def chat_stop(self, command: Stop) -> None:
         running = registry.get(command.conversation_id)
         if running is not None and running.user_id == self.user_id:
             running.stop()
             # The stopping socket hears chat.done even if it was not following.
-            await running.follow(self.channel_name, self.send_frame, len(running.frames))
+            running.follow(self.channel_name, self.push, len(running.frames))
             return
         remote = await self._remote(command.conversation_id)
         if remote is not None:
@@ -183,7 +206,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def chat_resume(self, command: Resume) -> None:
         running = registry.get(command.conversation_id)
         if running is not None and running.user_id == self.user_id:
-            await running.follow(self.channel_name, self.send_frame, command.after_seq)
+            running.follow(self.channel_name, self.push, command.after_seq)
             return
         remote = await self._remote(command.conversation_id)
         if remote is not None:
@@ -213,20 +236,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             async for fields in replylog.entries(meta.message_id, after_seq):
                 if "final" in fields:
-                    await self.send_frame(json.loads(fields["final"]))
+                    frame = json.loads(fields["final"])
                 elif "seq" in fields:
-                    seq = int(fields["seq"])
-                    await self.send_frame(
-                        delta_frame(conversation_id, message_id, seq, fields["text"])
+                    frame = delta_frame(
+                        conversation_id, message_id, int(fields["seq"]), fields["text"]
                     )
+                else:
+                    continue
+                if not self.push(frame):
+                    return  # the socket closed, or was dropped for reading too slowly
         except (RedisError, OSError, TimeoutError) as exc:
             replylog.mark_down(exc)
-            with contextlib.suppress(Exception):
-                await self.send_frame(
-                    Unavailable("Lost the reply's log; resume in a moment.").frame(
-                        conversation_id=meta.conversation_id
-                    )
+            self.push(
+                Unavailable("Lost the reply's log; resume in a moment.").frame(
+                    conversation_id=meta.conversation_id
                 )
+            )
         except Exception:
             # The socket closed while we followed: nothing to do, and no outage to report.
             logger.debug("remote follow ended", exc_info=True)
@@ -247,14 +272,37 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         if not owned:
             raise NotFound("No such conversation.")
-        await self.send_frame({"type": "chat.idle", "conversation_id": str(conversation_id)})
+        self.push({"type": "chat.idle", "conversation_id": str(conversation_id)})
 
     # --- channel layer events ------------------------------------------------------------
 
     async def conversation_updated(self, event: dict[str, Any]) -> None:
-        # The socket may have closed while the event was on its way.
-        with contextlib.suppress(Exception):
-            await self.send_frame(event["frame"])
+        if self.counted:  # the socket may have closed while the event was on its way
+            self.push(event["frame"])
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        """A logout: the sockets of that session end, on every worker."""
+        if self.counted and event.get("session_key") == self.session_key:
+            await self.end_session()
+
+    async def session_check(self, event: dict[str, Any]) -> None:
+        """The user changed (password, deactivated, deleted): sockets whose session no longer
+        signs that user in end, on every worker."""
+        if not self.counted:
+            return
+        try:
+            user_id = await db_call(services.session_user_id)(session_key=self.session_key)
+        except DatabaseError:
+            logger.warning("could not check a session; the next chat.send checks it again")
+            return
+        if user_id != self.user_id:
+            await self.end_session()
+
+    async def end_session(self) -> None:
+        logger.info("closing a socket whose session ended (user %s)", self.user_id)
+        self.ending = True
+        # What is queued (the refusal, if any) goes first, then the close.
+        self.outbox.finish(SESSION_ENDED_CLOSE_CODE)
 
     async def chat_started(self, event: dict[str, Any]) -> None:
         if event["sender"] == self.channel_name or not self.counted:
@@ -263,10 +311,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         conversation_id = uuid.UUID(frame["conversation_id"])
         running = registry.get(conversation_id)
         if running is not None and running.user_id == self.user_id:
-            await self.send_frame(frame)
-            await running.follow(self.channel_name, self.send_frame, 0)
+            self.push(frame)
+            running.follow(self.channel_name, self.push, 0)
             return
         remote = await self._remote(conversation_id)
         if remote is not None:
-            await self.send_frame(frame)
+            self.push(frame)
             self._follow_remote(remote, 0)

@@ -59,3 +59,4 @@ class TurnContext:
     history: tuple[HistoryItem, ...]  # older messages, oldest first, without this one
     duplicate: bool = False  # the client re-sent a client_id we already saved
     existing_reply: ReplyInfo | None = None
+    age: float = 0.0  # seconds since the user message was saved

@@ -56,3 +56,9 @@ class ProviderFailed(ChatError):
 
 class SaveFailed(ChatError):
     code = "save_failed"
+
+
+class SessionEnded(ChatError):
+    """The socket's session was logged out, or its user deactivated, deleted or re-keyed."""
+
+    code = "unauthorized"

@@ -19,6 +19,10 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "From chat.send received to the first delta sent.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+SLOW_SOCKETS_DROPPED = Counter(
+    "chat_slow_sockets_dropped_total",
+    "Sockets closed (code 4008) for falling too far behind their frames.",
+)
 TOKENS = Counter("chat_tokens_streamed_total", "Text deltas received from providers.")
 FRAMES = Counter("chat_frames_streamed_total", "chat.delta frames built (after coalescing).")
 DB_SECONDS = Histogram(

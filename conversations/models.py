@@ -46,6 +46,15 @@ class Message(models.Model):
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     client_id = models.UUIDField(null=True, blank=True)
+    # The conversation's owner, on user messages: it lets the database hold one message per
+    # user and client_id, whichever conversation the re-send names (or none, for a new one).
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
     # The user message an assistant reply answers: one reply per user message, at most.
     reply_to = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="reply"
@@ -59,9 +68,13 @@ class Message(models.Model):
         ordering = ["created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["conversation", "client_id"],
+                fields=["owner", "client_id"],
                 condition=Q(role="user"),
-                name="message_unique_client_id",
+                name="message_unique_owner_client_id",
+            ),
+            models.CheckConstraint(
+                condition=Q(client_id__isnull=True) | Q(owner__isnull=False),
+                name="message_client_id_has_owner",
             ),
             models.CheckConstraint(
                 condition=Q(role="assistant") | Q(reply_to__isnull=True),

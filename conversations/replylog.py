@@ -122,6 +122,15 @@ async def claim(conversation_id: uuid.UUID, token: str) -> bool:
     return bool(ok)
 
 
+async def holder(conversation_id: uuid.UUID) -> str | None:
+    """What holds the conversation: a claim token, or a running generation's meta."""
+    redis = client()
+    if redis is None:
+        return None
+    raw = await redis.get(gen_key(conversation_id))
+    return str(raw) if raw else None
+
+
 async def unclaim(conversation_id: uuid.UUID, token: str) -> None:
     redis = client()
     if redis is None:
@@ -228,6 +237,62 @@ async def user_active(user_id: int) -> int:
     return int(await redis.scard(user_key(user_id)))
 
 
+def slots_key(user_id: int) -> str:
+    return f"chat:user:{user_id}:slots"
+
+
+# Check and take a slot in one step, so workers admitting turns at the same moment cannot
+# each see room for one more. Members are slot tokens scored by when they lapse: a worker
+# that dies stops renewing its slots, and they lapse on their own.
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+SLOT_HOLD_SECONDS = 60  # a turn beginning; a running generation renews with its heartbeat
+
+
+async def slot_take(user_id: int, token: str, limit: int) -> bool:
+    """Take one of the user's `limit` reply slots across all workers; False when all are
+    taken. True when Redis is not configured (the worker's own count then decides)."""
+    redis = client()
+    if redis is None:
+        return True
+    now = time.time()
+    taken = await redis.eval(
+        _TAKE_SLOT,
+        1,
+        slots_key(user_id),
+        now,
+        limit,
+        now + SLOT_HOLD_SECONDS,
+        token,
+        settings.GENERATION_TTL,
+    )
+    return bool(taken)
+
+
+async def slot_renew(held: list[tuple[int, str]]) -> None:
+    redis = client()
+    if redis is None or not held:
+        return
+    lapse = time.time() + max(settings.HEARTBEAT_TTL * 2, 10)
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id, token in held:
+            pipe.zadd(slots_key(user_id), {token: lapse}, xx=True)
+        await pipe.execute()
+
+
+async def slot_release(user_id: int, token: str) -> None:
+    redis = client()
+    if redis is not None:
+        await redis.zrem(slots_key(user_id), token)
+
+
 async def publish_stop(conversation_id: uuid.UUID) -> None:
     redis = client()
     if redis is not None:
@@ -250,6 +315,18 @@ async def rate_hit(user_id: int) -> float | None:
     if int(count) > settings.MESSAGES_PER_MINUTE:
         return round(60 - now % 60, 1)
     return None
+
+
+async def rate_refund(user_id: int) -> None:
+    redis = client()
+    if redis is None:
+        return
+    key = f"chat:rate:{user_id}:{int(time.time() // 60)}"
+    await redis.eval(
+        "if tonumber(redis.call('get', KEYS[1]) or '0') > 0 then redis.call('decr', KEYS[1]) end",
+        1,
+        key,
+    )
 
 
 async def entries(

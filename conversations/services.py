@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from importlib import import_module
 
+from channels.auth import get_user
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -20,7 +24,7 @@ from conversations.context import (
     ReplyInfo,
     TurnContext,
 )
-from conversations.errors import NotFound
+from conversations.errors import Invalid, NotFound, SessionEnded
 from conversations.models import Conversation, Message
 from conversations.prompts import title_from_message
 from personas.models import Persona
@@ -62,6 +66,25 @@ def persona_for_new_conversation(slug: str | None) -> Persona:
     return persona
 
 
+def session_user_id(*, session_key: str | None) -> int | None:
+    """The user a session signs in, checked as Django checks a request (the session exists,
+    the user is active, the password has not changed since), or None."""
+    if not session_key:
+        return None
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = get_user.func({"session": store})
+    return int(user.pk) if user.is_authenticated else None
+
+
+def _check_user(user_id: int, session_key: str | None) -> None:
+    if session_key is not None:
+        valid = session_user_id(session_key=session_key) == user_id
+    else:  # the HTTP API: the request's session was checked moments ago
+        valid = get_user_model().objects.filter(id=user_id, is_active=True).exists()
+    if not valid:
+        raise SessionEnded("Your session has ended; sign in again.")
+
+
 def conversation_owned(*, user_id: int, conversation_id: uuid.UUID) -> bool:
     return Conversation.objects.filter(id=conversation_id, owner_id=user_id).exists()
 
@@ -76,57 +99,68 @@ def turn_begin(
     client_id: uuid.UUID,
     history_limit: int,
     check_persona: Callable[[PersonaInfo], object] | None = None,
+    session_key: str | None = None,
 ) -> TurnContext:
-    """Save the user's message (once per client_id) and read what the reply needs.
+    """Save the user's message (once per user and client_id) and read what the reply needs.
 
     `check_persona` may refuse the turn (e.g. its provider is misconfigured) by raising;
-    the transaction then rolls back and nothing is saved.
+    the transaction then rolls back and nothing is saved. `session_key` is the socket's
+    session: a socket outlives logout until it hears of it, so the turn checks it here.
     """
-    existing = (
-        Message.objects.select_related("conversation")
-        .filter(conversation__owner_id=user_id, role=Message.Role.USER, client_id=client_id)
-        .filter(**({"conversation_id": conversation_id} if conversation_id else {}))
-        .first()
-    )
+    _check_user(user_id, session_key)
+    existing = Message.objects.filter(
+        owner_id=user_id, role=Message.Role.USER, client_id=client_id
+    ).first()
     if existing is not None:
-        return _context_for(existing, duplicate=True, history_limit=history_limit)
+        return _duplicate(existing, conversation_id, history_limit)
 
-    created = conversation_id is None
     if conversation_id is None:
         persona = persona_for_new_conversation(persona_slug)
-        conversation = Conversation.objects.create(
-            owner_id=user_id, persona=persona, title=title_from_message(content)
-        )
+        conversation = None
     else:
         # The row lock serialises concurrent turns on one conversation across workers.
-        found = (
+        conversation = (
             Conversation.objects.select_for_update(of=("self",))
             .select_related("persona")
             .filter(id=conversation_id, owner_id=user_id)
             .first()
         )
-        if found is None:
+        if conversation is None:
             raise NotFound("No such conversation.")
-        conversation = found
+        persona = conversation.persona
     if check_persona is not None:
-        check_persona(_persona_info(conversation.persona))
+        check_persona(_persona_info(persona))
     try:
         with transaction.atomic():
+            if conversation is None:
+                conversation = Conversation.objects.create(
+                    owner_id=user_id, persona=persona, title=title_from_message(content)
+                )
             message = Message.objects.create(
                 conversation=conversation,
+                owner_id=user_id,
                 role=Message.Role.USER,
                 content=content,
                 client_id=client_id,
             )
     except IntegrityError:
-        # A concurrent re-send of the same client_id won the race: answer as a duplicate.
-        message = Message.objects.get(
-            conversation=conversation, role=Message.Role.USER, client_id=client_id
+        # A concurrent send of the same client_id (another socket, worker or the HTTP API)
+        # committed first; the savepoint took back our conversation, if we made one.
+        existing = Message.objects.get(
+            owner_id=user_id, role=Message.Role.USER, client_id=client_id
         )
-        return _context_for(message, duplicate=True, history_limit=history_limit)
-    if not created:
+        return _duplicate(existing, conversation_id, history_limit)
+    if conversation_id is not None:
         Conversation.objects.filter(id=conversation.id).update(updated_at=timezone.now())
-    return _context_for(message, created=created, history_limit=history_limit)
+    return _context_for(message, created=conversation_id is None, history_limit=history_limit)
+
+
+def _duplicate(
+    message: Message, conversation_id: uuid.UUID | None, history_limit: int
+) -> TurnContext:
+    if conversation_id is not None and message.conversation_id != conversation_id:
+        raise Invalid("This client_id was already used for another message.")
+    return _context_for(message, duplicate=True, history_limit=history_limit)
 
 
 def _context_for(
@@ -155,7 +189,18 @@ def _context_for(
         history=tuple(HistoryItem(role=r, content=c) for r, c in reversed(list(earlier))),
         duplicate=duplicate,
         existing_reply=_reply_info(reply) if reply else None,
+        age=(timezone.now() - message.created_at).total_seconds(),
     )
+
+
+def turn_context(*, user_id: int, client_id: uuid.UUID, history_limit: int) -> TurnContext | None:
+    """The turn a user's message of this client_id began, as a re-send finds it."""
+    message = Message.objects.filter(
+        owner_id=user_id, role=Message.Role.USER, client_id=client_id
+    ).first()
+    if message is None:
+        return None
+    return _context_for(message, duplicate=True, history_limit=history_limit)
 
 
 @transaction.atomic

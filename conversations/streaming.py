@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,8 @@ from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usa
 logger = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
-Send = Callable[[Frame], Awaitable[None]]
+# Hands a frame to a follower without waiting (a socket's outbox); False: it stopped following.
+Deliver = Callable[[Frame], bool]
 
 
 def delta_frame(conversation_id: uuid.UUID, message_id: uuid.UUID, seq: int, text: str) -> Frame:
@@ -96,7 +97,7 @@ def _ms(since: float) -> float:
 
 @dataclass
 class Follower:
-    send: Send
+    deliver: Deliver
     next_seq: int
     live: bool = False
 
@@ -122,6 +123,7 @@ class Generation:
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.received_at = self.started  # when chat.send arrived; set by turn_start
+        self.slot: str | None = None  # the user's reply slot across workers
 
     @property
     def conversation_id(self) -> uuid.UUID:
@@ -149,24 +151,22 @@ class Generation:
 
     # --- following -----------------------------------------------------------------------
 
-    async def follow(self, key: str, send: Send, after_seq: int = 0) -> None:
-        """Replay frames after `after_seq`, then deliver live ones, then the final frame."""
+    def follow(self, key: str, deliver: Deliver, after_seq: int = 0) -> None:
+        """Replay frames after `after_seq`, then deliver live ones, then the final frame.
+
+        Nothing here waits for a socket: `deliver` queues the frame in the follower's outbox.
+        """
         if key in self.followers:
             return
-        follower = Follower(send=send, next_seq=after_seq + 1)
-        self.followers[key] = follower
-        try:
-            await self._send_missing(follower)
-            if self.final:
-                for frame in self.final:
-                    await send(frame)
-                self.followers.pop(key, None)
-            else:
-                # No await between the last check above and this line: nothing can slip by.
-                follower.live = True
-        except Exception:
-            self.followers.pop(key, None)
-            raise
+        follower = Follower(deliver=deliver, next_seq=after_seq + 1)
+        if not self._send_missing(follower):
+            return
+        if self.final:
+            for frame in self.final:
+                deliver(frame)
+        else:
+            follower.live = True
+            self.followers[key] = follower
 
     def unfollow(self, key: str) -> None:
         self.followers.pop(key, None)
@@ -174,27 +174,21 @@ class Generation:
     def _delta(self, seq: int) -> Frame:
         return delta_frame(self.conversation_id, self.ctx.message_id, seq, self.frames[seq - 1])
 
-    async def _send_missing(self, follower: Follower) -> None:
-        """The frames after the follower's cursor, in seq order."""
+    def _send_missing(self, follower: Follower) -> bool:
+        """The frames after the follower's cursor, in seq order; False if it went away."""
         while follower.next_seq <= len(self.frames):
             seq = follower.next_seq
             follower.next_seq += 1
-            await follower.send(self._delta(seq))
+            if not follower.deliver(self._delta(seq)):
+                return False
+        return True
 
-    async def _catch_up(self) -> None:
-        """Send every live follower the frames it has not had yet, in seq order.
-
-        Cursors, not "the frame just made": a delivery cut short (a stop cancels the stream
-        mid-send) leaves a follower behind, and the next call brings it level, so no
-        follower ever sees a gap before chat.done.
-        """
+    def _catch_up(self) -> None:
+        """Give every live follower the frames it has not had yet, in seq order."""
         for key, follower in list(self.followers.items()):
-            if not follower.live:
-                continue
-            try:
-                await self._send_missing(follower)
-            except Exception:
-                # A socket that went away stops following; the generation goes on.
+            if follower.live and not self._send_missing(follower):
+                # A socket that went away, or was dropped for reading too slowly, stops
+                # following; the generation goes on.
                 logger.debug("dropping follower %s of %s", key, self.conversation_id)
                 self.followers.pop(key, None)
 
@@ -215,7 +209,7 @@ class Generation:
         metrics.FRAMES.inc()
         if len(self.frames) == 1:
             metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.received_at)
-        await self._catch_up()
+        self._catch_up()
         await self._log_pending()
 
     # --- running -------------------------------------------------------------------------
@@ -244,6 +238,8 @@ class Generation:
             await self._run()
         finally:
             metrics.GENERATIONS_IN_FLIGHT.dec()
+            if self.slot is not None:
+                await replylog.guarded(replylog.slot_release(self.user_id, self.slot))
 
     async def _run(self) -> None:
         status, error = "complete", ""
@@ -353,11 +349,10 @@ class Generation:
             final = saved_done_frame(self.conversation_id, saved)
             status = saved.status
         self.final = [final]
-        await self._catch_up()
+        self._catch_up()
         for follower in list(self.followers.values()):
             if follower.live:
-                with contextlib.suppress(Exception):
-                    await follower.send(final)
+                follower.deliver(final)
         self.followers.clear()
         self.registry.forget(self)
         await self._log_pending()
@@ -409,6 +404,13 @@ class Generation:
                 delay = min(delay * 2, 5.0)
 
 
+def user_busy() -> Busy:
+    return Busy(
+        f"You already have {settings.MAX_GENERATIONS_PER_USER} replies being "
+        "generated; wait for one to finish."
+    )
+
+
 @dataclass
 class Reservation:
     """A slot held while a turn begins, so limits hold before the database is reached."""
@@ -416,6 +418,9 @@ class Reservation:
     registry: Registry
     user_id: int
     conversation_id: uuid.UUID | None
+    client_id: uuid.UUID | None = None
+    # The user's reply slot across workers (Redis), held from here until the reply ends.
+    slot: str = field(default_factory=lambda: f"slot:{uuid.uuid4()}")
     released: bool = False
 
     def release(self) -> None:
@@ -441,9 +446,13 @@ class Registry:
         return running + sum(1 for r in self.reservations if r.user_id == user_id)
 
     def reserve(
-        self, *, user_id: int, conversation_id: uuid.UUID | None, cluster_active: int = 0
+        self,
+        *,
+        user_id: int,
+        conversation_id: uuid.UUID | None,
+        client_id: uuid.UUID | None = None,
     ) -> Reservation:
-        """Hold a slot. `cluster_active` is the user's generations on all workers (Redis)."""
+        """Hold a place on this worker; the user's limit across workers is `slot_take`'s."""
         if self.draining:
             raise Busy("This server is restarting; reconnect and try again.")
         if conversation_id is not None and (
@@ -451,18 +460,20 @@ class Registry:
             or any(r.conversation_id == conversation_id for r in self.reservations)
         ):
             raise Busy("A reply is already being generated in this conversation.")
-        local_reserved = sum(1 for r in self.reservations if r.user_id == user_id)
-        active = max(self._count_for(user_id), cluster_active + local_reserved)
-        if active >= settings.MAX_GENERATIONS_PER_USER:
-            raise Busy(
-                f"You already have {settings.MAX_GENERATIONS_PER_USER} replies being "
-                "generated; wait for one to finish."
-            )
+        if self._count_for(user_id) >= settings.MAX_GENERATIONS_PER_USER:
+            raise user_busy()
         if len(self.generations) + len(self.reservations) >= settings.MAX_GENERATIONS_PER_WORKER:
             raise Busy("The server is busy; try again in a moment.")
-        reservation = Reservation(self, user_id, conversation_id)
+        reservation = Reservation(self, user_id, conversation_id, client_id)
         self.reservations.append(reservation)
         return reservation
+
+    def beginning(self, conversation_id: uuid.UUID, client_id: uuid.UUID) -> bool:
+        """Whether a turn for this very client_id is beginning here (a re-send racing it)."""
+        return any(
+            r.conversation_id == conversation_id and r.client_id == client_id
+            for r in self.reservations
+        )
 
     def release(self, reservation: Reservation) -> None:
         with contextlib.suppress(ValueError):
@@ -479,6 +490,7 @@ class Registry:
         if ctx.conversation_id in self.generations:
             raise Busy("A reply is already being generated in this conversation.")
         generation = Generation(ctx, provider, request, self)
+        generation.slot = reservation.slot
         self.generations[ctx.conversation_id] = generation
         # The task belongs to the process: a socket that goes away does not cancel it.
         task = asyncio.get_running_loop().create_task(generation.run())

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 
 from conversations import logctx, metrics, replylog, services, supervisor
 from conversations.context import TurnContext
 from conversations.db import db_call
-from conversations.errors import Busy, ProviderFailed, RateLimited
+from conversations.errors import Busy, ChatError, NotFound, ProviderFailed, RateLimited
 from conversations.frames import Send
 from conversations.llm import Provider, ProviderError, get_provider
 from conversations.prompts import build_request
-from conversations.streaming import Generation, Reservation, registry
+from conversations.streaming import Generation, Reservation, registry, user_busy
 from conversations.titles import announce_title, title_generate
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Started:
     ctx: TurnContext
     generation: Generation | None  # None: saved before, or generated on another worker
     remote: replylog.GenerationMeta | None = None  # the generation lives on another worker
+    resumed: bool = False  # a re-send: answered as chat.resume would, no new message
 
 
 _local_rate: dict[tuple[int, int], int] = {}
@@ -63,8 +65,60 @@ async def rate_check(user_id: int) -> None:
         )
 
 
-async def turn_start(*, user_id: int, command: Send) -> Started:
-    """Steps 1-4 of a turn: limits, begin in one transaction, then start the generation."""
+async def rate_refund(user_id: int) -> None:
+    """Give back the message counted by `rate_check`: a refused send costs no budget."""
+    if settings.REDIS_URL and not replylog.is_down():
+        await replylog.guarded(replylog.rate_refund(user_id))
+    else:
+        key = (user_id, int(time.time() // 60))
+        if _local_rate.get(key):
+            _local_rate[key] -= 1
+
+
+async def _not_ours_or_busy(user_id: int, conversation_id: uuid.UUID) -> ChatError:
+    """Someone's reply is running there: if the conversation is not the user's, it does not
+    exist for them (404 before 409, or `busy` would tell them it exists)."""
+    owned = await db_call(services.conversation_owned)(
+        user_id=user_id, conversation_id=conversation_id
+    )
+    if not owned:
+        return NotFound("No such conversation.")
+    return Busy("A reply is already being generated in this conversation.")
+
+
+async def _twin(user_id: int, conversation_id: uuid.UUID, client_id: uuid.UUID) -> Started | None:
+    """A send of the same client_id that is beginning elsewhere (another socket, worker or
+    the HTTP API): wait for its reply to start, and answer as `chat.resume` would."""
+    deadline = time.monotonic() + TWIN_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        running = registry.get(conversation_id)
+        if running is not None and running.user_id == user_id:
+            if running.ctx.client_id != client_id:
+                return None
+            return Started(running.ctx, running, resumed=True)
+        remote = await replylog.guarded(replylog.active(conversation_id))
+        if remote is not None and remote.user_id == user_id:
+            if remote.client_id != str(client_id):
+                return None
+            ctx = await db_call(services.turn_context)(
+                user_id=user_id, client_id=client_id, history_limit=settings.HISTORY_MAX_MESSAGES
+            )
+            return Started(ctx, None, remote=remote, resumed=True) if ctx is not None else None
+        await asyncio.sleep(TWIN_POLL_SECONDS)
+    return None
+
+
+# How long a send waits for a twin (the same client_id, sent at the same moment elsewhere)
+# to start its reply before it takes the reply on itself (the twin's worker may have died).
+TWIN_WAIT_SECONDS = 3.0
+TWIN_POLL_SECONDS = 0.05
+
+
+async def turn_start(*, user_id: int, command: Send, session_key: str | None = None) -> Started:
+    """Steps 1-4 of a turn: limits, begin in one transaction, then start the generation.
+
+    `session_key` is the socket's session, checked again inside the turn's transaction.
+    """
     # Heartbeats, remote stops and recovery must run wherever a turn starts (socket, HTTP,
     # the chat command), or another worker would take this reply for a dead worker's.
     supervisor.ensure_started()
@@ -74,31 +128,69 @@ async def turn_start(*, user_id: int, command: Send) -> Started:
     remote = None
     if command.conversation_id is not None:
         running = registry.get(command.conversation_id)
-        if running is not None and running.user_id == user_id:
+        if running is not None:
+            if running.user_id != user_id:
+                raise NotFound("No such conversation.")
             if running.ctx.client_id == command.client_id:
-                return Started(running.ctx, running)  # a re-send of the turn in flight
+                return Started(running.ctx, running, resumed=True)  # a re-send in flight
             raise Busy("A reply is already being generated in this conversation.")
+        if registry.beginning(command.conversation_id, command.client_id):
+            twin = await _twin(user_id, command.conversation_id, command.client_id)
+            if twin is not None:
+                return twin
         remote = await replylog.guarded(replylog.active(command.conversation_id))
-        if remote is not None and remote.user_id == user_id:
+        if remote is not None:
+            if remote.user_id != user_id:
+                raise NotFound("No such conversation.")
             if remote.client_id != str(command.client_id):
                 raise Busy("A reply is already being generated in this conversation.")
-        else:
-            remote = None
-    if remote is None:
+    counted = remote is None
+    if counted:
         await rate_check(user_id)
+    try:
+        started = await _begin(user_id, command, session_key, remote)
+    except BaseException:
+        if counted:
+            await rate_refund(user_id)
+        raise
+    if counted and started.resumed:
+        await rate_refund(user_id)
+    return started
+
+
+async def _begin(
+    user_id: int,
+    command: Send,
+    session_key: str | None,
+    remote: replylog.GenerationMeta | None,
+) -> Started:
     received_at = time.monotonic()
-    cluster_active = await replylog.guarded(replylog.user_active(user_id), 0)
-    reservation = registry.reserve(
-        user_id=user_id, conversation_id=command.conversation_id, cluster_active=cluster_active
-    )
-    claim = f"claim:{uuid.uuid4()}"
+    try:
+        reservation = registry.reserve(
+            user_id=user_id, conversation_id=command.conversation_id, client_id=command.client_id
+        )
+    except Busy:
+        if command.conversation_id is not None:
+            raise await _not_ours_or_busy(user_id, command.conversation_id) from None
+        raise
+    claim = f"claim:{command.client_id}:{uuid.uuid4()}"
     claimed = False
     try:
+        if not await replylog.guarded(
+            replylog.slot_take(user_id, reservation.slot, settings.MAX_GENERATIONS_PER_USER), True
+        ):
+            raise user_busy()
         if command.conversation_id is not None and remote is None:
             # One reply per conversation across workers, held before anything is saved.
             got = await replylog.guarded(replylog.claim(command.conversation_id, claim), True)
             if not got:
-                raise Busy("A reply is already being generated in this conversation.")
+                holder = await replylog.guarded(replylog.holder(command.conversation_id))
+                if holder is not None and str(command.client_id) in holder:
+                    twin = await _twin(user_id, command.conversation_id, command.client_id)
+                    if twin is not None:
+                        await _release(reservation, None, None)
+                        return twin
+                raise await _not_ours_or_busy(user_id, command.conversation_id)
             claimed = True
         logger.debug("turn begin: database work begins")
         ctx = await db_call(services.turn_begin)(
@@ -109,22 +201,17 @@ async def turn_start(*, user_id: int, command: Send) -> Started:
             client_id=command.client_id,
             history_limit=settings.HISTORY_MAX_MESSAGES,
             check_persona=lambda persona: provider_for(persona.provider),
+            session_key=session_key,
         )
         metrics.DB_SECONDS.labels("begin").observe(time.monotonic() - received_at)
         logctx.turn_id.set(str(ctx.message_id))
         logctx.conversation_id.set(str(ctx.conversation_id))
         logger.debug("turn begin: database work ends")
         if ctx.duplicate:
-            running = registry.get(ctx.conversation_id)
-            if running is not None and running.ctx.user_message_id == ctx.user_message_id:
+            found = await _answer_duplicate(ctx, remote)
+            if found is not None:
                 await _release(reservation, ctx.conversation_id, claim if claimed else None)
-                return Started(running.ctx, running)
-            if ctx.existing_reply is not None:
-                await _release(reservation, ctx.conversation_id, claim if claimed else None)
-                return Started(ctx, None)
-            if remote is not None and remote.user_message_id == str(ctx.user_message_id):
-                reservation.release()
-                return Started(ctx, None, remote=remote)
+                return found
             # Saved, but its reply never was (a worker died): generate it now. The reply id
             # is derived from the message id, so it can only ever be saved once.
         provider = provider_for(ctx.persona.provider)
@@ -140,9 +227,36 @@ async def turn_start(*, user_id: int, command: Send) -> Started:
     return Started(ctx, generation)
 
 
+async def _answer_duplicate(
+    ctx: TurnContext, remote: replylog.GenerationMeta | None
+) -> Started | None:
+    """A re-send of a saved message: its reply, saved or running here or elsewhere."""
+    if ctx.existing_reply is not None:
+        return Started(ctx, None, resumed=True)
+    if remote is not None and remote.user_message_id == str(ctx.user_message_id):
+        return Started(ctx, None, remote=remote, resumed=True)
+    deadline = time.monotonic() + TWIN_WAIT_SECONDS
+    while True:
+        running = registry.get(ctx.conversation_id)
+        if running is not None and running.ctx.user_message_id == ctx.user_message_id:
+            return Started(running.ctx, running, resumed=True)
+        remote = await replylog.guarded(replylog.active(ctx.conversation_id))
+        if remote is not None and remote.user_message_id == str(ctx.user_message_id):
+            return Started(ctx, None, remote=remote, resumed=True)
+        if ctx.age > TWIN_WAIT_SECONDS or time.monotonic() > deadline:
+            break
+        # Its twin committed the message moments ago and is starting the reply.
+        await asyncio.sleep(TWIN_POLL_SECONDS)
+    reply = await db_call(services.reply_find)(user_message_id=ctx.user_message_id)
+    if reply is not None:
+        return Started(replace(ctx, existing_reply=reply), None, resumed=True)
+    return None
+
+
 async def _release(
     reservation: Reservation, conversation_id: uuid.UUID | None, claim: str | None
 ) -> None:
     reservation.release()
+    await replylog.guarded(replylog.slot_release(reservation.user_id, reservation.slot))
     if claim is not None and conversation_id is not None:
         await replylog.guarded(replylog.unclaim(conversation_id, claim))

@@ -40,6 +40,16 @@ def _chat_defaults(settings: Any) -> None:
     settings.GRACEFUL_SHUTDOWN = False
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttles() -> None:
+    # Every test client comes from 127.0.0.1: one test's signups must not count against the
+    # next (the signup counter lives in the local cache; login failures roll back with the
+    # test database).
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def alice(django_db_blocker: Any) -> Any:
     return make_user("alice", "Alice")
@@ -175,9 +185,14 @@ async def ws() -> AsyncIterator[Connect]:
     opened: list[Socket] = []
 
     async def connect(
-        user: Any = None, *, origin: bytes = b"http://localhost", expect: bool = True
+        user: Any = None,
+        *,
+        origin: bytes = b"http://localhost",
+        host: bytes = b"localhost",
+        expect: bool = True,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> Socket:
-        headers = [(b"host", b"localhost"), (b"origin", origin)]
+        headers = [(b"host", host), (b"origin", origin), *(extra or [])]
         if user is not None:
             cookie = await db_call(session_cookie)(user)
             headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))

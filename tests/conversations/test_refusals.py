@@ -195,4 +195,4 @@ async def test_foreign_origin_is_refused(ws, alice):
 
 
 async def test_same_origin_is_accepted(ws, alice):
-    await ws(alice, origin=b"http://127.0.0.1:8000")
+    await ws(alice, origin=b"http://127.0.0.1:8000", host=b"127.0.0.1:8000")

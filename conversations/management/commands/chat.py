@@ -266,7 +266,7 @@ class Command(BaseCommand):
         outcome = Outcome()
         printed = False
 
-        async def show(frame: Frame) -> None:
+        def show(frame: Frame) -> bool:
             nonlocal printed
             kind = frame["type"]
             if kind == "chat.delta":
@@ -281,8 +281,9 @@ class Command(BaseCommand):
                 outcome.output_tokens = usage["output_tokens"]
             elif kind == "chat.error":
                 outcome.status, outcome.error = "error", frame["message"]
+            return True
 
-        await generation.follow(f"cli.{uuid.uuid4().hex}", show, 0)
+        generation.follow(f"cli.{uuid.uuid4().hex}", show, 0)
         task = generation.task
         assert task is not None
         try:

@@ -1,0 +1,196 @@
+"""A socket's outbound frames: queued without waiting, written by the socket's own writer.
+
+A reply never awaits a socket. Whoever has a frame for a socket (a generation, a follow of
+another worker's reply log, the consumer itself) puts it here and moves on; one writer task
+per socket hands the frames to the ASGI server in order, at the pace the client reads. A
+client that falls too far behind (more than `SOCKET_BUFFER_BYTES` queued, or its oldest
+frame older than `SOCKET_MAX_LAG_SECONDS`) is dropped: the queue is discarded and the socket
+is closed with `SLOW_CLOSE_CODE`, from where the page reconnects and resumes by `after_seq`.
+
+The writer must also know when the server is holding frames the client has not taken:
+Uvicorn's send() waits while its transport is paused, but Daphne's send() never waits and
+buffers without bound. `ServerSocket` is the one place that knows both servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+
+from conversations import metrics
+
+logger = logging.getLogger(__name__)
+
+Frame = dict[str, Any]
+
+# 4008 mirrors 1008 "Policy Violation": the client did not read its frames in time.
+SLOW_CLOSE_CODE = 4008
+# Bytes the server may hold for one socket before the writer waits (Uvicorn's and asyncio's
+# default high-water mark).
+SERVER_HIGH_WATER = 64 * 1024
+BACKLOG_POLL_SECONDS = 0.02
+CLOSE_GRACE_SECONDS = 2.0
+# Where the ASGI stack keeps the server's own send() for a socket (see `remember_server`).
+SERVER_SOCKET_KEY = "chat.server_socket"
+
+
+class ServerSocket:
+    """What the ASGI server lets us see of one socket: the bytes it still holds for the
+    client, and a way to cut the connection when a close cannot get through."""
+
+    def __init__(self, send: Callable[..., Any] | None) -> None:
+        self.transport: Any = None
+        self.twisted = False
+        owner = getattr(send, "__self__", None)  # Uvicorn: the protocol's bound send()
+        if owner is not None and hasattr(owner, "transport"):
+            self.transport = owner.transport
+        elif isinstance(send, functools.partial) and send.args:  # Daphne: partial(reply, protocol)
+            self.transport = getattr(send.args[0], "transport", None)
+            self.twisted = self.transport is not None
+
+    def backlog(self) -> int:
+        transport = self.transport
+        if transport is None:
+            return 0
+        with contextlib.suppress(Exception):
+            if self.twisted:
+                # twisted.internet.abstract.FileDescriptor's write buffers.
+                pending = len(transport.dataBuffer) - transport.offset
+                return int(pending + transport._tempDataLen)
+            return int(transport.get_write_buffer_size())
+        return 0
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        with contextlib.suppress(Exception):
+            if self.twisted:
+                transport.abortConnection()
+            else:
+                transport.abort()
+
+
+class Outbox:
+    def __init__(
+        self,
+        write: Callable[[str], Awaitable[None]],
+        close: Callable[[int], Awaitable[None]],
+        server: ServerSocket,
+        *,
+        max_bytes: int | None = None,
+        max_lag: float | None = None,
+    ) -> None:
+        self._write = write
+        self._close = close
+        self._server = server
+        self.max_bytes = settings.SOCKET_BUFFER_BYTES if max_bytes is None else max_bytes
+        self.max_lag = settings.SOCKET_MAX_LAG_SECONDS if max_lag is None else max_lag
+        self._queue: collections.deque[tuple[str, float]] = collections.deque()
+        self.queued_bytes = 0
+        self._ready = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self.closed = False
+        self.dropped = False
+        self._closing_code: int | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._run())
+
+    def put(self, frame: Frame) -> bool:
+        """Queue a frame. False once the socket is closed or was dropped for being slow."""
+        if self.closed:
+            return False
+        text = json.dumps(frame)
+        now = time.monotonic()
+        self._queue.append((text, now))
+        self.queued_bytes += len(text)
+        oldest = self._queue[0][1]
+        if self.queued_bytes > self.max_bytes or now - oldest > self.max_lag:
+            self._drop()
+            return False
+        self._ready.set()
+        return True
+
+    def _drop(self) -> None:
+        logger.warning(
+            "dropping a slow socket: %d frames, %d bytes queued, oldest %.1fs",
+            len(self._queue),
+            self.queued_bytes,
+            time.monotonic() - self._queue[0][1],
+        )
+        metrics.SLOW_SOCKETS_DROPPED.inc()
+        self.dropped = True
+        self.close()
+        asyncio.get_running_loop().create_task(self._hang_up(SLOW_CLOSE_CODE))
+
+    async def _hang_up(self, code: int) -> None:
+        # The close frame waits behind what the server already holds; a client that reads
+        # nothing would never take it, so the connection is cut after a grace period.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._close(code), CLOSE_GRACE_SECONDS)
+        deadline = time.monotonic() + CLOSE_GRACE_SECONDS
+        while self._server.backlog() > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(BACKLOG_POLL_SECONDS * 5)
+        if self._server.backlog() > 0:
+            self._server.abort()
+
+    def finish(self, code: int) -> None:
+        """Write what is queued, then close the socket with `code`; take nothing more."""
+        if self.closed:
+            return
+        self.closed = True
+        self._closing_code = code
+        self._ready.set()
+
+    def close(self) -> None:
+        """Stop writing; frames not yet written are discarded (the socket is going away)."""
+        self.closed = True
+        self._queue.clear()
+        self.queued_bytes = 0
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                while self._queue:
+                    text, _ = self._queue[0]
+                    await self._write(text)
+                    # Popped only once written: a frame in flight still counts as queued.
+                    if self._queue:
+                        self._queue.popleft()
+                        self.queued_bytes -= len(text)
+                    while self._server.backlog() > SERVER_HIGH_WATER:
+                        await asyncio.sleep(BACKLOG_POLL_SECONDS)
+                if self._closing_code is not None:
+                    await self._hang_up(self._closing_code)
+                    return
+                self._ready.clear()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The socket went away; its disconnect closes the outbox.
+            logger.debug("socket writer ended", exc_info=True)
+            self.close()
+
+
+def remember_server(app: Any) -> Any:
+    """ASGI middleware, outermost: note the server's own socket before others wrap send()."""
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> Any:
+        if scope["type"] == "websocket":
+            scope = {**scope, SERVER_SOCKET_KEY: ServerSocket(send)}
+        return await app(scope, receive, send)
+
+    return middleware
