@@ -58,18 +58,44 @@ def _known_ids(frame: dict[str, Any]) -> dict[str, str]:
     return known
 
 
+# Room in a frame for everything but the message: type, ids, persona slug, JSON syntax.
+FRAME_OVERHEAD = 4096
+# The most a character can take in a JSON string: an astral one escaped as a surrogate pair,
+# "\\ud83d\\ude00" (json.dumps does that unless ensure_ascii=False).
+ESCAPED_CHAR_WIDTH = 12
+
+
+def frame_limit() -> int:
+    """The longest text frame read at all, in characters.
+
+    The frame is measured before it is parsed, so a flood costs nothing to refuse; the
+    limit a user meets is MAX_MESSAGE_CHARS of content. So the cap always leaves room for
+    a message at that limit written in the widest escapes, whatever MAX_FRAME_BYTES says:
+    else 12,000 "é" from a client that escapes non-ASCII would be refused as too large.
+    """
+    needed = settings.MAX_MESSAGE_CHARS * ESCAPED_CHAR_WIDTH + FRAME_OVERHEAD
+    return max(settings.MAX_FRAME_BYTES, needed)
+
+
 def parse_frame(text: str | None) -> Command:
     """Turn a text frame into a command, or raise a ChatError naming what is wrong."""
     if text is None:
         raise Invalid("Frames must be JSON text, not binary.")
-    if len(text) > settings.MAX_FRAME_BYTES:
-        raise TooLarge(f"Frames are limited to {settings.MAX_FRAME_BYTES} characters.")
+    limit = frame_limit()
+    if len(text) > limit:
+        raise TooLarge(f"Frames are limited to {limit} characters.")
     try:
         frame = json.loads(text)
     except (ValueError, RecursionError):
         raise Invalid("Frames must be JSON objects.") from None
     if not isinstance(frame, dict):
         raise Invalid("Frames must be JSON objects.")
+    return command_from(frame)
+
+
+def command_from(frame: dict[str, Any]) -> Command:
+    """A parsed frame as a command; the HTTP API builds its frame as a dict and starts here,
+    so its limits count the content's characters exactly as the socket's do."""
     try:
         return _command(frame)
     except (Invalid, TooLarge) as error:

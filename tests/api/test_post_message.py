@@ -297,3 +297,31 @@ async def test_a_long_reply_is_not_taken_for_a_dead_workers(reply_log, alice, pe
     assert recovered == []
     reply = response.json()["assistant_message"]
     assert (reply["status"], len(reply["content"].split())) == ("complete", 120)
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        pytest.param("é" * 12_000, 201, id="12000-e-acute"),
+        pytest.param("😀" * 16_000, 201, id="16000-emoji"),
+        pytest.param("é" * 16_001, 413, id="16001-e-acute"),
+        pytest.param("😀" * 16_001, 413, id="16001-emoji"),
+    ],
+)
+@pytest.mark.parametrize("ensure_ascii", [True, False], ids=["escaped", "raw-utf8"])
+async def test_the_limit_counts_characters_as_on_the_socket(
+    alice, persona, fast_demo, text, status, ensure_ascii
+):
+    chat = await db_call(conversation_of)(alice, persona)
+    client = await logged_in(alice)
+
+    body = json.dumps({"content": text}, ensure_ascii=ensure_ascii)
+    response = await post(client, chat.id, body)
+
+    assert response.status_code == status
+    if status == 201:
+        assert response.json()["user_message"]["content"] == text
+        assert (await db_call(rows)(chat.id))[0]["content"] == text
+    else:
+        assert response.json()["error"]["code"] == "too_large"
+        assert await db_call(message_count)() == 0
