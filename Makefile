@@ -27,6 +27,8 @@ install-dev: $(VENV)/.dev
 migrate: install
 	$(PY) manage.py migrate --noinput
 
+# Development only: settings are production (DJANGO_DEBUG unset) unless told otherwise.
+run: export DJANGO_DEBUG = true
 run: migrate
 	$(PY) manage.py seed_personas
 	$(PY) manage.py create_demo_user --url http://$(HOST):$(PORT)
@@ -35,15 +37,15 @@ run: migrate
 		--ws websockets-sansio --lifespan off
 
 test: install-dev
-	DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \
+	DJANGO_DEBUG=true DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: install-dev
-	DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \
+	DJANGO_DEBUG=true DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \
 		$(VENV)/bin/pytest -m "not browser and not slow" $(PYTEST_ARGS)
 
 chaos: install-dev
-	DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= CHAOS_TURNS=500 \
+	DJANGO_DEBUG=true DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= CHAOS_TURNS=500 \
 		$(VENV)/bin/pytest tests/workers/test_chaos.py -s -q $(PYTEST_ARGS)
 
 # The streaming benchmark, ~30 min on 2 cores: bench/results/{results.md,bench.png,profile.md}
@@ -58,7 +60,7 @@ bench-smoke: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy .
+	DJANGO_DEBUG=true $(VENV)/bin/mypy .
 
 format: install-dev
 	$(VENV)/bin/ruff check --fix .

@@ -14,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
+from accounts import throttle
 from accounts.forms import ProfileForm
 from accounts.models import Profile
 
@@ -38,10 +39,21 @@ def signup(request: HttpRequest) -> HttpResponse:
     form: UserCreationForm[User] = UserCreationForm(
         request.POST if request.method == "POST" else None
     )
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("chat")
+    if request.method == "POST":
+        # Checked before the form's work, and counted again, atomically, before saving.
+        wait = throttle.signup_wait(request)
+        if wait is None and form.is_valid():
+            wait = throttle.signup_wait(request, take=True)
+            if wait is None:
+                user = form.save()
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                return redirect("chat")
+        if wait is not None:
+            # A blank form: the refused one is not worth validating or echoing back.
+            context = {"form": UserCreationForm(), "closed": False, "wait_minutes": wait}
+            response = render(request, "accounts/signup.html", context, status=throttle.TOO_MANY)
+            response["Retry-After"] = str(wait * 60)
+            return response
     return render(request, "accounts/signup.html", {"form": form, "closed": False})
 
 

@@ -223,6 +223,8 @@ class Bench:
                 "DB_POOL_MAX_SIZE": str(POOL_MAX),
                 "DJANGO_DEBUG": "false",
                 "DJANGO_SECRET_KEY": SECRET,
+                # The client reads chat_turn_db_seconds from /metrics without a token.
+                "METRICS_PUBLIC": "true",
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "LLM_PROVIDER": "demo",
                 "DEMO_TOKEN_DELAY_MS": str(int(scenario.delay_ms)),

@@ -2,7 +2,8 @@
 
 /healthz answers while the process serves. /readyz asks each dependency with a short timeout,
 all at once, so a hung database or Redis turns into a quick 503 naming it instead of a probe
-that hangs with it.
+that hangs with it. What went wrong goes to the log, and to operators (the metrics token, or
+a staff session); the public sees "ok" or "fail" per check.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from chatproject.metrics_view import has_metrics_token
 from conversations.checks import provider_problems
 from conversations.db import released
 
@@ -29,7 +31,7 @@ CHECK_TIMEOUT = 2.0
 
 
 class CheckFailed(Exception):
-    """A failure whose message is ours and safe to show; others show their type only."""
+    """A failure whose message is ours; others are reported by their type only."""
 
 
 @never_cache
@@ -76,6 +78,7 @@ CHECKS: dict[str, Callable[[], Awaitable[None]]] = {
 
 
 async def _run(name: str, check: Callable[[], Awaitable[None]], timeout: float) -> str:
+    """Either "ok" or what went wrong: for the log and operators, never for the public."""
     try:
         await asyncio.wait_for(check(), timeout)
     except TimeoutError:
@@ -85,10 +88,23 @@ async def _run(name: str, check: Callable[[], Awaitable[None]], timeout: float) 
         logger.warning("readyz: %s: %s", name, exc)
         return f"error: {exc}"
     except Exception as exc:
-        # Driver messages name hosts and ports; the log gets them, the public body does not.
         logger.warning("readyz: %s failed", name, exc_info=True)
         return f"error: {type(exc).__name__}"
     return "ok"
+
+
+async def _may_see_details(request: HttpRequest) -> bool:
+    """Operators: the metrics token's holder, or a staff user's session."""
+    if has_metrics_token(request):
+        return True
+    if settings.SESSION_COOKIE_NAME not in request.COOKIES:
+        return False  # a probe: no session to look up, so no database call
+    try:
+        user = await asyncio.wait_for(request.auser(), CHECK_TIMEOUT)
+    except Exception:
+        # The database may be the very thing that is down.
+        return False
+    return bool(user.is_active and user.is_staff)
 
 
 @never_cache
@@ -96,8 +112,13 @@ async def _run(name: str, check: Callable[[], Awaitable[None]], timeout: float) 
 async def readyz(request: HttpRequest) -> JsonResponse:
     timeout = float(getattr(settings, "READYZ_CHECK_TIMEOUT", CHECK_TIMEOUT))
     results = await asyncio.gather(*(_run(name, check, timeout) for name, check in CHECKS.items()))
-    checks = dict(zip(CHECKS, results, strict=True))
-    ok = all(value == "ok" for value in checks.values())
-    return JsonResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
-    )
+    details = dict(zip(CHECKS, results, strict=True))
+    ok = all(value == "ok" for value in details.values())
+    # The public gets a word per check: a setting's name or a host is a hint to an attacker.
+    body: dict[str, object] = {
+        "status": "ok" if ok else "unavailable",
+        "checks": {name: "ok" if value == "ok" else "fail" for name, value in details.items()},
+    }
+    if not ok and await _may_see_details(request):
+        body["details"] = {name: value for name, value in details.items() if value != "ok"}
+    return JsonResponse(body, status=200 if ok else 503)

@@ -1,4 +1,6 @@
-"""/metrics: this worker's Prometheus metrics, optionally behind a bearer token.
+"""/metrics: this worker's Prometheus metrics, behind a bearer token in production.
+
+Without METRICS_TOKEN the page is open only in development (DEBUG) or when METRICS_PUBLIC=true.
 
 Each worker answers for itself (its gauges are its own sockets, generations and pool), so a
 multi-worker deployment scrapes every worker on its own port; see deploy/CHECKLIST.md.
@@ -18,10 +20,11 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, REGISTRY, generate_lates
 from conversations import metrics as _chat_metrics  # noqa: F401
 
 
-def _authorized(request: HttpRequest) -> bool:
+def has_metrics_token(request: HttpRequest) -> bool:
+    """Whether the request carries `Authorization: Bearer <METRICS_TOKEN>` (and one is set)."""
     token: str = settings.METRICS_TOKEN
     if not token:
-        return True
+        return False
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # compare_digest takes as long whatever prefix matches, so the token cannot be guessed
     # byte by byte from response times.
@@ -33,7 +36,10 @@ def _authorized(request: HttpRequest) -> bool:
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    if not _authorized(request):
+    if not settings.METRICS_TOKEN and not (settings.DEBUG or settings.METRICS_PUBLIC):
+        # Fail closed: in production, open metrics must be asked for (METRICS_PUBLIC=true).
+        return HttpResponse("Forbidden: metrics are private on this server.\n", status=403)
+    if settings.METRICS_TOKEN and not has_metrics_token(request):
         response = HttpResponse(
             "Unauthorized: send Authorization: Bearer <METRICS_TOKEN>\n", status=401
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,15 @@ def envfloat(name: str, default: float) -> float:
     return float(value)
 
 
-DEBUG = envbool("DJANGO_DEBUG", True)
+# Fail closed: production unless DJANGO_DEBUG=true says otherwise (`make run` and the tests
+# set it), so a forgotten variable never serves debug pages with a built-in secret key.
+DEBUG = envbool("DJANGO_DEBUG", False)
 SECRET_KEY = envstr("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
-        raise RuntimeError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is false.")
+        raise RuntimeError(
+            "DJANGO_SECRET_KEY must be set in production (DJANGO_DEBUG is not true)."
+        )
     SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
 
 ALLOWED_HOSTS = [
@@ -64,16 +69,22 @@ INSTALLED_APPS = [
     "accounts",
     "personas",
     "conversations",
+    "axes",  # login throttling (issue 10); its admin lists and clears lockouts
+    "csp",  # django-csp's system checks
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # The Content-Security-Policy header, on every response (admin and errors too).
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatproject.urls"
@@ -176,6 +187,68 @@ CSRF_COOKIE_SECURE = not DEBUG
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Hardening (issue 10): login and signup throttles, CSP, private metrics -------------
+# Failed logins are counted per account and, separately, per client address by django-axes
+# in the database (so admin can see and clear lockouts under "Axes"). A lockout ends after
+# LOGIN_COOLOFF_MINUTES; more failures during it start the wait again.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_COOLOFF_MINUTES = envint("LOGIN_COOLOFF_MINUTES", 15)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# A success must not wipe an address's failures: guessing four passwords, then logging in
+# to one's own account, would start the count again.
+AXES_RESET_ON_SUCCESS = False
+AXES_LOCKOUT_CALLABLE = "accounts.throttle.locked_out"
+AXES_CLIENT_IP_CALLABLE = "accounts.throttle.client_ip"
+# Failures are kept; a row for every successful login would only grow.
+AXES_DISABLE_ACCESS_LOG = True
+# Accounts created per client address per hour (counted in the cache below).
+SIGNUPS_PER_HOUR = envint("SIGNUPS_PER_HOUR", 3)
+# How many proxies in front of the app append to X-Forwarded-For. 0 (the default) trusts no
+# header: the address is the peer's (REMOTE_ADDR). deploy/ needs 0: Daphne's --proxy-headers
+# already takes the address from nginx, which sets X-Forwarded-For to the peer it saw.
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+# The signup counter must be shared by every worker: Redis when there is one.
+CACHES: dict[str, Any] = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "chat-cache",
+            "OPTIONS": {"socket_timeout": 3, "socket_connect_timeout": 3},
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
+# As strict as the <meta> tag it replaces: our own scripts, styles, fonts and images only,
+# no inline script or style. Admin needs nothing more ('self' scripts and styles). A header,
+# unlike the tag, also covers admin, JSON and error responses, and can forbid framing.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# /metrics without METRICS_TOKEN: open in development, refused in production unless this
+# says the network in front already keeps it private.
+METRICS_PUBLIC = envbool("METRICS_PUBLIC", False)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

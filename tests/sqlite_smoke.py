@@ -15,6 +15,7 @@ django.setup()
 from channels.testing import WebsocketCommunicator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
+from django.http import HttpRequest  # noqa: E402
 from django.test import Client  # noqa: E402
 
 from accounts.services import demo_user_ensure  # noqa: E402
@@ -26,7 +27,8 @@ from conversations.models import Message  # noqa: E402
 def login_cookie() -> str:
     demo_user_ensure(username="demo", password="demo-chat-2026", display_name="Sam")
     client = Client()
-    assert client.login(username="demo", password="demo-chat-2026")
+    # django-axes throttles by the request's address, so authenticate() needs a request.
+    assert client.login(request=HttpRequest(), username="demo", password="demo-chat-2026")
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 

@@ -17,7 +17,11 @@ def test_sqlite_default_runs_a_whole_turn(tmp_path):
         for k, v in os.environ.items()
         if k not in {"DATABASE_URL", "REDIS_URL", "LLM_PROVIDER"} and not k.startswith("DEMO_")
     }
-    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", DEMO_TOKEN_DELAY_MS="1")
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        DEMO_TOKEN_DELAY_MS="1",
+        DJANGO_DEBUG="true",
+    )
     result = subprocess.run(
         [sys.executable, "-m", "tests.sqlite_smoke"],
         cwd=ROOT,

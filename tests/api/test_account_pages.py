@@ -76,11 +76,54 @@ def test_profile_needs_login() -> None:
     assert response["Location"].startswith("/accounts/login/")
 
 
-def test_pages_forbid_inline_script(alice: Any) -> None:
-    client = Client()
-    client.force_login(alice)
-    for path in ("/", "/accounts/profile/"):
-        html = client.get(path).content.decode()
-        assert "script-src 'self'" in html
+STRICT = {
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "font-src 'self'",
+    "connect-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+}
+
+
+def policy(response: Any) -> set[str]:
+    return {part.strip() for part in response["Content-Security-Policy"].split(";")}
+
+
+def test_every_response_carries_the_strict_policy_header(alice: Any) -> None:
+    user = Client()
+    user.force_login(alice)
+    staff = Client()
+    staff.force_login(get_user_model().objects.create_superuser("root", "r@example.org", "x"))
+    responses = {
+        "chat page": user.get("/"),
+        "profile": user.get("/accounts/profile/"),
+        "login": Client().get("/accounts/login/"),
+        "signup": Client().get("/accounts/signup/"),
+        "JSON API": user.get("/api/personas/"),
+        "not found": user.get("/no-such-page/"),
+        "health": Client().get("/healthz"),
+        "admin login": Client().get("/admin/login/"),
+        "admin": staff.get("/admin/"),
+        "admin change list": staff.get("/admin/auth/user/"),
+    }
+    for name, response in responses.items():
+        assert "Content-Security-Policy" in response, name
+        assert policy(response) == STRICT, name
+        assert "unsafe-inline" not in response["Content-Security-Policy"], name
+
+
+def test_pages_have_no_inline_script_and_no_policy_tag(alice: Any) -> None:
+    # The header is the one policy; a second one in a tag could only drift from it.
+    user = Client()
+    user.force_login(alice)
+    pages = [user.get("/"), user.get("/accounts/profile/")]
+    pages += [Client().get("/accounts/login/"), Client().get("/accounts/signup/")]
+    for page in pages:
+        html = page.content.decode()
         assert "<script>" not in html
-    assert "script-src 'self'" in Client().get("/accounts/login/").content.decode()
+        assert 'http-equiv="Content-Security-Policy"' not in html

@@ -336,7 +336,9 @@ async def test_streaming_without_a_key_tells_the_user_to_ask_an_administrator(
     assert reply.error is not None
     assert reply.error.message == "The model is not configured; ask an administrator."
     assert "GEMINI_API_KEY" not in reply.error.message
-    assert GeminiProvider().configuration_error() in caplog.text
+    detail = GeminiProvider().configuration_error()
+    assert detail is not None
+    assert detail in caplog.text
 
 
 def test_configured_key_is_enough(settings: Any) -> None:

@@ -370,7 +370,9 @@ async def test_streaming_without_a_key_tells_the_user_to_ask_an_administrator(
     assert reply.error is not None
     assert reply.error.message == "The model is not configured; ask an administrator."
     assert "OPENAI_API_KEY" not in reply.error.message
-    assert OpenAIProvider().configuration_error() in caplog.text
+    detail = OpenAIProvider().configuration_error()
+    assert detail is not None
+    assert detail in caplog.text
 
 
 @pytest.mark.asyncio

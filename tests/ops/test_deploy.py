@@ -243,17 +243,19 @@ def deployment(tmp_path: Path, throwaway_redis: Any) -> Iterator[Deployment]:
             worker.stop()
 
 
-def login(deploy: Deployment) -> str:
-    """Sign in through the login form, as a browser would; returns the session cookie."""
+def post_login(
+    deploy: Deployment, username: str, password: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The login form, filled in and sent as a browser would."""
     page = deploy.fetch("GET", "/accounts/login/")
     assert page.status == 200
     csrf_cookie = page.cookies()[settings.CSRF_COOKIE_NAME]
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
     assert token is not None
     body = urllib.parse.urlencode(
-        {"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": token[1]}
+        {"username": username, "password": password, "csrfmiddlewaretoken": token[1]}
     ).encode()
-    answer = deploy.fetch(
+    return deploy.fetch(
         "POST",
         "/accounts/login/",
         body=body,
@@ -262,8 +264,14 @@ def login(deploy: Deployment) -> str:
             "Cookie": f"{settings.CSRF_COOKIE_NAME}={csrf_cookie}",
             "Origin": deploy.https,
             "Referer": f"{deploy.https}/accounts/login/",
+            **(headers or {}),
         },
     )
+
+
+def login(deploy: Deployment) -> str:
+    """Sign in through the login form, as a browser would; returns the session cookie."""
+    answer = post_login(deploy, "alice", PASSWORD)
     assert answer.status == 302, answer.text[:500]
     assert answer.headers["Location"] == "/"
     # Behind TLS the session cookie is Secure and HttpOnly.
@@ -400,6 +408,23 @@ def test_nginx_and_two_daphne_workers_serve_pages_static_files_and_a_streamed_ch
     for worker in deploy.workers:
         assert f"pool {worker.url}/metrics: size " in report.stdout
     assert report.stdout.strip().splitlines()[-1].startswith("db_report: OK")
+
+    # Last, since they lock this client out. A forged X-Forwarded-For does not give a guesser
+    # a new address: nginx passes on the peer it saw, so five failures lock 127.0.0.1.
+    for n, name in enumerate(("carol", "dave", "erin", "frank", "grace")):
+        post_login(deploy, name, "guess", headers={"X-Forwarded-For": f"192.0.2.{n}"})
+    locked = post_login(deploy, "alice", PASSWORD, headers={"X-Forwarded-For": "192.0.2.99"})
+    assert locked.status == 429
+    assert "Too many attempts. Try again in 15 minutes." in locked.text
+
+    # And nginx itself turns a flood of the account pages away before it reaches a worker.
+    statuses = []
+    for _ in range(60):
+        statuses.append(deploy.fetch("GET", "/accounts/login/").status)
+        if statuses[-1] == 429:
+            break
+    assert statuses[-1] == 429, statuses
+    assert set(statuses) == {200, 429}
 
 
 def test_the_compose_nginx_config_is_valid(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import Client
 
 from tests.ops.conftest import Daphne, daphne_env, fetch, wait_for
@@ -37,15 +38,42 @@ def test_readyz_names_each_check_when_all_answer(client: Client) -> None:
 
 
 @pytest.mark.django_db
-def test_readyz_fails_on_a_misconfigured_provider(client: Client, settings) -> None:
+def test_readyz_fails_on_a_misconfigured_provider_without_telling_the_public_why(
+    client: Client, settings, caplog: pytest.LogCaptureFixture
+) -> None:
     settings.LLM_PROVIDER = "gemini"
     settings.GEMINI_API_KEY = ""
     response = client.get("/readyz")
     assert response.status_code == 503
-    checks = response.json()["checks"]
-    assert checks["database"] == "ok"
-    assert checks["provider"].startswith("error: gemini:")
-    assert "GEMINI_API_KEY" in checks["provider"]
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "channel_layer": "ok", "provider": "fail"},
+    }
+    assert b"GEMINI" not in response.content
+    assert "gemini: Gemini needs an API key: set GEMINI_API_KEY" in caplog.text
+
+
+@pytest.mark.django_db
+def test_readyz_tells_operators_why(client: Client, settings, alice) -> None:
+    settings.LLM_PROVIDER = "gemini"
+    settings.GEMINI_API_KEY = ""
+    settings.METRICS_TOKEN = "ops-token"
+
+    with_token = client.get("/readyz", headers={"Authorization": "Bearer ops-token"})
+    wrong_token = client.get("/readyz", headers={"Authorization": "Bearer guess"})
+    staff = Client()
+    staff.force_login(get_user_model().objects.create_user("root", is_staff=True))
+    plain_user = Client()
+    plain_user.force_login(alice)
+
+    for operator in (with_token, staff.get("/readyz")):
+        assert operator.status_code == 503
+        assert operator.json()["checks"]["provider"] == "fail"
+        assert "GEMINI_API_KEY" in operator.json()["details"]["provider"]
+    for public in (wrong_token, plain_user.get("/readyz")):
+        assert public.status_code == 503
+        assert "details" not in public.json()
+        assert b"GEMINI" not in public.content
 
 
 @pytest.fixture
@@ -76,7 +104,9 @@ def silent_server() -> Iterator[int]:
 
 
 @pytest.mark.django_db
-def test_readyz_times_out_a_hung_channel_layer(client: Client, settings, silent_server) -> None:
+def test_readyz_times_out_a_hung_channel_layer(
+    client: Client, settings, silent_server, caplog: pytest.LogCaptureFixture
+) -> None:
     settings.READYZ_CHECK_TIMEOUT = 0.5
     settings.CHANNEL_LAYERS = {
         "default": {
@@ -90,9 +120,10 @@ def test_readyz_times_out_a_hung_channel_layer(client: Client, settings, silent_
 
     assert response.status_code == 503
     checks = response.json()["checks"]
-    assert checks["channel_layer"] == "error: no answer within 0.5s"
+    assert checks["channel_layer"] == "fail"
     assert checks["database"] == "ok"
     assert took < 3, "a hung dependency must not hang the probe"
+    assert "readyz: channel_layer gave no answer within 0.5s" in caplog.text
 
 
 def test_readyz_follows_postgresql_and_redis_going_and_coming_back(
@@ -122,7 +153,7 @@ def test_readyz_follows_postgresql_and_redis_going_and_coming_back(
         throwaway_postgres.stop()
         status, checks = readyz(worker.url)
         assert status == 503
-        assert checks["database"].startswith("error")
+        assert checks["database"] == "fail"
         assert checks["channel_layer"] == "ok"
 
         throwaway_postgres.start()
@@ -131,7 +162,7 @@ def test_readyz_follows_postgresql_and_redis_going_and_coming_back(
         throwaway_redis.stop()
         status, checks = readyz(worker.url)
         assert status == 503
-        assert checks["channel_layer"].startswith("error")
+        assert checks["channel_layer"] == "fail"
         assert checks["database"] == "ok"
 
         throwaway_redis.start()

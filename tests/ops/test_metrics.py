@@ -53,6 +53,13 @@ def differ(before: Samples, after: Samples) -> Diff:
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _open_metrics(settings) -> None:
+    # pytest-django runs with DEBUG off, where open metrics must be asked for; the tests
+    # below read the numbers, and the refusal tests close them again.
+    settings.METRICS_PUBLIC = True
+
+
 @pytest.mark.asyncio
 async def test_a_complete_turn_moves_its_metrics(ws, alice, persona, fast_demo):
     before = await ascrape()
@@ -206,8 +213,30 @@ def test_metrics_token_is_required_when_set(client: Client, settings) -> None:
         assert name in text, name
 
 
-def test_metrics_are_open_without_a_token(client: Client, settings) -> None:
+def test_production_refuses_metrics_without_a_token(client: Client, settings) -> None:
+    settings.DEBUG = False
     settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = False
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 403
+    assert b"chat_turns_total" not in response.content
+
+
+def test_metrics_without_a_token_are_open_when_asked_for(client: Client, settings) -> None:
+    settings.DEBUG = False
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = True
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert "# TYPE chat_turns_total counter" in response.content.decode()
+
+
+def test_metrics_are_open_in_development(client: Client, settings) -> None:
+    settings.DEBUG = True
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = False
     response = client.get("/metrics")
     assert response.status_code == 200
     assert "# TYPE chat_turns_total counter" in response.content.decode()
