@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from django.contrib.auth.models import User
+from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from django.db.models import Exists, OuterRef, Q
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -19,7 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from conversations import serializers, services
 from conversations.errors import NotFound
 from conversations.models import Conversation, Message
-from conversations.views import _get_conversation_for_user
+from conversations.views import get_conversation_for_user
 from personas.models import Persona
 
 TITLE_MAX_CHARS = 200
@@ -42,7 +43,22 @@ def error_response(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
-def _csrf_failed(request: HttpRequest) -> bool:
+# What a request can be refused for before or while its body is read.
+REFUSALS = (ApiError, SuspiciousOperation, BadRequest)
+
+
+def refusal_response(exc: Exception) -> JsonResponse:
+    """A refusal as a JSON error. Django itself would answer its own (a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE, too many fields) with an HTML page and log them with a
+    traceback; they are the client's mistake, so only the usual 4xx warning line is logged."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+    if isinstance(exc, RequestDataTooBig):
+        return error_response(413, "too_large", "The request body is too large.")
+    return error_response(400, "invalid", "The request could not be read.")
+
+
+def csrf_failed(request: HttpRequest) -> bool:
     # Django's middleware answers a CSRF failure with an HTML page; scripts want JSON, so
     # the API runs the same check itself and only borrows the verdict.
     middleware = CsrfViewMiddleware(_unused_view)
@@ -68,14 +84,17 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 )
                 response["Allow"] = ", ".join(sorted(allowed))
                 return response
-            if request.method not in SAFE_METHODS and _csrf_failed(request):
-                return error_response(403, "csrf_failed", "Missing or wrong X-CSRFToken header.")
             try:
+                # The CSRF check may read a form body, so it may refuse a huge one too.
+                if request.method not in SAFE_METHODS and csrf_failed(request):
+                    return error_response(
+                        403, "csrf_failed", "Missing or wrong X-CSRFToken header."
+                    )
                 return view(request, *args, **kwargs)
             except Http404:
                 return error_response(404, "not_found", "No such conversation.")
-            except ApiError as exc:
-                return error_response(exc.status, exc.code, exc.message)
+            except REFUSALS as exc:
+                return refusal_response(exc)
 
         return wrapper
 
@@ -87,13 +106,19 @@ def _owner(request: HttpRequest) -> User:
     return cast(User, request.user)
 
 
-def _json_body(request: HttpRequest) -> dict[str, Any]:
-    if not request.body.strip():
+def json_body(request: HttpRequest) -> dict[str, Any]:
+    """The body as a JSON object ({} when empty), or an ApiError: 413 too big, 400 not JSON."""
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise ApiError(413, "too_large", "The request body is too large.") from None
+    if not raw.strip():
         return {}
     try:
-        body = json.loads(request.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "invalid", "The body is not valid JSON.") from exc
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser goes is bad JSON, not a server error.
+        raise ApiError(400, "invalid", "The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid", "The body must be a JSON object.")
     return body
@@ -128,7 +153,7 @@ def personas(request: HttpRequest) -> HttpResponse:
 @api_view("GET", "POST")
 def conversations(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        persona = _persona_for_new_conversation(_json_body(request).get("persona"))
+        persona = _persona_for_new_conversation(json_body(request).get("persona"))
         conversation = Conversation.objects.create(owner=_owner(request), persona=persona)
         return JsonResponse(serializers.conversation_dict(conversation), status=201)
 
@@ -144,12 +169,12 @@ def conversations(request: HttpRequest) -> HttpResponse:
 
 @api_view("GET", "PATCH", "DELETE")
 def conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
-    found = _get_conversation_for_user(request, conversation_id)
+    found = get_conversation_for_user(request, conversation_id)
     if request.method == "DELETE":
         found.delete()
         return HttpResponse(status=204)
     if request.method == "PATCH":
-        body = _json_body(request)
+        body = json_body(request)
         if "title" not in body:
             raise ApiError(400, "invalid", "title is required.")
         found.title = _clean_title(body["title"])
@@ -161,7 +186,7 @@ def conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
 
 @api_view("GET")
 def export(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
-    found = _get_conversation_for_user(request, conversation_id)
+    found = get_conversation_for_user(request, conversation_id)
     kind = request.GET.get("format", "md")
     stem = slugify(found.title)[:60] or "conversation"
     filename = f"{stem}-{str(found.id)[:8]}"

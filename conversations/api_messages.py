@@ -15,9 +15,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from conversations import replylog
-from conversations.api import _csrf_failed, error_response
+from conversations.api import REFUSALS, csrf_failed, error_response, json_body, refusal_response
 from conversations.db import db_call
-from conversations.errors import ChatError, Invalid
+from conversations.errors import ChatError
 from conversations.frames import Send, command_from
 from conversations.models import Message
 from conversations.serializers import message_dict
@@ -55,13 +55,8 @@ def _messages(user_message_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
-def _command(body: bytes, conversation_id: uuid.UUID) -> Send:
-    try:
-        data = json.loads(body or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise Invalid("The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise Invalid("The body must be a JSON object.")
+def _command(request: HttpRequest, conversation_id: uuid.UUID) -> Send:
+    data = json_body(request)
     frame = {
         "type": "chat.send",
         "conversation_id": str(conversation_id),
@@ -90,10 +85,16 @@ async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> Json
     user_id = await db_call(_user_id)(request)
     if user_id is None:
         return error_response(401, "unauthorized", "Log in first.")
-    if await db_call(_csrf_failed)(request):
-        return error_response(403, "csrf_failed", "Missing or wrong X-CSRFToken header.")
     try:
-        started = await turn_start(user_id=user_id, command=_command(request.body, conversation_id))
+        if await db_call(csrf_failed)(request):
+            return error_response(403, "csrf_failed", "Missing or wrong X-CSRFToken header.")
+        command = _command(request, conversation_id)
+    except REFUSALS as exc:
+        return refusal_response(exc)
+    except ChatError as error:
+        return chat_error_response(error)
+    try:
+        started = await turn_start(user_id=user_id, command=command)
         if started.remote is not None:
             # A re-post of a reply generated on another worker: wait for its end there.
             async for fields in replylog.entries(started.remote.message_id, replylog.FINAL_ONLY):

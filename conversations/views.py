@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET
 from conversations.models import Conversation
 
 
-def _get_conversation_for_user(request: HttpRequest, conversation_id: uuid.UUID) -> Conversation:
+def get_conversation_for_user(request: HttpRequest, conversation_id: uuid.UUID) -> Conversation:
     # Scoping the lookup by owner makes another user's id a plain 404, never a 403.
     return get_object_or_404(
         Conversation.objects.select_related("persona"), id=conversation_id, owner=request.user
@@ -26,5 +26,5 @@ def _get_conversation_for_user(request: HttpRequest, conversation_id: uuid.UUID)
 def chat(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
     # The page loads its data from the JSON API; this only proves the URL is the user's own.
     if conversation_id is not None:
-        _get_conversation_for_user(request, conversation_id)
+        get_conversation_for_user(request, conversation_id)
     return render(request, "chat/index.html", {"max_message_chars": settings.MAX_MESSAGE_CHARS})
