@@ -21,7 +21,8 @@ from conversations.errors import ChatError
 from conversations.frames import Send, command_from
 from conversations.models import Message
 from conversations.serializers import message_dict
-from conversations.turns import turn_start
+from conversations.streaming import registry
+from conversations.turns import Started, turn_start
 
 HTTP_STATUS = {
     "invalid": 400,
@@ -71,6 +72,23 @@ def _command(request: HttpRequest, conversation_id: uuid.UUID) -> Send:
     return command
 
 
+def _retrieved(task: asyncio.Task[Started]) -> None:
+    # A refusal nobody waits for any more (the client hung up) is no error of the process.
+    if not task.cancelled():
+        task.exception()
+
+
+async def _start(user_id: int, command: Send) -> Started:
+    """turn_start in a task of the process, shielded from the request.
+
+    A client that hangs up cancels the request; cancelled between committing the user
+    message and starting the generation, turn_start would leave a message with no reply.
+    """
+    task = registry.spawn(turn_start(user_id=user_id, command=command))
+    task.add_done_callback(_retrieved)
+    return await asyncio.shield(task)
+
+
 def _raise_if_error(final: dict[str, Any]) -> None:
     if final.get("type") == "chat.error":
         raise ChatError.from_frame(final)
@@ -94,7 +112,7 @@ async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> Json
     except ChatError as error:
         return chat_error_response(error)
     try:
-        started = await turn_start(user_id=user_id, command=command)
+        started = await _start(user_id, command)
         if started.remote is not None:
             # A re-post of a reply generated on another worker: wait for its end there.
             async for fields in replylog.entries(started.remote.message_id, replylog.FINAL_ONLY):

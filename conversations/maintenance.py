@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, TextIO
 
 from django.contrib.auth import get_user_model
@@ -129,6 +130,61 @@ def conversations_prune(
         if len(ids) < batch_size:
             break
     return PruneResult(deleted_conversations, deleted_messages, dry_run=False)
+
+
+# --- unanswered messages ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    user_message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    created_at: datetime
+
+
+def unanswered_messages(
+    *, older_than: timedelta, after: Unanswered | None = None, limit: int = 500
+) -> list[Unanswered]:
+    """User messages saved over `older_than` ago that have no reply row, oldest first.
+
+    A turn saves the user's message, then its reply once the stream ends; a message with
+    neither a reply row nor a generation in flight had its turn cut off in between (a
+    worker killed, a start cancelled). `after` pages on from the previous batch.
+    """
+    found = Message.objects.filter(
+        role=Message.Role.USER, created_at__lt=timezone.now() - older_than, reply__isnull=True
+    )
+    if after is not None:
+        found = found.filter(
+            Q(created_at__gt=after.created_at)
+            | Q(created_at=after.created_at, id__gt=after.user_message_id)
+        )
+    rows = found.order_by("created_at", "id").values_list("id", "conversation_id", "created_at")
+    return [Unanswered(*row) for row in rows[:limit]]
+
+
+@transaction.atomic
+def unanswered_close(*, item: Unanswered, reply_id: uuid.UUID, error: str) -> bool:
+    """Save an empty `interrupted` reply to `item`; False when its conversation is gone.
+
+    Unlike a turn's save this leaves `updated_at` alone: a reply that never came is no
+    activity, and must neither lift an old chat to the top of the list nor save it from
+    pruning.
+    """
+    if not Conversation.objects.filter(id=item.conversation_id).exists():
+        return False
+    Message.objects.get_or_create(
+        id=reply_id,
+        defaults={
+            "conversation_id": item.conversation_id,
+            "reply_to_id": item.user_message_id,
+            "role": Message.Role.ASSISTANT,
+            "content": "",
+            "status": Message.Status.INTERRUPTED,
+            "error": error,
+        },
+    )
+    return True
 
 
 # --- export -------------------------------------------------------------------------------

@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 
-from conversations import replylog, services
+from conversations import maintenance, replylog, services
 from conversations.context import ReplyInfo
 from conversations.db import db_call
 from conversations.llm.base import Usage
-from conversations.streaming import done_frame, saved_done_frame
+from conversations.maintenance import Unanswered
+from conversations.streaming import done_frame, registry, saved_done_frame
 
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_REASON = "The server generating this reply stopped before it finished."
+UNANSWERED_REASON = "The reply to this message was never started. Please send it again."
+UNANSWERED_AGE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,9 @@ class Recovered:
     conversation_id: str
     status: str
     chars: int
-    outcome: str  # "saved", "already saved", "conversation deleted", "would save", "failed"
+    # "saved", "already saved", "closed unanswered", "conversation deleted", "would save",
+    # "would close", "failed"
+    outcome: str
 
 
 async def _save(
@@ -123,3 +129,61 @@ async def recover_orphans(*, dry_run: bool = False) -> list[Recovered]:
             )
         )
     return results
+
+
+def reply_id_for(user_message_id: uuid.UUID) -> uuid.UUID:
+    # The id a turn gives the reply to a new message (services._context_for): saving under
+    # it means a late generation of that reply finds this row rather than a second one.
+    return uuid.uuid5(user_message_id, "reply")
+
+
+async def _reply_in_flight(item: Unanswered) -> bool:
+    """Whether the message's reply is being generated here or, by the reply log, anywhere."""
+    running = registry.get(item.conversation_id)
+    if running is not None and running.ctx.user_message_id == item.user_message_id:
+        return True
+    remote = await replylog.active(item.conversation_id)
+    return remote is not None and remote.user_message_id == str(item.user_message_id)
+
+
+async def close_unanswered(
+    *, older_than: timedelta = UNANSWERED_AGE, dry_run: bool = False, batch_size: int = 500
+) -> list[Recovered]:
+    """Give each user message that never got a reply an empty `interrupted` one.
+
+    Left alone: messages younger than `older_than` (their turn may still be starting), those
+    whose reply is in flight, and those whose reply waits in the reply log for its save.
+    """
+    waiting = {meta.user_message_id for meta, _ in await replylog.unsaved()}
+    results: list[Recovered] = []
+    after = None
+    while True:
+        batch = await db_call(maintenance.unanswered_messages)(
+            older_than=older_than, after=after, limit=batch_size
+        )
+        for item in batch:
+            if str(item.user_message_id) in waiting or await _reply_in_flight(item):
+                continue
+            results.append(await _close(item, dry_run=dry_run))
+        if len(batch) < batch_size:
+            return results
+        after = batch[-1]
+
+
+async def _close(item: Unanswered, *, dry_run: bool) -> Recovered:
+    reply_id = reply_id_for(item.user_message_id)
+
+    def result(outcome: str) -> Recovered:
+        return Recovered(str(reply_id), str(item.conversation_id), "interrupted", 0, outcome)
+
+    if dry_run:
+        return result("would close")
+    try:
+        closed = await db_call(maintenance.unanswered_close)(
+            item=item, reply_id=reply_id, error=UNANSWERED_REASON
+        )
+    except Exception:
+        logger.exception("closing unanswered message %s failed", item.user_message_id)
+        return result("failed")
+    logger.warning("closed unanswered message %s as interrupted", item.user_message_id)
+    return result("closed unanswered" if closed else "conversation deleted")
