@@ -192,8 +192,10 @@ SECURE_REFERRER_POLICY = "same-origin"
 # Failed logins are counted per account and, separately, per client address by django-axes
 # in the database (so admin can see and clear lockouts under "Axes"). A lockout ends after
 # LOGIN_COOLOFF_MINUTES; more failures during it start the wait again.
+# AxesBackend, not AxesStandaloneBackend: being first, it is the backend that code making
+# sessions by hand (bench/prepare.py) records, so it must also load users (ModelBackend).
 AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
+    "axes.backends.AxesBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
