@@ -5,19 +5,28 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from django.db.models import Exists, OuterRef, Q
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 from django.views.decorators.csrf import csrf_exempt
 
 from conversations import serializers, services
+from conversations.db import released
 from conversations.errors import NotFound
 from conversations.models import Conversation, Message
 from conversations.views import get_conversation_for_user
@@ -28,7 +37,7 @@ SEARCH_MAX_CHARS = 200
 LIST_LIMIT = 200
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
 
 
 class ApiError(Exception):
@@ -75,7 +84,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
     def decorator(view: View) -> View:
         @csrf_exempt
         @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
                 return error_response(401, "unauthorized", "Log in first.")
             if request.method not in allowed:
@@ -181,25 +190,68 @@ def conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
         # update() leaves updated_at alone: renaming is not activity, the list order stays.
         Conversation.objects.filter(pk=found.pk).update(title=found.title)
         return JsonResponse(serializers.conversation_dict(found))
-    return JsonResponse(serializers.conversation_detail_dict(found))
+    return HttpResponse(
+        serializers.conversation_detail_json(found), content_type="application/json"
+    )
 
 
 @api_view("GET")
-def export(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+def export(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponseBase:
     found = get_conversation_for_user(request, conversation_id)
     kind = request.GET.get("format", "md")
     stem = slugify(found.title)[:60] or "conversation"
     filename = f"{stem}-{str(found.id)[:8]}"
+    writer: serializers.Export
     if kind == "json":
-        body = json.dumps(serializers.conversation_export_dict(found), indent=2, ensure_ascii=False)
+        writer = serializers.JsonExport(found)
         content_type, filename = "application/json", filename + ".json"
     elif kind == "md":
-        body = serializers.conversation_markdown(found)
+        writer = serializers.MarkdownExport(found)
         content_type, filename = "text/markdown; charset=utf-8", filename + ".md"
     else:
         raise ApiError(400, "invalid", "format must be md or json.")
-    return HttpResponse(
-        body,
+    return StreamingHttpResponse(
+        _export_stream(writer, found.id),
         content_type=content_type,
         headers={"Content-Disposition": content_disposition_header(True, filename)},
     )
+
+
+def _messages_after(conversation_id: uuid.UUID, after: Message | None) -> list[Message]:
+    found = Message.objects.filter(conversation_id=conversation_id)
+    if after is not None:
+        found = found.filter(
+            Q(created_at__gt=after.created_at) | Q(created_at=after.created_at, id__gt=after.id)
+        )
+    return list(found.order_by(*serializers.MESSAGE_ORDER)[: serializers.MESSAGE_CHUNK])
+
+
+STREAM_PIECE = 64 * 1024  # characters per piece sent: few sends, little held
+
+# Thread-sensitive: under ASGI that is the request's own thread, and in tests the one that
+# holds the test's transaction. `released` gives the connection back after each page, so a
+# client that downloads slowly holds memory for one page and no connection at all.
+_read_page = sync_to_async(released(_messages_after), thread_sensitive=True)
+
+
+async def _export_stream(
+    writer: serializers.Export, conversation_id: uuid.UUID
+) -> AsyncIterator[bytes]:
+    """The export in pieces of about STREAM_PIECE bytes, reading a page of messages at a
+    time (an async iterator: under ASGI a sync one would first be read whole into a list)."""
+    pieces = [writer.head()]
+    size = 0
+    after: Message | None = None
+    while True:
+        page = await _read_page(conversation_id, after)
+        for message in page:
+            pieces.append(writer.message(message))
+            size += len(pieces[-1])
+            if size >= STREAM_PIECE:
+                yield "".join(pieces).encode()
+                pieces, size = [], 0
+        if len(page) < serializers.MESSAGE_CHUNK:
+            break
+        after, page = page[-1], []  # let the page go before the next one is read
+    pieces.append(writer.tail())
+    yield "".join(pieces).encode()

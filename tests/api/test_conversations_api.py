@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.test import Client
 
 from conversations.models import Conversation, Message
@@ -27,6 +28,16 @@ def chat(owner: Any, persona: Persona, title: str = "", *texts: str) -> Conversa
         role = Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT
         Message.objects.create(conversation=made, role=role, content=text)
     return made
+
+
+def streamed(response: Any) -> bytes:
+    """A streamed body, read as the ASGI server reads it: asynchronously, piece by piece."""
+    assert response.streaming
+
+    async def read() -> bytes:
+        return b"".join([part async for part in response.streaming_content])
+
+    return async_to_sync(read)()
 
 
 def send_json(client: Client, method: str, path: str, body: Any, **extra: Any) -> Any:
@@ -221,7 +232,7 @@ def test_export_markdown_is_a_download_with_role_headings(alice: Any, pirate: Pe
     assert answer["Content-Type"].startswith("text/markdown")
     disposition = answer["Content-Disposition"]
     assert disposition == f'attachment; filename="sail-plans-2025-{str(made.id)[:8]}.md"'
-    text = answer.content.decode()
+    text = streamed(answer).decode()
     assert text.startswith('# Sail / "plans" <2025>\n')
     assert "## You\n\nWhere to?" in text
     assert "## Captain Redbeard\n\nArr, **west**." in text
@@ -233,7 +244,7 @@ def test_export_json_holds_every_message(alice: Any, persona: Persona) -> None:
     answer = logged_in(alice).get(f"/api/conversations/{made.id}/export/", {"format": "json"})
     assert answer["Content-Type"] == "application/json"
     assert answer["Content-Disposition"].startswith('attachment; filename="conversation-')
-    body = json.loads(answer.content)
+    body = json.loads(streamed(answer))
     assert [m["content"] for m in body["messages"]] == ["a", "b", "c"]
     assert body["persona"] == "assistant"
     assert body["persona_name"] == "Assistant"
