@@ -54,13 +54,32 @@ class ResilientLayer:
 
     async def receive(self, channel: str) -> Any:
         while True:
+            inner = asyncio.ensure_future(self._layer.receive(channel))
             try:
-                return await self._layer.receive(channel)
+                return await asyncio.shield(inner)
             except asyncio.CancelledError:
+                # The socket closed. channels-redis's blocking pop can swallow a cancel that
+                # lands as its read times out (asyncio.timeout on Python 3.11), then pops on
+                # forever: the socket's task never ended and held the server's shutdown open.
+                # Return at once, and keep cancelling the pop until it has really stopped.
+                reaper = asyncio.get_running_loop().create_task(_cancel_until_done(inner))
+                _reapers.add(reaper)
+                reaper.add_done_callback(_reapers.discard)
                 raise
             except Exception as exc:
                 replylog.mark_down(exc)
                 await asyncio.sleep(settings.REDIS_RETRY_SECONDS)
+
+
+_reapers: set[asyncio.Task[None]] = set()
+
+
+async def _cancel_until_done(task: asyncio.Future[Any], every: float = 0.1) -> None:
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 class ChatConsumer(AsyncWebsocketConsumer):

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import threading
 import uuid
 from typing import Any
 
@@ -129,9 +131,37 @@ async def _shutdown(loop: asyncio.AbstractEventLoop, previous: Any) -> None:
             await consumer.close(code=RESTART_CLOSE_CODE)
     # Let the close frames reach the clients before the server stops.
     await asyncio.sleep(0.5)
+    _exit_by(loop, settings.SHUTDOWN_HARD_SECONDS)
     loop.remove_signal_handler(signal.SIGTERM)
     if callable(previous):
         previous(signal.SIGTERM, None)
     else:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
+
+
+def _exit_by(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    """The replies are saved by now; the server's own shutdown waits for every connection
+    to close, and a client that never reads never lets one close. End the process anyway."""
+
+    def force() -> None:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        logger.warning(
+            "shutdown: %d task(s) still open %.0fs after the drain; exiting now",
+            len(pending),
+            seconds,
+        )
+        for task in pending[:20]:
+            chain, coro = [], task.get_coro()
+            while coro is not None:
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+                if frame is not None:
+                    chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+                coro = getattr(coro, "cr_await", None)
+            logger.info("still open: %r %s", task, " > ".join(chain))
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()

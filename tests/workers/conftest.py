@@ -39,10 +39,12 @@ def free_port() -> int:
 
 
 class Worker:
-    """One Daphne process. `kill()` is `kill -9`; `terminate()` is SIGTERM."""
+    """One server process: Daphne, or Uvicorn as `make run` starts it. `kill()` is `kill -9`;
+    `terminate()` is SIGTERM."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], server: str = "daphne") -> None:
         self.name = name
+        self.server = server
         self.port = free_port()
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -53,11 +55,21 @@ class Worker:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/chat/"
 
+    def command(self) -> list[str]:
+        binary = str(Path(sys.executable).with_name(self.server))
+        if self.server == "uvicorn":
+            return [
+                binary,
+                "chatproject.asgi:application",
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+                *("--ws", "websockets-sansio", "--lifespan", "off"),
+            ]
+        return [binary, "-b", "127.0.0.1", "-p", str(self.port), "chatproject.asgi:application"]
+
     def start(self) -> Worker:
-        daphne = str(Path(sys.executable).with_name("daphne"))
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [daphne, "-b", "127.0.0.1", "-p", str(self.port), "chatproject.asgi:application"],
+            self.command(),
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
@@ -137,8 +149,8 @@ def worker_env(redis_url: str) -> dict[str, str]:
 def spawn(worker_env: dict[str, str]) -> Iterator[Any]:
     started: list[Worker] = []
 
-    def start(name: str, **overrides: str) -> Worker:
-        worker = Worker(name, {**worker_env, **overrides}).start()
+    def start(name: str, server: str = "daphne", **overrides: str) -> Worker:
+        worker = Worker(name, {**worker_env, **overrides}, server).start()
         started.append(worker)
         return worker
 
