@@ -8,3 +8,4 @@ class ConversationsConfig(AppConfig):
 
     def ready(self) -> None:
         from conversations import checks  # noqa: F401  (registers the LLM provider checks)
+        from conversations import signals  # noqa: F401  (sessions that end end their sockets)

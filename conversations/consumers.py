@@ -23,6 +23,7 @@ from conversations.db import db_call
 from conversations.errors import ChatError, NotFound, SessionEnded, Unavailable
 from conversations.frames import Resume, Send, Stop, parse_frame
 from conversations.outbox import SERVER_SOCKET_KEY, Outbox, ServerSocket
+from conversations.signals import user_group
 from conversations.streaming import (
     Frame,
     accepted_frame,
@@ -112,7 +113,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: the handshake is refused with 403
             return
         self.user_id = user.id
-        self.group = f"user.{user.id}"
+        self.group = user_group(user.id)
         session = self.scope.get("session")
         self.session_key = session.session_key if session is not None else None
         try:

@@ -145,23 +145,32 @@ def _exit_by(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
     to close, and a client that never reads never lets one close. End the process anyway."""
 
     def force() -> None:
-        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        try:
+            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        except RuntimeError:  # the loop changed its task set meanwhile (another thread)
+            pending = []
         logger.warning(
             "shutdown: %d task(s) still open %.0fs after the drain; exiting now",
             len(pending),
             seconds,
         )
         for task in pending[:20]:
-            chain, coro = [], task.get_coro()
-            while coro is not None:
-                frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
-                if frame is not None:
-                    chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
-                coro = getattr(coro, "cr_await", None)
-            logger.info("still open: %r %s", task, " > ".join(chain))
+            logger.info("still open: %s", _where(task))
         logging.shutdown()
         os._exit(0)
 
     timer = threading.Timer(seconds, force)
     timer.daemon = True
     timer.start()
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    """The task and the line each coroutine in its await chain is at."""
+    chain = [repr(task)]
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None)
+    return " > ".join(chain)

@@ -45,6 +45,8 @@
   const MAX_CHARS = Number(ui.app.dataset.maxChars) || 16000;
   const CSRF_TOKEN = document.querySelector('meta[name="csrf-token"]').content;
   const UUID_IN_PATH = /^\/c\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\/?$/i;
+  // Close code of a socket whose session ended (logout, password change, deactivation).
+  const SESSION_ENDED = 4401;
   const STATUS_LABELS = {
     stopped: "Stopped",
     error: "Error",
@@ -1094,9 +1096,22 @@
       }
       if (frame && typeof frame.type === "string") handleFrame(frame);
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event) => {
       if (socket.ws !== ws) return;
       socket.ws = null;
+      if (event.code === SESSION_ENDED) {
+        // Logged out (here or in another tab), or the account changed: the API says whether
+        // we are still signed in (a 401 sends the page to the login form); if so, reconnect.
+        setSocketStatus("reconnecting");
+        api("GET", "/api/personas/").then(
+          () => scheduleReconnect(),
+          (error) => {
+            if (error.status !== 401) scheduleReconnect();
+          },
+        );
+        return;
+      }
+      // 4008 (this tab fell too far behind) and 4012 (server restart) reconnect and resume.
       scheduleReconnect();
     });
   }

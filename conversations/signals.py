@@ -1,0 +1,73 @@
+"""A session that ends ends its sockets, on every worker (through the channel layer).
+
+Logout names the session, so its sockets close at once. A user saved (password changed,
+deactivated) or deleted asks each of the user's sockets to check its own session again, after
+the change commits; a socket whose session no longer signs that user in closes. Whatever
+slips between the change and the event, `turn_begin` checks inside its own transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+logger = logging.getLogger(__name__)
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def _tell_sockets(user_id: int, event: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            async_to_sync(layer.group_send)(user_group(user_id), event)
+        except Exception:
+            # The channel layer is away: the next chat.send on such a socket is refused.
+            logger.warning("could not tell user %s's sockets that a session ended", user_id)
+        return
+    # Called from async code (a test, the shell): do not block the loop.
+    task = asyncio.ensure_future(layer.group_send(user_group(user_id), event))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+_pending: set[asyncio.Future[None]] = set()
+
+
+@receiver(user_logged_out)
+def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    if user is None or request is None or not hasattr(request, "session"):
+        return
+    event = {"type": "session.ended", "session_key": request.session.session_key}
+    _tell_sockets(user.pk, event)
+
+
+@receiver(post_save, sender=get_user_model())
+def _user_saved(
+    sender: Any, instance: Any, created: bool, update_fields: Any = None, **kwargs: Any
+) -> None:
+    if created or (update_fields is not None and set(update_fields) <= {"last_login"}):
+        return  # a new user has no sockets; a login changes nothing a socket relies on
+    user_id = instance.pk
+    transaction.on_commit(lambda: _tell_sockets(user_id, {"type": "session.check"}))
+
+
+@receiver(post_delete, sender=get_user_model())
+def _user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    user_id = instance.pk
+    transaction.on_commit(lambda: _tell_sockets(user_id, {"type": "session.check"}))
