@@ -281,7 +281,8 @@ DEMO_FAIL_AFTER_WORDS = envint("DEMO_FAIL_AFTER_WORDS", 0) or None
 DEMO_FAIL_RATE = envint("DEMO_FAIL_RATE", 0)
 
 MAX_MESSAGE_CHARS = envint("MAX_MESSAGE_CHARS", 16000)
-MAX_FRAME_BYTES = envint("MAX_FRAME_BYTES", MAX_MESSAGE_CHARS * 4 + 4096)
+# A message at the limit in the widest JSON escapes (an emoji as \ud83d\ude00: 12 bytes).
+MAX_FRAME_BYTES = envint("MAX_FRAME_BYTES", MAX_MESSAGE_CHARS * 12 + 4096)
 HISTORY_MAX_MESSAGES = envint("HISTORY_MAX_MESSAGES", 40)
 # The history budget sent to the model, in characters (roughly 4 per token).
 HISTORY_MAX_CHARS = envint("HISTORY_MAX_CHARS", 48000)
@@ -292,6 +293,16 @@ MAX_GENERATIONS_PER_WORKER = envint("MAX_GENERATIONS_PER_WORKER", 200)
 REPLY_SAVE_RETRY_SECONDS = envfloat("REPLY_SAVE_RETRY_SECONDS", 60.0)
 MESSAGES_PER_MINUTE = envint("MESSAGES_PER_MINUTE", 20)
 GENERATION_DRAIN_SECONDS = envfloat("GENERATION_DRAIN_SECONDS", 20.0)
+# After the drain, the process ends within this many seconds whatever its sockets do (a
+# client that never reads would otherwise hold the server's shutdown open).
+SHUTDOWN_HARD_SECONDS = envfloat("SHUTDOWN_HARD_SECONDS", 5.0)
+# A socket's outbound buffer (outbox.py): a client further behind than either bound is
+# dropped (close code 4008) and resumes from after_seq when it reconnects.
+SOCKET_BUFFER_BYTES = envint("SOCKET_BUFFER_BYTES", 1024 * 1024)
+SOCKET_MAX_LAG_SECONDS = envfloat("SOCKET_MAX_LAG_SECONDS", 10.0)
+# The kernel's send buffer per socket (0: the kernel's own, which grows to 4 MiB for a client
+# that never reads). Chat frames are small; 128 KiB is ample for a phone on a slow network.
+SOCKET_SEND_BUFFER_BYTES = envint("SOCKET_SEND_BUFFER_BYTES", 128 * 1024)
 # The reply log in Redis (cross-worker resume, stop, recovery after a worker dies).
 # Generous: a busy event loop makes a prompt answer look late, and a false outage pauses
 # the cross-worker features for REDIS_RETRY_SECONDS.

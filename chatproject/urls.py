@@ -13,3 +13,6 @@ urlpatterns = [
     path("metrics", metrics_view.metrics, name="metrics"),
     path("", include("conversations.urls")),
 ]
+
+handler404 = "chatproject.errors.not_found"
+handler500 = "chatproject.errors.server_error"

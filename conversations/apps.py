@@ -7,5 +7,7 @@ class ConversationsConfig(AppConfig):
     name = "conversations"
 
     def ready(self) -> None:
-        from conversations import checks  # noqa: F401  (registers the LLM provider checks)
-        from conversations import signals  # noqa: F401  (sessions that end end their sockets)
+        from conversations import (
+            checks,  # noqa: F401  (registers the LLM provider checks)
+            signals,  # noqa: F401  (sessions that end end their sockets)
+        )

@@ -131,12 +131,6 @@ async def recover_orphans(*, dry_run: bool = False) -> list[Recovered]:
     return results
 
 
-def reply_id_for(user_message_id: uuid.UUID) -> uuid.UUID:
-    # The id a turn gives the reply to a new message (services._context_for): saving under
-    # it means a late generation of that reply finds this row rather than a second one.
-    return uuid.uuid5(user_message_id, "reply")
-
-
 async def _reply_in_flight(item: Unanswered) -> bool:
     """Whether the message's reply is being generated here or, by the reply log, anywhere."""
     running = registry.get(item.conversation_id)
@@ -171,7 +165,8 @@ async def close_unanswered(
 
 
 async def _close(item: Unanswered, *, dry_run: bool) -> Recovered:
-    reply_id = reply_id_for(item.user_message_id)
+    # Saved under the id a turn would give the reply: a late generation finds this row.
+    reply_id = services.reply_id_for(item.user_message_id)
 
     def result(outcome: str) -> Recovered:
         return Recovered(str(reply_id), str(item.conversation_id), "interrupted", 0, outcome)

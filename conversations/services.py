@@ -163,6 +163,12 @@ def _duplicate(
     return _context_for(message, duplicate=True, history_limit=history_limit)
 
 
+def reply_id_for(user_message_id: uuid.UUID) -> uuid.UUID:
+    """The id the reply to a user message is saved under, whoever saves it: derived, so it
+    can only ever be saved once."""
+    return uuid.uuid5(user_message_id, "reply")
+
+
 def _context_for(
     message: Message, *, history_limit: int, duplicate: bool = False, created: bool = False
 ) -> TurnContext:
@@ -182,7 +188,7 @@ def _context_for(
         title=conversation.title,
         client_id=message.client_id or uuid.uuid4(),
         user_message_id=message.id,
-        message_id=reply.id if reply else uuid.uuid5(message.id, "reply"),
+        message_id=reply.id if reply else reply_id_for(message.id),
         content=message.content,
         persona=_persona_info(conversation.persona),
         profile=ProfileInfo(display_name=profile.display_name, about=profile.about),
@@ -191,6 +197,12 @@ def _context_for(
         existing_reply=_reply_info(reply) if reply else None,
         age=(timezone.now() - message.created_at).total_seconds(),
     )
+
+
+def message_sent(*, user_id: int, client_id: uuid.UUID) -> bool:
+    return Message.objects.filter(
+        owner_id=user_id, role=Message.Role.USER, client_id=client_id
+    ).exists()
 
 
 def turn_context(*, user_id: int, client_id: uuid.UUID, history_limit: int) -> TurnContext | None:

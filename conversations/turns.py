@@ -16,6 +16,7 @@ from conversations.db import db_call
 from conversations.errors import Busy, ChatError, NotFound, ProviderFailed, RateLimited
 from conversations.frames import Send
 from conversations.llm import Provider, ProviderError, get_provider
+from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.prompts import build_request
 from conversations.streaming import Generation, Reservation, registry, user_busy
 from conversations.titles import announce_title, title_generate
@@ -27,10 +28,11 @@ def provider_for(provider_name: str) -> Provider:
     """The persona's provider, or the default; a misconfigured one refuses the turn."""
     try:
         provider = get_provider(provider_name)
+        provider.check_configured()
     except ProviderError as exc:
-        raise ProviderFailed(exc.message) from None
-    if problem := provider.configuration_error():
-        raise ProviderFailed(problem)
+        # The detail (which setting, which provider name) is for the log, not the user.
+        logger.error("provider %r refused a turn: %s", provider_name, exc.message)
+        raise ProviderFailed(PUBLIC_CONFIGURATION_ERROR) from None
     return provider
 
 
@@ -146,7 +148,18 @@ async def turn_start(*, user_id: int, command: Send, session_key: str | None = N
                 raise Busy("A reply is already being generated in this conversation.")
     counted = remote is None
     if counted:
-        await rate_check(user_id)
+        try:
+            await rate_check(user_id)
+        except RateLimited:
+            # A re-send of a message already saved (the page re-sends what it has not seen
+            # answered after a reconnect) is answered, over the limit or not.
+            await rate_refund(user_id)
+            sent = await db_call(services.message_sent)(
+                user_id=user_id, client_id=command.client_id
+            )
+            if not sent:
+                raise
+            counted = False
     try:
         started = await _begin(user_id, command, session_key, remote)
     except BaseException:

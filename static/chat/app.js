@@ -859,8 +859,10 @@
   function sendMessage() {
     const content = ui.input.value.trim();
     if (!content) return;
-    if (content.length > MAX_CHARS) {
-      showComposerError(`That message is too long (${content.length} characters; the limit is ${MAX_CHARS}).`);
+    // Characters as the server counts them (code points): an emoji is one, not two.
+    const length = Array.from(content).length;
+    if (length > MAX_CHARS) {
+      showComposerError(`That message is too long (${length} characters; the limit is ${MAX_CHARS}).`);
       return;
     }
     if (state.stream && state.stream.conversationId === state.currentId) {

@@ -16,6 +16,7 @@ from django.test import AsyncClient
 
 from conversations import replylog, supervisor
 from conversations.db import db_call
+from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
 from personas.models import Persona
 from tests.llm.turn_servers import TurnServer, system_text
@@ -247,7 +248,7 @@ async def test_a_misconfigured_provider_is_502_and_saves_nothing(alice, persona,
     assert response.status_code == 502
     error = response.json()["error"]
     assert error["code"] == "provider_error"
-    assert "OPENAI_API_KEY" in error["message"]
+    assert error["message"] == PUBLIC_CONFIGURATION_ERROR
     assert await db_call(message_count)() == 0
 
 

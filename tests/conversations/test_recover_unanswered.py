@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from conversations import replylog
 from conversations.models import Conversation, Message
-from conversations.recovery import UNANSWERED_REASON, reply_id_for
+from conversations.recovery import UNANSWERED_REASON
+from conversations.services import reply_id_for
 from personas.models import Persona
 
 pytestmark = pytest.mark.django_db(transaction=True)

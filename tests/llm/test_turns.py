@@ -14,6 +14,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from accounts.models import Profile
 from conversations.db import db_call
+from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
 from conversations.streaming import registry
 from conversations.titles import TITLE_INSTRUCTION
@@ -237,7 +238,8 @@ async def test_missing_key_is_a_provider_error_that_saves_nothing(
 
     for error in (refused_new, refused_existing):
         assert (error["type"], error["code"]) == ("chat.error", "provider_error")
-        assert setting in error["message"]
+        assert error["message"] == PUBLIC_CONFIGURATION_ERROR
+        assert setting not in error["message"]
         assert "Traceback" not in error["message"]
     assert refused_new["client_id"] == client_id
     assert await db_call(counts)() == (1, 2)

@@ -58,36 +58,27 @@ def manage(worker_env: dict[str, str], code: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def http_logout(worker: Worker, cookie: str) -> int:
-    """POST /accounts/logout/ as the browser does: session cookie, CSRF token from a page."""
+def browser(worker: Worker, cookie: str) -> tuple[Any, str, str]:
+    """An HTTP client with the session cookie, and the CSRF token a page of ours gave it."""
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     base = f"http://127.0.0.1:{worker.port}"
     jar.set_cookie(
         http.cookiejar.Cookie(
-            0,
-            settings.SESSION_COOKIE_NAME,
-            cookie,
-            None,
-            False,
-            "127.0.0.1",
-            True,
-            False,
-            "/",
-            True,
-            False,
-            None,
-            False,
-            None,
-            None,
-            {},
+            0, settings.SESSION_COOKIE_NAME, cookie, None, False, "127.0.0.1", True, False,
+            "/", True, False, None, False, None, None, {},
         )
-    )
+    )  # fmt: skip
     opener.open(f"{base}/accounts/profile/", timeout=10).read()
     token = next(c.value for c in jar if c.name == settings.CSRF_COOKIE_NAME)
+    return opener, base, str(token)
+
+
+def http_logout(worker: Worker, cookie: str) -> int:
+    """POST /accounts/logout/ as the browser does."""
+    opener, base, token = browser(worker, cookie)
     body = urllib.parse.urlencode({"csrfmiddlewaretoken": token}).encode()
     request = urllib.request.Request(f"{base}/accounts/logout/", data=body, method="POST")
-    request.add_header("Referer", f"{base}/")
     with opener.open(request, timeout=10) as response:
         return int(response.status)
 
@@ -201,31 +192,7 @@ async def test_the_same_new_chat_sent_twice_at_once_makes_one_conversation(spawn
 
 
 def post_message(worker: Worker, cookie: str, conversation_id: str, body: bytes) -> int:
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    base = f"http://127.0.0.1:{worker.port}"
-    jar.set_cookie(
-        http.cookiejar.Cookie(
-            0,
-            settings.SESSION_COOKIE_NAME,
-            cookie,
-            None,
-            False,
-            "127.0.0.1",
-            True,
-            False,
-            "/",
-            True,
-            False,
-            None,
-            False,
-            None,
-            None,
-            {},
-        )
-    )
-    opener.open(f"{base}/accounts/profile/", timeout=10).read()
-    token = next(c.value for c in jar if c.name == settings.CSRF_COOKIE_NAME)
+    opener, base, token = browser(worker, cookie)
     request = urllib.request.Request(
         f"{base}/api/conversations/{conversation_id}/messages/", data=body, method="POST"
     )
