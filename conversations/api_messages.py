@@ -33,6 +33,7 @@ HTTP_STATUS = {
     "unavailable": 503,
     "provider_error": 502,
     "save_failed": 500,
+    "unauthorized": 401,
 }
 
 

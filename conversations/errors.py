@@ -7,6 +7,9 @@ from typing import Any
 
 class ChatError(Exception):
     code = "invalid"
+    # What went wrong in an operator's words (a setting's name, say): for logs and the chat
+    # command, never sent to users.
+    detail: str | None = None
 
     def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)

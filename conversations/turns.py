@@ -26,13 +26,18 @@ logger = logging.getLogger(__name__)
 
 def provider_for(provider_name: str) -> Provider:
     """The persona's provider, or the default; a misconfigured one refuses the turn."""
+    provider: Provider | None = None
     try:
         provider = get_provider(provider_name)
-        provider.check_configured()
+        problem = provider.configuration_error()
     except ProviderError as exc:
-        # The detail (which setting, which provider name) is for the log, not the user.
-        logger.error("provider %r refused a turn: %s", provider_name, exc.message)
-        raise ProviderFailed(PUBLIC_CONFIGURATION_ERROR) from None
+        problem = exc.message
+    if problem or provider is None:
+        # Which setting or provider name is wrong is for the log and the operator.
+        logger.error("provider %r cannot be used: %s", provider_name, problem)
+        failed = ProviderFailed(PUBLIC_CONFIGURATION_ERROR)
+        failed.detail = problem
+        raise failed
     return provider
 
 
@@ -77,15 +82,13 @@ async def rate_refund(user_id: int) -> None:
             _local_rate[key] -= 1
 
 
-async def _not_ours_or_busy(user_id: int, conversation_id: uuid.UUID) -> ChatError:
-    """Someone's reply is running there: if the conversation is not the user's, it does not
-    exist for them (404 before 409, or `busy` would tell them it exists)."""
+async def _not_ours_or(busy: Busy, user_id: int, conversation_id: uuid.UUID) -> ChatError:
+    """A refusal that names a conversation: if it is not the user's, it does not exist for
+    them (404 before 409, or `busy` would tell them that it exists)."""
     owned = await db_call(services.conversation_owned)(
         user_id=user_id, conversation_id=conversation_id
     )
-    if not owned:
-        return NotFound("No such conversation.")
-    return Busy("A reply is already being generated in this conversation.")
+    return busy if owned else NotFound("No such conversation.")
 
 
 async def _twin(user_id: int, conversation_id: uuid.UUID, client_id: uuid.UUID) -> Started | None:
@@ -182,9 +185,9 @@ async def _begin(
         reservation = registry.reserve(
             user_id=user_id, conversation_id=command.conversation_id, client_id=command.client_id
         )
-    except Busy:
+    except Busy as busy:
         if command.conversation_id is not None:
-            raise await _not_ours_or_busy(user_id, command.conversation_id) from None
+            raise await _not_ours_or(busy, user_id, command.conversation_id) from None
         raise
     claim = f"claim:{command.client_id}:{uuid.uuid4()}"
     claimed = False
@@ -203,7 +206,11 @@ async def _begin(
                     if twin is not None:
                         await _release(reservation, None, None)
                         return twin
-                raise await _not_ours_or_busy(user_id, command.conversation_id)
+                raise await _not_ours_or(
+                    Busy("A reply is already being generated in this conversation."),
+                    user_id,
+                    command.conversation_id,
+                )
             claimed = True
         logger.debug("turn begin: database work begins")
         ctx = await db_call(services.turn_begin)(

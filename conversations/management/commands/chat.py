@@ -175,7 +175,8 @@ class Command(BaseCommand):
                     self.stderr.write(error.message)  # a typing mistake: let them try again
                     continue
                 except ChatError as error:
-                    raise CommandError(error.message) from None
+                    # The operator at the console is told what users are not: the detail.
+                    raise CommandError(error.detail or error.message) from None
                 except DatabaseError as error:
                     raise CommandError(f"The database could not be reached: {error}") from None
                 except asyncio.CancelledError:
