@@ -320,7 +320,7 @@ METRICS_TOKEN = envstr("METRICS_TOKEN")
 
 # JSON lines in production, readable text in development; both carry turn_id and
 # conversation_id. LOG_LEVEL=DEBUG shows when each turn's database work begins and ends.
-from chatproject.logging import logging_config  # noqa: E402
+from chatproject.ops.logging import logging_config  # noqa: E402
 
 LOG_FORMAT = envstr("LOG_FORMAT", "text" if DEBUG else "json")
 LOGGING: dict[str, Any] = logging_config(log_format=LOG_FORMAT, level=envstr("LOG_LEVEL", "INFO"))

@@ -3,14 +3,14 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from chatproject import health, metrics_view
+from chatproject.ops import health, metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("metrics", metrics_view.metrics, name="metrics"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("", include("conversations.urls")),
 ]
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chatproject.logging import JsonFormatter, TextFormatter, logging_config
+from chatproject.ops.logging import JsonFormatter, TextFormatter, logging_config
 from conversations import logctx
 from conversations.logctx import TurnIdsFilter
 

@@ -20,7 +20,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from chatproject.metrics_view import has_metrics_token
+from chatproject.ops.metrics import has_metrics_token
 from conversations.checks import provider_problems
 from conversations.db import released
 

@@ -60,8 +60,8 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "filters": {"turn_ids": {"()": "conversations.logctx.TurnIdsFilter"}},
         "formatters": {
-            "json": {"()": "chatproject.logging.JsonFormatter"},
-            "text": {"()": "chatproject.logging.TextFormatter"},
+            "json": {"()": "chatproject.ops.logging.JsonFormatter"},
+            "text": {"()": "chatproject.ops.logging.TextFormatter"},
         },
         "handlers": {
             "console": {
