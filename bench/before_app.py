@@ -43,11 +43,11 @@ from django.urls import path  # noqa: E402
 from conversations import services  # noqa: E402
 from conversations.auth import AuthMiddlewareStack  # noqa: E402
 from conversations.errors import ChatError  # noqa: E402
-from conversations.frames import Send, parse_frame  # noqa: E402
 from conversations.llm.base import Usage  # noqa: E402
 from conversations.llm.demo import demo_reply_tokens  # noqa: E402
 from conversations.prompts import build_request  # noqa: E402
-from conversations.streaming import accepted_frame, delta_frame, done_frame  # noqa: E402
+from conversations.replies.generation import accepted_frame, delta_frame, done_frame  # noqa: E402
+from conversations.replies.protocol import Send, parse_frame  # noqa: E402
 
 logger = logging.getLogger("bench.before")
 

@@ -728,7 +728,7 @@ PROFILE_BUCKETS = [
     ),
     ("  demo provider + asyncio.sleep pacing", ("DemoProvider.stream (", "sleep (asyncio/tasks")),
     ("  _emit/_deliver -> send (inclusive)", ("Generation._emit (", "Generation._deliver (")),
-    ("  reply log (conversations/replylog.py)", ("conversations/replylog",)),
+    ("  reply log (conversations/replies/replylog.py)", ("conversations/replies/replylog",)),
     ("JSON encode (json.dumps)", ("dumps (json/", "encode (json/encoder")),
     ("delta frame dicts + UUID str", ("delta_frame (", "Generation._delta (", "UUID.__str__")),
     (

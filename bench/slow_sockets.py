@@ -24,7 +24,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from bench.common import free_port, proc_memory_kib, wait_port
 
@@ -103,7 +102,9 @@ async def fill(port: int, cookie: str, turns: int) -> None:
                 got = json.loads(await asyncio.wait_for(tab.recv(), 30))
                 if got["type"] == "chat.accepted" and got.get("client_id") == client_id:
                     conversation = got["conversation_id"]
-                    await tab.send(json.dumps({"type": "chat.stop", "conversation_id": conversation}))
+                    await tab.send(
+                        json.dumps({"type": "chat.stop", "conversation_id": conversation})
+                    )
                 if got["type"] in {"chat.done", "chat.error"} and (
                     got.get("conversation_id") == conversation or got.get("client_id") == client_id
                 ):
@@ -114,12 +115,11 @@ def one_run(args: argparse.Namespace, server: str, cookie: str) -> dict[str, flo
     port = free_port()
     app_dir = Path(args.app_dir or ROOT)
     binary = str(Path(sys.executable).with_name(server))
-    command = (
-        [binary, "chatproject.asgi:application", "--port", str(port)]
-        + ["--ws", "websockets-sansio", "--lifespan", "off"]
-        if server == "uvicorn"
-        else [binary, "-p", str(port), "chatproject.asgi:application"]
-    )
+    if server == "uvicorn":
+        options = ["--port", str(port), "--ws", "websockets-sansio", "--lifespan", "off"]
+        command = [binary, "chatproject.asgi:application", *options]
+    else:
+        command = [binary, "-p", str(port), "chatproject.asgi:application"]
     env = {
         **os.environ,
         "DATABASE_URL": args.database_url,

@@ -15,7 +15,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from conversations.auth import AuthMiddlewareStack, SameOriginValidator  # noqa: E402
-from conversations.outbox import remember_server  # noqa: E402
+from conversations.replies.outbox import remember_server  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app

@@ -18,20 +18,21 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from conversations import metrics, replylog, services, supervisor
+from conversations import metrics, services
 from conversations.db import db_call
 from conversations.errors import ChatError, NotFound, SessionEnded, Unavailable
-from conversations.frames import Resume, Send, Stop, parse_frame
-from conversations.outbox import SERVER_SOCKET_KEY, Outbox, ServerSocket
-from conversations.signals import user_group
-from conversations.streaming import (
+from conversations.replies import replylog, worker
+from conversations.replies.generation import (
     Frame,
     accepted_frame,
     delta_frame,
     registry,
     saved_done_frame,
 )
-from conversations.turns import turn_start
+from conversations.replies.outbox import SERVER_SOCKET_KEY, Outbox, ServerSocket
+from conversations.replies.protocol import Resume, Send, Stop, parse_frame
+from conversations.replies.start import turn_start
+from conversations.signals import user_group
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             # Without the channel layer the socket still streams its own replies.
             logger.warning("channel layer unavailable; socket runs without fan-out")
-        supervisor.ensure_started()
+        worker.ensure_started()
         await self.accept()
         self.outbox = Outbox(
             lambda text: self.send(text_data=text),

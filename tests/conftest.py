@@ -179,8 +179,8 @@ Connect = Callable[..., Awaitable[Socket]]
 async def ws() -> AsyncIterator[Connect]:
     """Open sockets through the real ASGI stack (origin check, session auth, routing)."""
     from chatproject.asgi import application
-    from conversations import supervisor
-    from conversations.streaming import registry
+    from conversations.replies import worker
+    from conversations.replies.generation import registry
 
     opened: list[Socket] = []
 
@@ -210,7 +210,7 @@ async def ws() -> AsyncIterator[Connect]:
     pending = registry.tasks | registry.side_tasks
     if pending:
         await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 60)
-    await supervisor.stop()
+    await worker.stop()
 
 
 def _admin_dsn() -> str:

@@ -20,8 +20,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from conversations import replylog
 from conversations.models import Conversation, Message
+from conversations.replies import replylog
 from tests.llm.turn_servers import TITLE, TurnServer
 from tests.llm.wire_servers import Script, load_events
 
@@ -295,7 +295,7 @@ def test_a_long_reply_keeps_its_heartbeat(reply_log, alice, persona, fast_demo):
     """Other workers must not save the terminal's reply as a dead worker's."""
     import asyncio
 
-    from conversations.recovery import recover_orphans
+    from conversations.replies.recovery import recover_orphans
 
     fast_demo.DEMO_TOKEN_DELAY_MS = 20
     fast_demo.DEMO_REPLY_WORDS = 120  # about 2.5 s, past the heartbeat's lifetime

@@ -17,13 +17,13 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from conversations import supervisor
 from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.errors import ChatError, Invalid, TooLarge
-from conversations.frames import Send, parse_frame
-from conversations.streaming import Frame, Generation, registry
-from conversations.turns import turn_start
+from conversations.replies import worker
+from conversations.replies.generation import Frame, Generation, registry
+from conversations.replies.protocol import Send, parse_frame
+from conversations.replies.start import turn_start
 
 PROMPT = "you> "
 
@@ -160,7 +160,7 @@ class Command(BaseCommand):
     ) -> None:
         user_id = await db_call(user_for_chat)(username)
         # As a socket does: heartbeats keep other workers from saving our reply as orphaned.
-        supervisor.ensure_started()
+        worker.ensure_started()
         interrupts = _catch_interrupts()
         try:
             while True:
@@ -191,7 +191,7 @@ class Command(BaseCommand):
                     break
         finally:
             interrupts.close()
-            await supervisor.stop()
+            await worker.stop()
 
     async def _read(self, stdin: TextIO) -> str | None:
         """The next line, stripped; None at the end of input (Ctrl-D) or on Ctrl-C."""

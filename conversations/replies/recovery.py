@@ -9,12 +9,13 @@ from datetime import timedelta
 
 from django.conf import settings
 
-from conversations import maintenance, replylog, services
+from conversations import services, unanswered
 from conversations.context import ReplyInfo
 from conversations.db import db_call
 from conversations.llm.base import Usage
-from conversations.maintenance import Unanswered
-from conversations.streaming import done_frame, registry, saved_done_frame
+from conversations.replies import replylog
+from conversations.replies.generation import done_frame, registry, saved_done_frame
+from conversations.unanswered import Unanswered
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ async def close_unanswered(
     results: list[Recovered] = []
     after = None
     while True:
-        batch = await db_call(maintenance.unanswered_messages)(
+        batch = await db_call(unanswered.unanswered_messages)(
             older_than=older_than, after=after, limit=batch_size
         )
         for item in batch:
@@ -174,7 +175,7 @@ async def _close(item: Unanswered, *, dry_run: bool) -> Recovered:
     if dry_run:
         return result("would close")
     try:
-        closed = await db_call(maintenance.unanswered_close)(
+        closed = await db_call(unanswered.unanswered_close)(
             item=item, reply_id=reply_id, error=UNANSWERED_REASON
         )
     except Exception:

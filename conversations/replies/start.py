@@ -10,15 +10,16 @@ from dataclasses import dataclass, replace
 
 from django.conf import settings
 
-from conversations import logctx, metrics, replylog, services, supervisor
+from conversations import logctx, metrics, services
 from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.errors import Busy, ChatError, NotFound, ProviderFailed, RateLimited
-from conversations.frames import Send
 from conversations.llm import Provider, ProviderError, get_provider
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.prompts import build_request
-from conversations.streaming import Generation, Reservation, registry, user_busy
+from conversations.replies import replylog, worker
+from conversations.replies.generation import Generation, Reservation, registry, user_busy
+from conversations.replies.protocol import Send
 from conversations.titles import announce_title, title_generate
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ async def turn_start(*, user_id: int, command: Send, session_key: str | None = N
     """
     # Heartbeats, remote stops and recovery must run wherever a turn starts (socket, HTTP,
     # the chat command), or another worker would take this reply for a dead worker's.
-    supervisor.ensure_started()
+    worker.ensure_started()
     # The socket's task outlives a turn: do not let the last turn's ids label this one.
     logctx.turn_id.set("-")
     logctx.conversation_id.set(str(command.conversation_id) if command.conversation_id else "-")

@@ -14,8 +14,8 @@ from typing import Any
 
 from django.conf import settings
 
-from conversations import replylog
-from conversations.streaming import registry
+from conversations.replies import replylog
+from conversations.replies.generation import registry
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _on_control(raw: Any) -> None:
 
 
 async def _recovery() -> None:
-    from conversations.recovery import recover_orphans
+    from conversations.replies.recovery import recover_orphans
 
     while True:
         await asyncio.sleep(settings.RECOVERY_INTERVAL_SECONDS)

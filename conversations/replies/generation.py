@@ -21,11 +21,12 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError
 
-from conversations import logctx, metrics, replylog, services
+from conversations import logctx, metrics, services
 from conversations.context import ReplyInfo, TurnContext
 from conversations.db import db_call
 from conversations.errors import Busy
 from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
+from conversations.replies import replylog
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The reply engine: protocol, replies (local, remote, saved), registry, turn start, worker."""
