@@ -19,7 +19,9 @@ from django.utils import timezone
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
-from conversations.maintenance import Thresholds, db_report, export_lines, parse_age
+from chatproject.ops.db_report import Thresholds, db_report
+from conversations.export import export_lines
+from conversations.maintenance import parse_age
 from conversations.models import Conversation, Message
 from tests.conftest import _admin_dsn
 

@@ -6,7 +6,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from conversations.maintenance import MaintenanceError, Thresholds, db_report, report_lines
+from chatproject.ops.db_report import Thresholds, db_report, report_lines
+from conversations.maintenance import MaintenanceError
 
 
 class Command(BaseCommand):

@@ -6,7 +6,8 @@ from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from conversations.maintenance import MaintenanceError, ProgressBar, conversations_export
+from conversations.export import conversations_export
+from conversations.maintenance import MaintenanceError, ProgressBar
 
 
 class Command(BaseCommand):

@@ -4,12 +4,8 @@ from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from conversations.maintenance import (
-    MaintenanceError,
-    ProgressBar,
-    conversations_prune,
-    parse_age,
-)
+from conversations.maintenance import MaintenanceError, ProgressBar, parse_age
+from conversations.pruning import conversations_prune
 
 
 class Command(BaseCommand):

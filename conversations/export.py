@@ -1,0 +1,69 @@
+"""Writing conversations out as JSON lines or Markdown (`manage.py export_conversations`).
+
+Unlike the API's export of one conversation, this reads the whole database in a command's own
+process, a chunk of conversations at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal, TextIO
+
+from django.db.models import Prefetch, QuerySet
+
+from conversations.maintenance import Progress, owner_filter
+from conversations.models import Conversation, Message
+from conversations.serializers import conversation_export_dict, conversation_markdown
+
+ExportFormat = Literal["jsonl", "md"]
+
+
+def _export_queryset(username: str | None) -> QuerySet[Conversation]:
+    return (
+        Conversation.objects.filter(owner_filter(username))
+        .select_related("owner", "persona")
+        .prefetch_related(Prefetch("messages", queryset=Message.objects.order_by("created_at")))
+        .order_by("created_at", "id")
+    )
+
+
+def conversation_record(conversation: Conversation) -> dict[str, Any]:
+    """One JSONL line: the API's export shape plus who owns it."""
+    return {**conversation_export_dict(conversation), "owner": conversation.owner.get_username()}
+
+
+def conversations_export(
+    *,
+    out: TextIO,
+    export_format: ExportFormat,
+    username: str | None = None,
+    chunk_size: int = 200,
+    progress: Progress | None = None,
+) -> int:
+    """Write conversations to `out` one at a time; returns how many were written.
+
+    `iterator(chunk_size=...)` streams rows through a server-side cursor and prefetches each
+    chunk's messages, so memory holds one chunk, not the whole database.
+    """
+    queryset = _export_queryset(username)
+    total = queryset.count()
+    written = 0
+    for conversation in queryset.iterator(chunk_size=chunk_size):
+        if export_format == "jsonl":
+            out.write(json.dumps(conversation_record(conversation), ensure_ascii=False) + "\n")
+        else:
+            out.write(conversation_markdown(conversation))
+            owner = conversation.owner.get_username()
+            out.write(f"\nUser: {owner} · Conversation: {conversation.id}\n\n---\n\n")
+        written += 1
+        if progress is not None and (written % chunk_size == 0 or written == total):
+            progress(written, total)
+    return written
+
+
+def export_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Parse a JSONL export back (for restores and tests)."""
+    for line in lines:
+        if line.strip():
+            yield json.loads(line)
