@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
@@ -26,7 +27,7 @@ from django.utils.text import slugify
 from django.views.decorators.csrf import csrf_exempt
 
 from conversations import serializers, services
-from conversations.db import released
+from conversations.db import db_call, released
 from conversations.errors import NotFound
 from conversations.models import Conversation, Message
 from conversations.views import get_conversation_for_user
@@ -37,7 +38,8 @@ SEARCH_MAX_CHARS = 200
 LIST_LIMIT = 200
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-View = Callable[..., HttpResponseBase]
+# A view, sync or async.
+View = TypeVar("View", bound=Callable[..., Any])
 
 
 class ApiError(Exception):
@@ -52,14 +54,16 @@ def error_response(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
-# What a request can be refused for before or while its body is read.
-REFUSALS = (ApiError, SuspiciousOperation, BadRequest)
+# What a view or the reading of a body may raise that is the client's mistake.
+REFUSALS = (Http404, ApiError, SuspiciousOperation, BadRequest)
 
 
 def refusal_response(exc: Exception) -> JsonResponse:
     """A refusal as a JSON error. Django itself would answer its own (a body over
     DATA_UPLOAD_MAX_MEMORY_SIZE, too many fields) with an HTML page and log them with a
     traceback; they are the client's mistake, so only the usual 4xx warning line is logged."""
+    if isinstance(exc, Http404):
+        return error_response(404, "not_found", "No such conversation.")
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message)
     if isinstance(exc, RequestDataTooBig):
@@ -78,39 +82,76 @@ def _unused_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse()
 
 
+def _authenticated(request: HttpRequest) -> bool:
+    return bool(request.user.is_authenticated)
+
+
+def _refused_before_view(
+    request: HttpRequest, allowed: frozenset[str], *, authenticated: bool
+) -> JsonResponse | None:
+    if not authenticated:
+        return error_response(401, "unauthorized", "Log in first.")
+    if request.method not in allowed:
+        response = error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed here."
+        )
+        response["Allow"] = ", ".join(sorted(allowed))
+        return response
+    return None
+
+
+def _csrf_response() -> JsonResponse:
+    return error_response(403, "csrf_failed", "Missing or wrong X-CSRFToken header.")
+
+
 def api_view(*methods: str) -> Callable[[View], View]:
+    """Log in, method, CSRF, then the view; every refusal answers JSON. Sync or async views."""
     allowed = frozenset(methods)
 
     def decorator(view: View) -> View:
+        if inspect.iscoroutinefunction(view):
+
+            @csrf_exempt
+            @functools.wraps(view)
+            async def async_wrapper(
+                request: HttpRequest, *args: Any, **kwargs: Any
+            ) -> HttpResponseBase:
+                # The session and the CSRF check read the database through db_call, so no
+                # connection stays checked out while the view waits (maybe for a whole reply).
+                authenticated = await db_call(_authenticated)(request)
+                if refused := _refused_before_view(request, allowed, authenticated=authenticated):
+                    return refused
+                try:
+                    if request.method not in SAFE_METHODS and await db_call(csrf_failed)(request):
+                        return _csrf_response()
+                    response: HttpResponseBase = await view(request, *args, **kwargs)
+                    return response
+                except REFUSALS as exc:
+                    return refusal_response(exc)
+
+            return cast(View, async_wrapper)
+
         @csrf_exempt
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            if not request.user.is_authenticated:
-                return error_response(401, "unauthorized", "Log in first.")
-            if request.method not in allowed:
-                response = error_response(
-                    405, "method_not_allowed", f"{request.method} is not allowed here."
-                )
-                response["Allow"] = ", ".join(sorted(allowed))
-                return response
+            authenticated = request.user.is_authenticated
+            if refused := _refused_before_view(request, allowed, authenticated=authenticated):
+                return refused
             try:
                 # The CSRF check may read a form body, so it may refuse a huge one too.
                 if request.method not in SAFE_METHODS and csrf_failed(request):
-                    return error_response(
-                        403, "csrf_failed", "Missing or wrong X-CSRFToken header."
-                    )
-                return view(request, *args, **kwargs)
-            except Http404:
-                return error_response(404, "not_found", "No such conversation.")
+                    return _csrf_response()
+                response: HttpResponseBase = view(request, *args, **kwargs)
+                return response
             except REFUSALS as exc:
                 return refusal_response(exc)
 
-        return wrapper
+        return cast(View, wrapper)
 
     return decorator
 
 
-def _owner(request: HttpRequest) -> User:
+def request_user(request: HttpRequest) -> User:
     # api_view has already answered 401 to anonymous users.
     return cast(User, request.user)
 
@@ -163,10 +204,10 @@ def personas(request: HttpRequest) -> HttpResponse:
 def conversations(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         persona = _persona_for_new_conversation(json_body(request).get("persona"))
-        conversation = Conversation.objects.create(owner=_owner(request), persona=persona)
+        conversation = Conversation.objects.create(owner=request_user(request), persona=persona)
         return JsonResponse(serializers.conversation_dict(conversation), status=201)
 
-    found = Conversation.objects.filter(owner=_owner(request)).select_related("persona")
+    found = Conversation.objects.filter(owner=request_user(request)).select_related("persona")
     query = request.GET.get("q", "").strip()[:SEARCH_MAX_CHARS]
     if query:
         # Exists() rather than a join keeps one row per conversation without DISTINCT.

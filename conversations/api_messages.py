@@ -12,10 +12,9 @@ import uuid
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 
 from conversations import replylog
-from conversations.api import REFUSALS, csrf_failed, error_response, json_body, refusal_response
+from conversations.api import api_view, error_response, json_body, request_user
 from conversations.db import db_call
 from conversations.errors import ChatError
 from conversations.frames import Send, command_from
@@ -42,10 +41,6 @@ def chat_error_response(error: ChatError) -> JsonResponse:
     if "retry_after" in error.fields:
         response["Retry-After"] = str(error.fields["retry_after"])
     return response
-
-
-def _user_id(request: HttpRequest) -> int | None:
-    return request.user.pk if request.user.is_authenticated else None
 
 
 def _messages(user_message_id: uuid.UUID) -> dict[str, Any]:
@@ -95,21 +90,11 @@ def _raise_if_error(final: dict[str, Any]) -> None:
         raise ChatError.from_frame(final)
 
 
-@csrf_exempt  # checked below, so that a failure answers JSON like the rest of the API
+@api_view("POST")
 async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
-    if request.method != "POST":
-        response = error_response(405, "method_not_allowed", f"{request.method} is not allowed.")
-        response["Allow"] = "POST"
-        return response
-    user_id = await db_call(_user_id)(request)
-    if user_id is None:
-        return error_response(401, "unauthorized", "Log in first.")
+    user_id = request_user(request).pk  # read by api_view, in db_call
     try:
-        if await db_call(csrf_failed)(request):
-            return error_response(403, "csrf_failed", "Missing or wrong X-CSRFToken header.")
         command = _command(request, conversation_id)
-    except REFUSALS as exc:
-        return refusal_response(exc)
     except ChatError as error:
         return chat_error_response(error)
     try:
