@@ -1,4 +1,4 @@
-"""The JSON API of PROTOCOL.md: short function views, errors as {"error": {code, message}}."""
+"""The JSON API of docs/protocol.md: short function views, errors as {"error": {code, message}}."""
 
 from __future__ import annotations
 

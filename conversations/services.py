@@ -1,7 +1,8 @@
 """Sync ORM functions: the only place chat code touches the database.
 
-Each function is one short transaction and returns plain values. The async consumer calls
-them through `database_sync_to_async`, so the connection is back in the pool on return.
+Each function is one short transaction and returns plain values. Async code calls them
+through `conversations.db.db_call`, which gives the connection back to the pool before the
+await returns.
 """
 
 from __future__ import annotations

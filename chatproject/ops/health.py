@@ -47,7 +47,7 @@ def _database_check() -> None:
 
 
 async def _database() -> None:
-    # A thread of its own, not the shared thread that turns' ORM calls use: a hung check
+    # A thread of its own, not one that db_call runs the chat's ORM calls on: a hung check
     # must not queue the chat's database work behind it.
     await asyncio.to_thread(_database_check)
 

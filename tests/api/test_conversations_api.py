@@ -1,4 +1,4 @@
-"""The JSON API of PROTOCOL.md, through Django's test client against PostgreSQL."""
+"""The JSON API of docs/protocol.md, through Django's test client against PostgreSQL."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ import pytest
 import redis
 from django.test import AsyncClient
 
-from conversations import replylog, supervisor
 from conversations.db import db_call
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
+from conversations.replies import replylog, worker
 from personas.models import Persona
 from tests.llm.turn_servers import TurnServer, system_text
 from tests.llm.wire_servers import Script, load_events
@@ -280,7 +280,7 @@ async def test_csrf_header_is_required_when_checks_are_enforced(alice, persona, 
 
 
 async def test_a_long_reply_is_not_taken_for_a_dead_workers(reply_log, alice, persona, fast_demo):
-    from conversations.recovery import recover_orphans
+    from conversations.replies.recovery import recover_orphans
 
     fast_demo.DEMO_TOKEN_DELAY_MS = 20
     fast_demo.DEMO_REPLY_WORDS = 120  # about 2.5 s, past the heartbeat's lifetime
@@ -289,11 +289,11 @@ async def test_a_long_reply_is_not_taken_for_a_dead_workers(reply_log, alice, pe
     try:
         answer = asyncio.create_task(post(client, chat.id, {"content": "Take your time"}))
         await asyncio.sleep(1.8)
-        # What every other worker's supervisor does every few seconds.
+        # What every other worker's recovery loop does every few seconds.
         recovered = await recover_orphans()
         response = await answer
     finally:
-        await supervisor.stop()
+        await worker.stop()
 
     assert recovered == []
     reply = response.json()["assistant_message"]

@@ -16,7 +16,9 @@ from conversations.logctx import TurnIdsFilter
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
-    log_record = logging.LogRecord("conversations.turns", logging.DEBUG, "", 1, message, args, None)
+    log_record = logging.LogRecord(
+        "conversations.replies.start", logging.DEBUG, "", 1, message, args, None
+    )
     for key, value in extra.items():
         setattr(log_record, key, value)
     TurnIdsFilter().filter(log_record)
@@ -35,7 +37,7 @@ def test_json_lines_carry_the_turn_and_conversation_ids() -> None:
     assert "\n" not in line
     assert entry["message"] == "saved in 1.2 ms"
     assert (entry["turn_id"], entry["conversation_id"]) == ("turn-1", "chat-1")
-    assert (entry["level"], entry["logger"]) == ("DEBUG", "conversations.turns")
+    assert (entry["level"], entry["logger"]) == ("DEBUG", "conversations.replies.start")
     assert entry["attempt"] == 2  # `extra=` fields are kept
     assert entry["time"].endswith("+00:00")
 
@@ -53,7 +55,7 @@ def test_json_keeps_the_traceback_inside_the_line() -> None:
 def test_text_lines_are_readable_and_carry_the_ids() -> None:
     line = TextFormatter().format(record("turn begin: database work ends"))
     assert line.endswith(
-        "DEBUG   conversations.turns [turn=- conv=-] turn begin: database work ends"
+        "DEBUG   conversations.replies.start [turn=- conv=-] turn begin: database work ends"
     )
 
 

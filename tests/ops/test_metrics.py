@@ -90,8 +90,6 @@ async def test_a_complete_turn_moves_its_metrics(ws, alice, persona, fast_demo):
     assert value(closed, "chat_open_sockets") == value(before, "chat_open_sockets")
 
 
-# Known bug outside tests/ops: Generation._stream (conversations/streaming.py) appends the
-# final coalesced frame without metrics.FRAMES.inc(). Strict: once fixed, drop this marker.
 @pytest.mark.asyncio
 async def test_every_delta_frame_is_counted(ws, alice, persona, fast_demo):
     # Coalescing makes several frames; the last one is flushed when the stream ends.
