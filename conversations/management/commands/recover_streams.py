@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from conversations.maintenance import MaintenanceError, parse_age
-from conversations.recovery import (
+from conversations.replies.recovery import (
     UNANSWERED_AGE,
     Recovered,
     close_unanswered,
