@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chat
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 BENCH_SMOKE_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/bench_smoke
 
-.PHONY: run test test-fast chaos lint format install install-dev migrate clean bench bench-smoke
+.PHONY: run test test-js test-fast chaos lint format install install-dev migrate clean bench bench-smoke
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,13 @@ run: migrate
 	$(VENV)/bin/uvicorn chatproject.asgi:application --host $(HOST) --port $(PORT) \
 		--ws websockets-sansio --lifespan off
 
-test: install-dev
+test: install-dev test-js
 	DJANGO_DEBUG=true DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \
 		$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The page's protocol state (static/chat/state.js), with Node's built-in runner: no npm.
+test-js:
+	node --test static/chat/tests/
 
 test-fast: install-dev
 	DJANGO_DEBUG=true DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \

@@ -1,0 +1,294 @@
+/*
+ * Persona Chat page: wires the socket (transport.js), the protocol state (state.js), the
+ * DOM (view.js) and the JSON API (api.js). ES modules, no build step.
+ *
+ * The open conversation lives in the URL: "/" is a new chat, "/c/<uuid>/" an existing one,
+ * so a reload or a shared link reopens it and picks up a reply still being generated.
+ */
+import { api, signedIn } from "./api.js";
+import * as chat from "./state.js";
+import { createTransport } from "./transport.js";
+import * as view from "./view.js";
+
+const { ui } = view;
+const MAX_CHARS = Number(ui.app.dataset.maxChars) || 16000;
+const UUID_IN_PATH = /^\/c\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\/?$/i;
+
+const state = chat.createState();
+let selectedPersona = null;
+// Counts conversation loads, so a slow one that lost the race is dropped.
+let loadSeq = 0;
+
+function uuid4() {
+  if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  // crypto.randomUUID needs a secure context; plain http on a LAN address is not one.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function currentPersonaSlug() {
+  if (state.currentPersona) return state.currentPersona;
+  const conversation = state.conversations.find((c) => c.id === state.currentId);
+  return (conversation && conversation.persona) || selectedPersona;
+}
+
+// ---- Drawing ------------------------------------------------------------------------------
+
+function render() {
+  view.render(state, currentPersonaSlug());
+}
+
+let renderRequested = false;
+function renderSoon() {
+  if (renderRequested) return;
+  renderRequested = true;
+  // One render per frame however many deltas arrive; a hidden tab catches up on done.
+  requestAnimationFrame(() => {
+    renderRequested = false;
+    render();
+  });
+}
+
+// ---- Frames from the server ---------------------------------------------------------------
+
+function carryOut(effects) {
+  for (const effect of effects) {
+    switch (effect.type) {
+      case "reload":
+        openConversation(effect.conversationId, { keepView: true, afterIdle: effect.afterIdle });
+        break;
+      case "url":
+        history.pushState({}, "", `/c/${effect.conversationId}/`);
+        break;
+      case "refused":
+        if (!ui.input.value) {
+          ui.input.value = effect.text;
+          view.autoGrow();
+        }
+        break;
+      case "error":
+        view.showError(effect.message);
+        break;
+      case "announce":
+        view.announce(effect.text);
+        break;
+      case "refreshList":
+        scheduleListRefresh();
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+let gapTimer = null;
+function onFrame(frame) {
+  carryOut(chat.receive(state, frame, new Date().toISOString()));
+  if (frame.type === "chat.delta") renderSoon();
+  else render();
+  if (chat.hasGap(state) && !gapTimer) {
+    // A frame went missing: ask for a replay from the last one we have in order.
+    gapTimer = setTimeout(() => {
+      gapTimer = null;
+      const resume = chat.gapResume(state);
+      if (resume) transport.send(resume);
+    }, 1000);
+  }
+}
+
+const transport = createTransport({
+  onOpen(reconnected) {
+    const { frames, reload } = chat.socketOpened(state, reconnected);
+    if (reload) openConversation(reload, { keepView: true });
+    return frames;
+  },
+  onFrame,
+  onStatus: view.setSocketStatus,
+  signedIn,
+});
+
+// ---- Opening conversations ----------------------------------------------------------------
+
+function newChat({ push }) {
+  if (push && window.location.pathname !== "/") history.pushState({}, "", "/");
+  loadSeq += 1;
+  chat.openNew(state);
+  view.showError("");
+  render();
+  ui.input.focus();
+}
+
+async function openConversation(id, { push = false, keepView = false, afterIdle = false } = {}) {
+  if (push) history.pushState({}, "", `/c/${id}/`);
+  const seq = ++loadSeq;
+  chat.openConversation(state, id, { keepView, afterIdle });
+  if (!keepView) view.showError("");
+  render();
+  let conversation;
+  try {
+    conversation = await api("GET", `/api/conversations/${id}/`);
+  } catch (error) {
+    if (seq !== loadSeq) return;
+    if (error.status === 404) {
+      newChat({ push: false });
+      history.replaceState({}, "", "/");
+      view.showError("That conversation does not exist or was deleted.");
+    } else {
+      view.showError(`Could not load the conversation: ${error.message}`);
+    }
+    return;
+  }
+  await personasReady;
+  if (seq !== loadSeq) return; // the user opened something else meanwhile
+  view.showError("");
+  const resume = chat.conversationLoaded(state, id, conversation);
+  render();
+  view.scrollToBottom();
+  if (resume) transport.send(resume);
+}
+
+function route({ push = false } = {}) {
+  const match = UUID_IN_PATH.exec(window.location.pathname);
+  if (match) openConversation(match[1].toLowerCase(), { push });
+  else newChat({ push });
+}
+
+window.addEventListener("popstate", () => route());
+
+ui.newChat.addEventListener("click", () => {
+  newChat({ push: true });
+  view.closeSidebar();
+});
+
+// ---- Sending ------------------------------------------------------------------------------
+
+function sendMessage() {
+  const { frame, error } = chat.compose(state, {
+    content: ui.input.value,
+    clientId: uuid4(),
+    persona: selectedPersona,
+    maxChars: MAX_CHARS,
+  });
+  if (error) view.showError(error);
+  if (!frame) return;
+  view.showError("");
+  ui.input.value = "";
+  view.autoGrow();
+  render();
+  view.scrollToBottom();
+  transport.send(frame);
+}
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sendMessage();
+});
+
+ui.input.addEventListener("keydown", (event) => {
+  // isComposing: Enter that confirms an IME candidate must not send.
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    sendMessage();
+  }
+});
+
+ui.stop.addEventListener("click", () => {
+  const frame = chat.stopFrame(state);
+  if (!frame) return;
+  transport.send(frame);
+  ui.input.focus();
+});
+
+// Logging out ends this page's session: the socket's 4401 must not race the form to the
+// login page (it would ask the API, get a 401 and go to login?next=... instead).
+ui.logout.form.addEventListener("submit", () => transport.close());
+
+// ---- The conversation list ----------------------------------------------------------------
+
+async function loadConversations() {
+  const query = state.query;
+  const path = query ? `/api/conversations/?q=${encodeURIComponent(query)}` : "/api/conversations/";
+  const found = await api("GET", path);
+  if (chat.listLoaded(state, query, found)) render();
+}
+
+let listTimer = null;
+function scheduleListRefresh(delay = 250) {
+  clearTimeout(listTimer);
+  listTimer = setTimeout(() => {
+    loadConversations().catch(() => {});
+  }, delay);
+}
+
+ui.search.addEventListener("input", () => {
+  chat.setQuery(state, ui.search.value.trim());
+  scheduleListRefresh();
+});
+ui.search.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && ui.search.value) {
+    ui.search.value = "";
+    chat.setQuery(state, "");
+    scheduleListRefresh(0);
+  }
+});
+
+async function renameConversation(conversation, title) {
+  try {
+    const updated = await api("PATCH", `/api/conversations/${conversation.id}/`, { title });
+    chat.conversationRenamed(state, conversation.id, updated.title);
+    render();
+  } catch (error) {
+    view.showError(`Could not rename: ${error.message}`);
+  }
+}
+
+async function deleteConversation(conversation) {
+  try {
+    await api("DELETE", `/api/conversations/${conversation.id}/`);
+  } catch (error) {
+    if (error.status !== 404) {
+      view.showError(`Could not delete: ${error.message}`);
+      return;
+    }
+  }
+  chat.conversationDeleted(state, conversation.id);
+  render();
+  view.announce("Conversation deleted.");
+  if (conversation.id === state.currentId) newChat({ push: true });
+}
+
+// ---- Start --------------------------------------------------------------------------------
+
+async function loadPersonas() {
+  const personas = await api("GET", "/api/personas/");
+  const preferred = personas.find((p) => p.is_default) || personas[0];
+  selectedPersona = preferred ? preferred.slug : null;
+  view.showPersonas(personas, selectedPersona, (slug) => {
+    selectedPersona = slug;
+  });
+}
+
+view.init({
+  open: (id) => openConversation(id, { push: true }),
+  rename: renameConversation,
+  remove: deleteConversation,
+});
+
+// Messages are drawn once personas are known, so their headers carry names and avatars.
+const personasReady = loadPersonas().catch((error) => {
+  view.showError(`Could not load personas: ${error.message}`);
+});
+
+transport.connect();
+// The page is usable at once: a message typed before the lists arrive is kept pending.
+route();
+loadConversations().catch((error) => {
+  view.showError(`Could not load conversations: ${error.message}`);
+});
+personasReady.then(() => {
+  view.redrawPersonas();
+  render();
+});

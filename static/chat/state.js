@@ -1,0 +1,415 @@
+/*
+ * What the chat page knows, with no DOM, no window and no network: frames in, state out.
+ *
+ * The open conversation's messages live here as plain objects, in the order they are shown;
+ * the view draws them and nothing else. Functions that change the state return the effects
+ * the page must carry out (frames to send, a conversation to reload, words to announce),
+ * so `node --test` can drive every protocol path without a browser.
+ */
+
+const SPOKEN = {
+  complete: "Reply complete.",
+  stopped: "Reply stopped.",
+  error: "The reply failed.",
+  interrupted: "The reply was interrupted.",
+};
+
+export function createState() {
+  return {
+    // The conversation in the URL; null for a new chat.
+    currentId: null,
+    // The conversation whose messages are shown; null while a load is in flight.
+    loadedId: null,
+    // The client_id whose chat.accepted will tell us the id of a brand-new conversation.
+    awaitingNew: null,
+    // The persona of the open conversation (or of the new one being started).
+    currentPersona: null,
+    title: "",
+    // The open conversation: {key, id, role, content, status, error, seq}, oldest first.
+    messages: [],
+    // chat.send frames not yet acknowledged by chat.accepted, by client_id.
+    pending: new Map(),
+    // The reply being followed: deltas by seq, joined while contiguous.
+    stream: null,
+    // Replies that are already final on screen: late frames for them are ignored.
+    finalIds: new Set(),
+    // Set by a reload that chat.idle asked for, so an unanswered message cannot loop us.
+    idleReloaded: false,
+    // The sidebar: the conversations listed, the search that listed them, a change counter.
+    conversations: [],
+    query: "",
+    listVersion: 0,
+  };
+}
+
+// ---- Reading the state --------------------------------------------------------------------
+
+export function isGenerating(state) {
+  return Boolean(state.stream && state.stream.conversationId === state.currentId);
+}
+
+/** The persona picker is for a chat that has neither an id nor a first message on its way. */
+export function pickerVisible(state) {
+  return state.currentId === null && state.awaitingNew === null;
+}
+
+function showing(state, conversationId) {
+  return conversationId === state.currentId && state.loadedId === state.currentId;
+}
+
+function findMessage(state, id) {
+  return id ? state.messages.find((message) => message.id === id) || null : null;
+}
+
+function savedMessage(message) {
+  return {
+    key: message.id,
+    id: message.id,
+    role: message.role,
+    content: message.content,
+    status: message.status,
+    error: message.error || null,
+    seq: null,
+  };
+}
+
+// ---- Opening conversations ----------------------------------------------------------------
+
+function resetView(state) {
+  state.stream = null;
+  state.finalIds = new Set();
+  state.messages = [];
+}
+
+export function openNew(state) {
+  state.currentId = null;
+  state.loadedId = null;
+  state.currentPersona = null;
+  state.awaitingNew = null;
+  state.idleReloaded = false;
+  state.title = "";
+  resetView(state);
+}
+
+/** Start opening `id`; frames for it are ignored until `conversationLoaded`. */
+export function openConversation(state, id, { keepView = false, afterIdle = false } = {}) {
+  state.idleReloaded = afterIdle;
+  state.currentId = id;
+  state.loadedId = null;
+  state.awaitingNew = null;
+  if (!keepView) resetView(state);
+}
+
+/** The API's conversation arrived: show it, and return the chat.resume frame that follows it. */
+export function conversationLoaded(state, id, conversation) {
+  resetView(state);
+  state.currentPersona = conversation.persona;
+  state.title = conversation.title || "";
+  for (const message of conversation.messages) {
+    state.messages.push(savedMessage(message));
+    if (message.role !== "user") state.finalIds.add(message.id);
+  }
+  // Messages the user sent that the server has not acknowledged yet stay on screen.
+  for (const entry of state.pending.values()) {
+    if (entry.frame.conversation_id === id) state.messages.push(entry.message);
+  }
+  state.loadedId = id;
+  return resumeFrame(state);
+}
+
+export function resumeFrame(state) {
+  if (!state.loadedId || state.loadedId !== state.currentId) return null;
+  return {
+    type: "chat.resume",
+    conversation_id: state.currentId,
+    after_seq: state.stream ? state.stream.seq : 0,
+  };
+}
+
+// ---- Sending ------------------------------------------------------------------------------
+
+/**
+ * The user pressed Send. Returns {frame} to send, {error} to show, or {} when there is
+ * nothing to do (an empty box, or the first message of a new chat is still on its way).
+ */
+export function compose(state, { content, clientId, persona, maxChars }) {
+  const text = content.trim();
+  if (!text) return {};
+  // Characters as the server counts them (code points): an emoji is one, not two.
+  const length = Array.from(text).length;
+  if (length > maxChars) {
+    return { error: `That message is too long (${length} characters; the limit is ${maxChars}).` };
+  }
+  if (isGenerating(state)) return { error: "Wait for the reply to finish, or stop it first." };
+  const isNew = state.currentId === null;
+  if (isNew && state.awaitingNew) return {};
+  const frame = {
+    type: "chat.send",
+    conversation_id: state.currentId,
+    persona: isNew ? persona : null,
+    content: text,
+    client_id: clientId,
+  };
+  if (isNew) {
+    state.awaitingNew = clientId;
+    state.currentPersona = persona;
+  }
+  const message = { key: clientId, id: null, role: "user", content: text, status: "sending", error: null, seq: null };
+  state.messages.push(message);
+  state.pending.set(clientId, { frame, message, resent: false });
+  return { frame };
+}
+
+export function stopFrame(state) {
+  return state.stream ? { type: "chat.stop", conversation_id: state.stream.conversationId } : null;
+}
+
+/**
+ * The socket opened. Returns the frames to send on it (every pending chat.send, then a
+ * resume) and, after a reconnect with no reply in view, the conversation to reload instead.
+ */
+export function socketOpened(state, reconnected) {
+  const frames = [];
+  for (const entry of state.pending.values()) {
+    // Same client_id: the server never saves a message twice, so re-sending is safe.
+    entry.resent = reconnected || entry.resent;
+    frames.push(entry.frame);
+  }
+  if (reconnected && !state.stream && state.loadedId && state.loadedId === state.currentId) {
+    // Replies may have finished while we were away: reload, which resumes afterwards.
+    return { frames, reload: state.currentId };
+  }
+  const resume = resumeFrame(state);
+  if (resume) frames.push(resume);
+  return { frames, reload: null };
+}
+
+/** A delta is missing: the chat.resume that asks for a replay from the last one in order. */
+export function gapResume(state) {
+  const stream = state.stream;
+  if (!stream || !stream.buffer.size) return null;
+  return { type: "chat.resume", conversation_id: stream.conversationId, after_seq: stream.seq };
+}
+
+export function hasGap(state) {
+  return Boolean(state.stream && state.stream.buffer.size);
+}
+
+// ---- The sidebar list ---------------------------------------------------------------------
+
+export function setQuery(state, query) {
+  state.query = query;
+}
+
+/** A list answered a search; false when a newer search has been typed since. */
+export function listLoaded(state, query, conversations) {
+  if (query !== state.query) return false;
+  state.conversations = conversations;
+  state.listVersion += 1;
+  return true;
+}
+
+export function conversationRenamed(state, id, title) {
+  const conversation = state.conversations.find((c) => c.id === id);
+  if (conversation) conversation.title = title;
+  if (id === state.currentId) state.title = title;
+  state.listVersion += 1;
+}
+
+export function conversationDeleted(state, id) {
+  state.conversations = state.conversations.filter((c) => c.id !== id);
+  state.listVersion += 1;
+}
+
+// Keeps the list in step with socket frames without a round trip, unless a search is shown.
+function touch(state, id, changes, { toTop = false, now = null } = {}) {
+  if (state.query) return [{ type: "refreshList" }];
+  const list = state.conversations;
+  const index = list.findIndex((c) => c.id === id);
+  const existing = index >= 0 ? list.splice(index, 1)[0] : { id, title: "", persona: null };
+  const updated = { ...existing, ...changes };
+  if (toTop && now) updated.updated_at = now;
+  if (toTop) list.unshift(updated);
+  else list.splice(Math.max(index, 0), 0, updated);
+  state.listVersion += 1;
+  return [];
+}
+
+// ---- Frames from the server ---------------------------------------------------------------
+
+/** Apply one server frame; returns the effects for the page to carry out. */
+export function receive(state, frame, now = null) {
+  switch (frame.type) {
+    case "chat.accepted":
+      return accepted(state, frame, now);
+    case "chat.delta":
+      if (!showing(state, frame.conversation_id)) return [];
+      settleResent(state, frame.conversation_id);
+      return delta(state, frame);
+    case "chat.done":
+      return done(state, frame, now);
+    case "chat.idle":
+      return idle(state, frame);
+    case "chat.error":
+      return error(state, frame);
+    case "conversation.updated": {
+      const effects = touch(state, frame.conversation_id, { title: frame.title || "" });
+      if (frame.conversation_id === state.currentId) state.title = frame.title || "";
+      return effects;
+    }
+    default:
+      return []; // newer servers may add types; ignoring them is the contract
+  }
+}
+
+function acknowledge(entry, userMessageId) {
+  entry.message.status = "complete";
+  if (userMessageId) entry.message.id = userMessageId;
+}
+
+// A re-sent message the server had already saved is not accepted again: its reply streaming
+// (or finishing) is the acknowledgement.
+function settleResent(state, conversationId) {
+  for (const [clientId, entry] of state.pending) {
+    if (entry.frame.conversation_id === conversationId && entry.resent) {
+      state.pending.delete(clientId);
+      acknowledge(entry, null);
+    }
+  }
+}
+
+function accepted(state, frame, now) {
+  const effects = [];
+  const entry = state.pending.get(frame.client_id);
+  state.pending.delete(frame.client_id);
+  if (state.awaitingNew && state.awaitingNew === frame.client_id) {
+    // The first message of a new chat: the conversation now has an id.
+    state.awaitingNew = null;
+    state.currentId = frame.conversation_id;
+    state.loadedId = frame.conversation_id;
+    state.currentPersona = frame.persona;
+    effects.push({ type: "url", conversationId: frame.conversation_id });
+  }
+  const changes = { persona: frame.persona };
+  if (frame.title) changes.title = frame.title;
+  effects.push(...touch(state, frame.conversation_id, changes, { toTop: true, now }));
+  if (frame.conversation_id !== state.currentId) return effects;
+  if (frame.title) state.title = frame.title;
+  if (entry) {
+    acknowledge(entry, frame.user_message_id);
+  } else if (typeof frame.content === "string" && !findMessage(state, frame.user_message_id)) {
+    // Sent from another tab: show the user's message before its reply streams in.
+    state.messages.push(
+      savedMessage({ id: frame.user_message_id, role: "user", content: frame.content, status: "complete" }),
+    );
+  }
+  if (frame.message_id && !state.finalIds.has(frame.message_id)) {
+    startStream(state, frame.conversation_id, frame.message_id);
+  }
+  return effects;
+}
+
+function startStream(state, conversationId, messageId) {
+  if (state.stream && state.stream.messageId === messageId) return state.stream;
+  let message = findMessage(state, messageId);
+  if (!message) {
+    message = savedMessage({ id: messageId, role: "assistant", content: "", status: "streaming" });
+    state.messages.push(message);
+  }
+  message.status = "streaming";
+  message.error = null;
+  state.stream = { conversationId, messageId, seq: 0, text: "", buffer: new Map(), message };
+  return state.stream;
+}
+
+function delta(state, frame) {
+  if (state.finalIds.has(frame.message_id)) return [];
+  const stream =
+    state.stream && state.stream.messageId === frame.message_id
+      ? state.stream
+      : startStream(state, frame.conversation_id, frame.message_id);
+  state.idleReloaded = false;
+  // Replayed after a resume, or repeated: already shown.
+  if (!Number.isInteger(frame.seq) || frame.seq <= stream.seq || stream.buffer.has(frame.seq)) return [];
+  stream.buffer.set(frame.seq, frame.text);
+  const before = stream.seq;
+  while (stream.buffer.has(stream.seq + 1)) {
+    stream.seq += 1;
+    stream.text += stream.buffer.get(stream.seq);
+    stream.buffer.delete(stream.seq);
+  }
+  if (stream.seq !== before) {
+    stream.message.content = stream.text;
+    stream.message.seq = stream.seq;
+  }
+  return [];
+}
+
+function done(state, frame, now) {
+  const effects = touch(state, frame.conversation_id, {}, { toTop: true, now });
+  if (!showing(state, frame.conversation_id)) return effects;
+  settleResent(state, frame.conversation_id);
+  const stream = state.stream && state.stream.messageId === frame.message_id ? state.stream : null;
+  if (!stream && state.finalIds.has(frame.message_id)) return effects;
+  let message = stream ? stream.message : findMessage(state, frame.message_id);
+  if (!message) {
+    message = savedMessage({ id: frame.message_id, role: "assistant", content: "", status: frame.status });
+    state.messages.push(message);
+  }
+  if (stream) {
+    state.stream = null;
+    message.seq = stream.seq;
+  }
+  // chat.done carries exactly what was saved: it replaces whatever the deltas built.
+  message.content = frame.content || "";
+  message.status = frame.status;
+  message.error = frame.error || null;
+  state.finalIds.add(frame.message_id);
+  effects.push({ type: "announce", text: SPOKEN[frame.status] || "Reply finished." });
+  return effects;
+}
+
+function idle(state, frame) {
+  if (!showing(state, frame.conversation_id)) return [];
+  // A re-sent message the server had already saved is answered like a resume; with
+  // nothing in flight its reply is finished and the reload below shows both.
+  let hadResent = false;
+  for (const [clientId, entry] of state.pending) {
+    if (entry.frame.conversation_id === frame.conversation_id && entry.resent) {
+      state.pending.delete(clientId);
+      hadResent = true;
+    }
+  }
+  const last = state.messages[state.messages.length - 1];
+  const missed = Boolean(state.stream) || hadResent || Boolean(last && last.role === "user");
+  if (!missed || state.idleReloaded) {
+    state.stream = null;
+    return [];
+  }
+  // The reply ended while this page was not listening: what was saved is the truth.
+  // Only once, so a user message whose reply was never saved cannot loop us.
+  return [{ type: "reload", conversationId: frame.conversation_id, afterIdle: true }];
+}
+
+function error(state, frame) {
+  const entry = frame.client_id ? state.pending.get(frame.client_id) : null;
+  const reason =
+    frame.code === "rate_limited" && frame.retry_after
+      ? `${frame.message} Try again in ${Math.ceil(frame.retry_after)} s.`
+      : frame.message;
+  if (entry) {
+    // A refused message saves nothing: take it off the list and give the text back.
+    state.pending.delete(frame.client_id);
+    state.messages = state.messages.filter((message) => message !== entry.message);
+    if (state.awaitingNew === frame.client_id) state.awaitingNew = null;
+    return [
+      { type: "refused", text: entry.frame.content },
+      { type: "error", message: reason || "The message was refused." },
+    ];
+  }
+  if (frame.conversation_id && frame.conversation_id !== state.currentId) return [];
+  if (frame.code === "not_found" && frame.conversation_id) {
+    return [{ type: "error", message: "That conversation does not exist or was deleted." }];
+  }
+  return [{ type: "error", message: reason || "Something went wrong." }];
+}

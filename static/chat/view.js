@@ -1,0 +1,607 @@
+/*
+ * The page's DOM: it draws the state (state.js) and reports what the user does.
+ *
+ * Safety rule for this file: text from users, models and personas reaches the page only
+ * through textContent, or as markdown that marked renders and DOMPurify sanitizes.
+ * marked, DOMPurify and hljs are the vendored classic scripts loaded before the modules.
+ */
+
+import { isGenerating, pickerVisible } from "./state.js";
+
+const { marked, DOMPurify, hljs } = window;
+
+const $ = (selector) => document.querySelector(selector);
+export const ui = {
+  app: $("#app"),
+  sidebar: $("#sidebar"),
+  backdrop: $("#backdrop"),
+  openSidebar: $("#open-sidebar"),
+  closeSidebar: $("#close-sidebar"),
+  newChat: $("#new-chat"),
+  search: $("#search"),
+  list: $("#conversation-list"),
+  listEmpty: $("#list-empty"),
+  logout: $("#logout"),
+  title: $("#conversation-title"),
+  personaChip: $("#conversation-persona"),
+  status: $("#socket-status"),
+  exportMenu: $("#export-menu"),
+  exportMd: $("#export-md"),
+  exportJson: $("#export-json"),
+  scroller: $("#scroller"),
+  picker: $("#persona-picker"),
+  personaOptions: $("#persona-options"),
+  messages: $("#messages"),
+  jump: $("#jump"),
+  composer: $("#composer"),
+  input: $("#input"),
+  send: $("#send"),
+  stop: $("#stop"),
+  composerError: $("#composer-error"),
+  confirm: $("#confirm-delete"),
+  confirmText: $("#confirm-text"),
+  confirmCancel: $("#confirm-cancel"),
+  announcer: $("#announcer"),
+};
+
+const STATUS_LABELS = {
+  stopped: "Stopped",
+  error: "Error",
+  interrupted: "Interrupted",
+  streaming: "Writing…",
+  sending: "Sending…",
+};
+const SOCKET_TEXT = { connecting: "Connecting…", connected: "Connected", reconnecting: "Reconnecting…", offline: "Offline" };
+
+// What the user does that the page must act on; set by init().
+let actions = null;
+
+// ---- Small helpers -----------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+function displayTitle(title) {
+  return title && title.trim() ? title : "New chat";
+}
+
+export function announce(text) {
+  ui.announcer.textContent = "";
+  // A fresh text node after a tick makes screen readers announce repeated messages too.
+  setTimeout(() => {
+    ui.announcer.textContent = text;
+  }, 50);
+}
+
+export function showError(text) {
+  ui.composerError.textContent = text;
+  ui.composerError.hidden = !text;
+}
+
+export function setSocketStatus(status) {
+  ui.status.dataset.state = status;
+  ui.status.querySelector(".label").textContent = SOCKET_TEXT[status];
+  ui.status.title = SOCKET_TEXT[status];
+}
+
+// ---- Markdown ----------------------------------------------------------------------------
+
+const escapeHtml = (text) =>
+  String(text)
+    .replace(/&/g, "&amp;")
+    .replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;")
+    .replace(/'/g, "&#39;");
+
+const markdown = new marked.Marked({
+  gfm: true,
+  breaks: false,
+  renderer: {
+    // Raw HTML in a reply is shown as the text it is, never interpreted.
+    html(token) {
+      return escapeHtml(token.text);
+    },
+    // An image would load a URL the model chose (a tracking or exfiltration channel);
+    // show it as a link the user may choose to follow instead.
+    image(token) {
+      const label = token.text || token.href;
+      return `<a href="${escapeHtml(token.href)}">${escapeHtml(label)}</a>`;
+    },
+  },
+});
+
+const SAFE_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName !== "A") return;
+  const href = node.getAttribute("href");
+  let safe = false;
+  if (href !== null) {
+    try {
+      safe = SAFE_PROTOCOLS.has(new URL(href, window.location.href).protocol);
+    } catch (_error) {
+      safe = false;
+    }
+  }
+  if (!safe) {
+    node.removeAttribute("href");
+    return;
+  }
+  node.setAttribute("target", "_blank");
+  node.setAttribute("rel", "noopener noreferrer");
+});
+
+const PURIFY_CONFIG = {
+  USE_PROFILES: { html: true },
+  FORBID_TAGS: ["style", "img", "form", "input", "button", "textarea", "select", "iframe", "svg", "math"],
+  FORBID_ATTR: ["style", "id", "name"],
+  RETURN_DOM_FRAGMENT: true,
+};
+
+function sanitizedFragment(html) {
+  return DOMPurify.sanitize(html, PURIFY_CONFIG);
+}
+
+function decorateCode(fragment) {
+  for (const code of fragment.querySelectorAll("pre > code")) {
+    const pre = code.parentElement;
+    const match = /(?:^|\s)language-([\w+#.-]+)/.exec(code.className);
+    const language = match && hljs.getLanguage(match[1]) ? match[1] : null;
+    const source = code.textContent;
+    const result = language
+      ? hljs.highlight(source, { language, ignoreIllegals: true })
+      : hljs.highlightAuto(source);
+    // highlight.js escapes the source itself; sanitizing again costs little and keeps
+    // the rule simple: no HTML string reaches the page unsanitized.
+    code.replaceChildren(sanitizedFragment(result.value));
+    code.classList.add("hljs");
+
+    const copy = h("button", { type: "button", class: "copy-btn", "aria-label": "Copy code", text: "Copy" });
+    const label = h("span", { text: (match && match[1]) || result.language || "code" });
+    const block = h("div", { class: "codeblock" }, h("div", { class: "codeblock-head" }, label, copy));
+    pre.replaceWith(block);
+    block.append(pre);
+  }
+}
+
+function renderMarkdown(container, text) {
+  const fragment = sanitizedFragment(markdown.parse(text));
+  decorateCode(fragment);
+  container.replaceChildren(fragment);
+}
+
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    return;
+  }
+  // Clipboard API is missing on insecure origins: fall back to a hidden textarea.
+  const area = h("textarea", { class: "sr-only", readonly: true });
+  area.value = text;
+  document.body.append(area);
+  area.select();
+  document.execCommand("copy");
+  area.remove();
+}
+
+async function onCopyClick(event) {
+  const button = event.target.closest(".copy-btn");
+  if (!button) return;
+  const code = button.closest(".codeblock").querySelector("pre code");
+  try {
+    await copyText(code.textContent);
+    button.textContent = "Copied";
+  } catch (_error) {
+    button.textContent = "Copy failed";
+  }
+  setTimeout(() => {
+    button.textContent = "Copy";
+  }, 1500);
+}
+
+// ---- Scrolling ---------------------------------------------------------------------------
+
+// Follow the newest text unless the reader has scrolled up.
+let stick = true;
+
+function nearBottom() {
+  const s = ui.scroller;
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 32;
+}
+
+export function scrollToBottom() {
+  ui.scroller.scrollTop = ui.scroller.scrollHeight;
+  stick = true;
+  ui.jump.hidden = true;
+}
+
+function contentChanged() {
+  if (stick) scrollToBottom();
+  else ui.jump.hidden = false;
+}
+
+function bindScrolling() {
+  ui.scroller.addEventListener("scroll", () => {
+    stick = nearBottom();
+    if (stick) ui.jump.hidden = true;
+  });
+  // Scrolling up is a clear wish to read: stop following at once, before the next frame.
+  ui.scroller.addEventListener("wheel", (event) => {
+    if (event.deltaY < 0) stick = false;
+  }, { passive: true });
+  ui.scroller.addEventListener("touchmove", () => {
+    stick = nearBottom();
+  }, { passive: true });
+  ui.jump.addEventListener("click", () => {
+    scrollToBottom();
+    ui.input.focus();
+  });
+}
+
+// ---- Personas ----------------------------------------------------------------------------
+
+let personaBySlug = new Map();
+
+function personaFor(slug) {
+  return personaBySlug.get(slug) || { slug, name: slug || "Assistant", avatar: "🤖", description: "" };
+}
+
+/** Draw the picker for `personas`, with `selected` checked; onSelect(slug) hears a change. */
+export function showPersonas(personas, selected, onSelect) {
+  personaBySlug = new Map(personas.map((p) => [p.slug, p]));
+  ui.personaOptions.replaceChildren();
+  if (!personas.length) {
+    ui.personaOptions.append(h("p", { class: "muted", text: "No personas are set up yet. An administrator can add them in the admin." }));
+    return;
+  }
+  for (const persona of personas) {
+    const input = h("input", { type: "radio", name: "persona", value: persona.slug, checked: persona.slug === selected });
+    input.addEventListener("change", () => onSelect(persona.slug));
+    const card = h(
+      "label",
+      { class: "persona-card", "data-slug": persona.slug },
+      input,
+      h("span", { class: "persona-avatar", "aria-hidden": "true", text: persona.avatar || "🤖" }),
+      h(
+        "span",
+        { class: "persona-text" },
+        h("span", { class: "persona-name", text: persona.name }),
+        h("span", { class: "persona-description", text: persona.description || "" }),
+      ),
+    );
+    ui.personaOptions.append(card);
+  }
+}
+
+// ---- Sidebar -----------------------------------------------------------------------------
+
+const ICONS = {
+  rename: "M4 20h4L18.5 9.5a2.1 2.1 0 0 0-4-4L4 16v4zM13.5 6.5l4 4",
+  delete: "M4 7h16M10 11v6M14 11v6M6 7l1 13h10l1-13M9 7V4h6v3",
+};
+
+function icon(name) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("fill", "none");
+  svg.setAttribute("stroke", "currentColor");
+  svg.setAttribute("stroke-width", "2");
+  svg.setAttribute("stroke-linecap", "round");
+  svg.setAttribute("stroke-linejoin", "round");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("d", ICONS[name]);
+  svg.append(path);
+  return svg;
+}
+
+// Redrawing would throw away a title being typed; the list is drawn once the rename ends.
+let renaming = false;
+let listed = { conversations: [], currentId: null, query: "" };
+
+function renderSidebar() {
+  if (renaming) return;
+  const { conversations, currentId, query } = listed;
+  ui.list.replaceChildren();
+  for (const conversation of conversations) {
+    const title = displayTitle(conversation.title);
+    const persona = personaFor(conversation.persona);
+    const link = h(
+      "a",
+      { class: "conv-link", href: `/c/${conversation.id}/`, "aria-current": conversation.id === currentId ? "page" : null },
+      h("span", { class: "conv-avatar", "aria-hidden": "true", text: persona.avatar || "🤖" }),
+      h("span", { class: "conv-title", text: title }),
+    );
+    link.addEventListener("click", (event) => {
+      if (event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
+      event.preventDefault();
+      actions.open(conversation.id);
+      closeSidebar();
+    });
+    const rename = h("button", { type: "button", class: "icon-btn conv-rename-btn", "aria-label": `Rename “${title}”`, title: "Rename" }, icon("rename"));
+    rename.addEventListener("click", () => startRename(item, conversation));
+    const remove = h("button", { type: "button", class: "icon-btn conv-delete-btn", "aria-label": `Delete “${title}”`, title: "Delete" }, icon("delete"));
+    remove.addEventListener("click", () => confirmDelete(conversation));
+    const item = h(
+      "li",
+      { class: conversation.id === currentId ? "conv is-current" : "conv", "data-id": conversation.id },
+      link,
+      h("div", { class: "conv-actions" }, rename, remove),
+    );
+    ui.list.append(item);
+  }
+  ui.listEmpty.hidden = conversations.length > 0;
+  ui.listEmpty.textContent = query ? "No conversations match." : "No conversations yet.";
+}
+
+function markCurrentInSidebar(currentId) {
+  for (const item of ui.list.children) {
+    const current = item.dataset.id === currentId;
+    item.classList.toggle("is-current", current);
+    const link = item.querySelector(".conv-link");
+    if (link) {
+      if (current) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+  }
+}
+
+function startRename(item, conversation) {
+  const input = h("input", { type: "text", class: "conv-rename", maxlength: "200", "aria-label": "New title" });
+  input.value = conversation.title || "";
+  item.querySelector(".conv-link").replaceWith(input);
+  renaming = true;
+  input.focus();
+  input.select();
+  let done = false;
+  const finish = async (save) => {
+    if (done) return;
+    done = true;
+    const title = input.value.trim();
+    input.disabled = true;
+    if (save && title && title !== conversation.title) await actions.rename(conversation, title);
+    renaming = false;
+    renderSidebar();
+    const again = ui.list.querySelector(`li[data-id="${conversation.id}"] .conv-rename-btn`);
+    if (again) again.focus();
+  };
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      finish(true);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      finish(false);
+    }
+  });
+  input.addEventListener("blur", () => finish(true));
+}
+
+function confirmDelete(conversation) {
+  ui.confirmText.textContent = `“${displayTitle(conversation.title)}” and all its messages will be deleted. This cannot be undone.`;
+  ui.confirm.returnValue = "";
+  ui.confirm.addEventListener(
+    "close",
+    () => {
+      if (ui.confirm.returnValue === "delete") actions.remove(conversation);
+    },
+    { once: true },
+  );
+  ui.confirm.showModal();
+  ui.confirmCancel.focus();
+}
+
+// ---- Sidebar drawer on narrow screens ----------------------------------------------------
+
+function openSidebar() {
+  ui.app.classList.add("sidebar-open");
+  ui.openSidebar.setAttribute("aria-expanded", "true");
+  ui.backdrop.hidden = false;
+  ui.newChat.focus();
+}
+
+export function closeSidebar() {
+  if (!ui.app.classList.contains("sidebar-open")) return;
+  ui.app.classList.remove("sidebar-open");
+  ui.openSidebar.setAttribute("aria-expanded", "false");
+  ui.backdrop.hidden = true;
+}
+
+function bindDrawer() {
+  ui.openSidebar.addEventListener("click", openSidebar);
+  ui.closeSidebar.addEventListener("click", () => {
+    closeSidebar();
+    ui.openSidebar.focus();
+  });
+  ui.backdrop.addEventListener("click", closeSidebar);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && ui.app.classList.contains("sidebar-open")) {
+      closeSidebar();
+      ui.openSidebar.focus();
+    }
+  });
+}
+
+// ---- Messages ----------------------------------------------------------------------------
+
+function setStatusBadge(node, status, error) {
+  node.dataset.status = status;
+  node.classList.toggle("is-sending", status === "sending");
+  const badge = node.querySelector(".msg-status");
+  const label = STATUS_LABELS[status];
+  badge.hidden = !label;
+  badge.className = `msg-status msg-status-${status}`;
+  badge.textContent = label || "";
+  let note = node.querySelector(".msg-error-note");
+  if (status === "error" && error) {
+    if (!note) {
+      note = h("p", { class: "msg-error-note" });
+      node.querySelector(".msg-main").append(note);
+    }
+    note.textContent = error;
+  } else if (note) {
+    note.remove();
+  }
+}
+
+function messageNode(role, personaSlug) {
+  const isUser = role === "user";
+  const persona = personaFor(personaSlug);
+  const author = isUser ? "You" : persona.name;
+  const avatarText = isUser ? (document.querySelector(".user-avatar")?.textContent || "Y") : persona.avatar || "🤖";
+  return h(
+    "article",
+    { class: `msg msg-${role}`, "data-role": role, "aria-label": isUser ? "Your message" : `Reply from ${persona.name}` },
+    h("div", { class: "msg-avatar", "aria-hidden": "true", text: avatarText }),
+    h(
+      "div",
+      { class: "msg-main" },
+      h("div", { class: "msg-meta" }, h("span", { class: "msg-author", text: author }), h("span", { class: "msg-status", hidden: true })),
+      h("div", { class: isUser ? "msg-body" : "msg-body markdown" }),
+    ),
+  );
+}
+
+// What each message node shows, by the message's key, so only what changed is redrawn.
+const drawn = new Map();
+
+/** Bring #messages in line with state.messages; true when text was added or changed. */
+function renderMessages(messages, personaSlug) {
+  let changed = false;
+  const keys = new Set();
+  messages.forEach((message, index) => {
+    keys.add(message.key);
+    let shown = drawn.get(message.key);
+    if (!shown) {
+      shown = { node: messageNode(message.role, personaSlug), id: null, status: null, error: null, content: null, seq: null };
+      drawn.set(message.key, shown);
+      changed = true;
+    }
+    const node = shown.node;
+    if (shown.id !== message.id) {
+      shown.id = message.id;
+      if (message.id) node.dataset.id = message.id;
+      else delete node.dataset.id;
+    }
+    if (shown.status !== message.status || shown.error !== message.error) {
+      shown.status = message.status;
+      shown.error = message.error;
+      setStatusBadge(node, message.status, message.error);
+    }
+    if (shown.content !== message.content) {
+      shown.content = message.content;
+      const body = node.querySelector(".msg-body");
+      if (message.role === "user") body.textContent = message.content;
+      else renderMarkdown(body, message.content);
+      changed = true;
+    }
+    if (message.seq !== null && shown.seq !== message.seq) {
+      shown.seq = message.seq;
+      node.dataset.seq = String(message.seq);
+    }
+    const there = ui.messages.children[index];
+    if (there !== node) ui.messages.insertBefore(node, there || null);
+  });
+  for (const [key, shown] of drawn) {
+    if (!keys.has(key)) {
+      shown.node.remove();
+      drawn.delete(key);
+    }
+  }
+  return changed;
+}
+
+// ---- Composer ----------------------------------------------------------------------------
+
+export function autoGrow() {
+  ui.input.style.height = "auto";
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, window.innerHeight * 0.4)}px`;
+}
+
+function setGenerating(generating) {
+  if (ui.send.hidden === generating && ui.stop.hidden === !generating) return;
+  // Send and Stop swap places; a keyboard user must not lose focus to <body> when they do.
+  const focused = document.activeElement;
+  ui.stop.hidden = !generating;
+  ui.send.hidden = generating;
+  if ((focused === ui.stop && !generating) || (focused === ui.send && generating)) ui.input.focus();
+}
+
+// ---- The whole page ----------------------------------------------------------------------
+
+// What the last render drew, so that only what changed is drawn again.
+let last = { currentId: undefined, listVersion: -1, title: null };
+
+function setTitle(title) {
+  const text = displayTitle(title);
+  ui.title.textContent = text;
+  document.title = `${text} · Persona Chat`;
+}
+
+function setPersonaChip(slug) {
+  if (!slug) {
+    ui.personaChip.hidden = true;
+    return;
+  }
+  const persona = personaFor(slug);
+  ui.personaChip.textContent = `${persona.avatar || ""} ${persona.name}`.trim();
+  ui.personaChip.hidden = false;
+}
+
+function setExportLinks(id) {
+  ui.exportMenu.hidden = !id;
+  ui.exportMenu.open = false;
+  if (!id) return;
+  ui.exportMd.href = `/api/conversations/${id}/export/?format=md`;
+  ui.exportJson.href = `/api/conversations/${id}/export/?format=json`;
+}
+
+/**
+ * Draw the state: messages, Send or Stop, title, persona, picker, export links and the
+ * list. `personaSlug` names the persona whose replies new message nodes show.
+ */
+export function render(state, personaSlug) {
+  if (renderMessages(state.messages, personaSlug)) contentChanged();
+  if (state.stream) ui.messages.setAttribute("aria-busy", "true");
+  else ui.messages.removeAttribute("aria-busy");
+  setGenerating(isGenerating(state));
+  ui.picker.hidden = !pickerVisible(state);
+  if (state.title !== last.title) setTitle(state.title);
+  setPersonaChip(state.currentPersona);
+  if (state.currentId !== last.currentId) {
+    setExportLinks(state.currentId);
+    markCurrentInSidebar(state.currentId);
+  }
+  listed = { conversations: state.conversations, currentId: state.currentId, query: state.query };
+  if (state.listVersion !== last.listVersion) renderSidebar();
+  last = { currentId: state.currentId, listVersion: state.listVersion, title: state.title };
+}
+
+/** Redraw what shows persona names (the personas arrived after the page drew). */
+export function redrawPersonas() {
+  renderSidebar();
+}
+
+/**
+ * Wire the parts of the page that need no protocol state. `handlers.open(id)` opens a
+ * conversation from the list, `handlers.rename(conversation, title)` and
+ * `handlers.remove(conversation)` carry out what the user confirmed.
+ */
+export function init(handlers) {
+  actions = handlers;
+  ui.messages.addEventListener("click", onCopyClick);
+  ui.input.addEventListener("input", autoGrow);
+  bindScrolling();
+  bindDrawer();
+}
