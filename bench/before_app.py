@@ -46,8 +46,13 @@ from conversations.errors import ChatError  # noqa: E402
 from conversations.llm.base import Usage  # noqa: E402
 from conversations.llm.demo import demo_reply_tokens  # noqa: E402
 from conversations.prompts import build_request  # noqa: E402
-from conversations.replies.generation import accepted_frame, delta_frame, done_frame  # noqa: E402
-from conversations.replies.protocol import Send, parse_frame  # noqa: E402
+from conversations.replies.protocol import (  # noqa: E402
+    Send,
+    accepted_frame,
+    delta_frame,
+    done_frame,
+    parse_frame,
+)
 
 logger = logging.getLogger("bench.before")
 

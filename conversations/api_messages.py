@@ -7,21 +7,19 @@ process-owned generation saved by `reply_save`) and answers once the reply is co
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 
-from conversations import replylog
 from conversations.api import api_view, error_response, json_body, request_user
 from conversations.db import db_call
 from conversations.errors import ChatError
-from conversations.frames import Send, command_from
 from conversations.models import Message
+from conversations.replies.protocol import Send, command_from
+from conversations.replies.registry import registry
+from conversations.replies.start import Started, turn_start
 from conversations.serializers import message_dict
-from conversations.streaming import registry
-from conversations.turns import Started, turn_start
 
 HTTP_STATUS = {
     "invalid": 400,
@@ -99,18 +97,9 @@ async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> Json
         return chat_error_response(error)
     try:
         started = await _start(user_id, command)
-        if started.remote is not None:
-            # A re-post of a reply generated on another worker: wait for its end there.
-            async for fields in replylog.entries(started.remote.message_id, replylog.FINAL_ONLY):
-                if "final" in fields:
-                    _raise_if_error(json.loads(fields["final"]))
-        elif started.generation is not None:
-            task = started.generation.task
-            assert task is not None
-            # Shielded: a client that hangs up does not cancel the process-owned generation.
-            await asyncio.shield(task)
-            if started.generation.final:
-                _raise_if_error(started.generation.final[0])
+        # Here, on another worker or saved before: the same wait. A client that hangs up
+        # cancels only the wait, never the process-owned reply.
+        _raise_if_error(await started.reply.final())
     except ChatError as error:
         return chat_error_response(error)
     return JsonResponse(await db_call(_messages)(started.ctx.user_message_id), status=201)

@@ -1,36 +1,32 @@
-"""The WebSocket consumer: it parses frames and orchestrates; the work lives elsewhere."""
+"""The WebSocket consumer: parse, authorize, hand over to the reply engine."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-import json
 import logging
 import uuid
 from typing import Any
 
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
-from channels.utils import await_many_dispatch
-from django.conf import settings
 from django.db import DatabaseError
-from redis.exceptions import RedisError
 
 from conversations import metrics, services
 from conversations.db import db_call
 from conversations.errors import ChatError, NotFound, SessionEnded, Unavailable
-from conversations.replies import replylog, worker
-from conversations.replies.generation import (
-    Frame,
-    accepted_frame,
-    delta_frame,
-    registry,
-    saved_done_frame,
-)
+from conversations.replies import worker
 from conversations.replies.outbox import SERVER_SOCKET_KEY, Outbox, ServerSocket
-from conversations.replies.protocol import Resume, Send, Stop, parse_frame
+from conversations.replies.protocol import (
+    FINAL_ONLY,
+    Frame,
+    Resume,
+    Send,
+    Stop,
+    accepted_frame,
+    idle_frame,
+    parse_frame,
+)
+from conversations.replies.registry import registry
+from conversations.replies.reply import find_reply
 from conversations.replies.start import turn_start
 from conversations.signals import user_group
 
@@ -41,49 +37,6 @@ logger = logging.getLogger(__name__)
 SESSION_ENDED_CLOSE_CODE = 4401
 
 
-class ResilientLayer:
-    """A channel layer whose receive() waits out a Redis outage instead of ending the socket.
-
-    Channels awaits the layer's receive() beside the socket's own; if it raised, the socket
-    would close with 1011 even though its own reply needs no Redis at all.
-    """
-
-    def __init__(self, layer: Any) -> None:
-        self._layer = layer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._layer, name)
-
-    async def receive(self, channel: str) -> Any:
-        while True:
-            inner = asyncio.ensure_future(self._layer.receive(channel))
-            try:
-                return await asyncio.shield(inner)
-            except asyncio.CancelledError:
-                # The socket closed. channels-redis's blocking pop can swallow a cancel that
-                # lands as its read times out (asyncio.timeout on Python 3.11), then pops on
-                # forever: the socket's task never ended and held the server's shutdown open.
-                # Return at once, and keep cancelling the pop until it has really stopped.
-                reaper = asyncio.get_running_loop().create_task(_cancel_until_done(inner))
-                _reapers.add(reaper)
-                reaper.add_done_callback(_reapers.discard)
-                raise
-            except Exception as exc:
-                replylog.mark_down(exc)
-                await asyncio.sleep(settings.REDIS_RETRY_SECONDS)
-
-
-_reapers: set[asyncio.Task[None]] = set()
-
-
-async def _cancel_until_done(task: asyncio.Future[Any], every: float = 0.1) -> None:
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=every)
-    if not task.cancelled():
-        task.exception()  # retrieved, so asyncio does not log it as never retrieved
-
-
 class ChatConsumer(AsyncWebsocketConsumer):
     user_id: int
     group: str
@@ -91,24 +44,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     outbox: Outbox
     counted = False
     ending = False
-    channel_layer: Any
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        # As AsyncConsumer.__call__, with the channel layer wrapped to survive outages.
-        self.scope = scope
-        layer = get_channel_layer(self.channel_layer_alias)
-        self.channel_layer = ResilientLayer(layer) if layer is not None else None
-        self.base_send = send
-        sources = [receive]
-        if self.channel_layer is not None:
-            self.channel_name = await self.channel_layer.new_channel()
-            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
-            sources.append(self.channel_receive)
-        with contextlib.suppress(StopConsumer):
-            await await_many_dispatch(sources, self.dispatch)
 
     async def connect(self) -> None:
-        self.remote_follows: dict[str, asyncio.Task[None]] = {}
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close()  # before accept: the handshake is refused with 403
@@ -135,19 +72,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         metrics.OPEN_SOCKETS.inc()
 
     async def disconnect(self, code: int) -> None:
-        if not getattr(self, "counted", False):
+        if not self.counted:
             return
         self.counted = False
         self.outbox.close()
         metrics.OPEN_SOCKETS.dec()
         registry.sockets.discard(self)
         registry.unfollow_all(self.channel_name)
-        for task in self.remote_follows.values():
-            task.cancel()
-        try:
+        with contextlib.suppress(Exception):
             await self.channel_layer.group_discard(self.group, self.channel_name)
-        except Exception:
-            logger.debug("group_discard failed", exc_info=True)
 
     def push(self, frame: Frame) -> bool:
         """Queue a frame for this socket without waiting; False once it stopped taking them."""
@@ -159,36 +92,29 @@ class ChatConsumer(AsyncWebsocketConsumer):
         known: dict[str, Any] = {}
         try:
             command = parse_frame(text_data)
+            conversation_id = command.conversation_id
+            known = {"conversation_id": str(conversation_id) if conversation_id else None}
             if isinstance(command, Send):
-                known = {
-                    "client_id": str(command.client_id),
-                    "conversation_id": str(command.conversation_id)
-                    if command.conversation_id
-                    else None,
-                }
+                known["client_id"] = str(command.client_id)
                 await self.chat_send(command)
+            elif isinstance(command, Stop):
+                await self.chat_stop(command)
             else:
-                known = {"conversation_id": str(command.conversation_id)}
-                if isinstance(command, Stop):
-                    await self.chat_stop(command)
-                else:
-                    await self.chat_resume(command)
+                await self.chat_resume(command)
         except SessionEnded as error:
-            await self.refuse(error, known)
+            self.refuse(error, known)
             await self.end_session()
         except ChatError as error:
-            await self.refuse(error, known)
+            self.refuse(error, known)
         except DatabaseError:
             logger.warning("database unavailable for a chat frame", exc_info=True)
-            await self.refuse(
-                Unavailable("The database could not be reached; nothing was saved."), known
-            )
+            self.refuse(Unavailable("The database could not be reached; nothing was saved."), known)
         except Exception:
             # A bug must cost one request, not the socket and the user's other replies.
             logger.exception("chat frame failed")
-            await self.refuse(Unavailable("Something went wrong on our side; try again."), known)
+            self.refuse(Unavailable("Something went wrong on our side; try again."), known)
 
-    async def refuse(self, error: ChatError, known: dict[str, Any]) -> None:
+    def refuse(self, error: ChatError, known: dict[str, Any]) -> None:
         metrics.REFUSALS.labels(error.code).inc()
         self.push(error.frame(**known))
 
@@ -200,82 +126,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         accepted = accepted_frame(started.ctx)
         self.push(accepted)
-        if started.generation is not None:
-            started.generation.follow(self.channel_name, self.push, 0)
+        started.reply.follow(self.channel_name, self.push, 0)
+        if not started.resumed:
             # Other tabs have not seen the message: it travels with their copy.
             await self._tell_other_tabs({**accepted, "content": started.ctx.content})
-        elif started.remote is not None:
-            self._follow_remote(started.remote, 0)
-        else:
-            assert started.ctx.existing_reply is not None
-            self.push(saved_done_frame(started.ctx.conversation_id, started.ctx.existing_reply))
 
     async def chat_stop(self, command: Stop) -> None:
-        running = registry.get(command.conversation_id)
-        if running is not None and running.user_id == self.user_id:
-            running.stop()
-            # The stopping socket hears chat.done even if it was not following.
-            running.follow(self.channel_name, self.push, len(running.frames))
+        reply = await find_reply(command.conversation_id, self.user_id)
+        if reply is None:
+            await self._idle_or_not_found(command.conversation_id)
             return
-        remote = await self._remote(command.conversation_id)
-        if remote is not None:
-            await replylog.guarded(replylog.publish_stop(command.conversation_id))
-            self._follow_remote(remote, replylog.FINAL_ONLY)
-            return
-        await self._idle_or_not_found(command.conversation_id)
+        await reply.stop()
+        # The stopping socket hears chat.done even if it was not following.
+        reply.follow(self.channel_name, self.push, FINAL_ONLY)
 
     async def chat_resume(self, command: Resume) -> None:
-        running = registry.get(command.conversation_id)
-        if running is not None and running.user_id == self.user_id:
-            running.follow(self.channel_name, self.push, command.after_seq)
+        reply = await find_reply(command.conversation_id, self.user_id)
+        if reply is None:
+            await self._idle_or_not_found(command.conversation_id)
             return
-        remote = await self._remote(command.conversation_id)
-        if remote is not None:
-            self._follow_remote(remote, command.after_seq)
-            return
-        await self._idle_or_not_found(command.conversation_id)
+        reply.follow(self.channel_name, self.push, command.after_seq)
 
-    # --- replies generated elsewhere -----------------------------------------------------
-
-    async def _remote(self, conversation_id: uuid.UUID) -> replylog.GenerationMeta | None:
-        meta = await replylog.guarded(replylog.active(conversation_id))
-        return meta if meta is not None and meta.user_id == self.user_id else None
-
-    def _follow_remote(self, meta: replylog.GenerationMeta, after_seq: int) -> None:
-        """Follow another worker's generation through its reply log in Redis."""
-        key = meta.conversation_id
-        current = self.remote_follows.get(key)
-        if current is not None and not current.done():
-            if after_seq == replylog.FINAL_ONLY:
-                return  # already following: chat.done will come that way
-            current.cancel()
-        self.remote_follows[key] = asyncio.create_task(self._pump_remote(meta, after_seq))
-
-    async def _pump_remote(self, meta: replylog.GenerationMeta, after_seq: int) -> None:
-        conversation_id = uuid.UUID(meta.conversation_id)
-        message_id = uuid.UUID(meta.message_id)
-        try:
-            async for fields in replylog.entries(meta.message_id, after_seq):
-                if "final" in fields:
-                    frame = json.loads(fields["final"])
-                elif "seq" in fields:
-                    frame = delta_frame(
-                        conversation_id, message_id, int(fields["seq"]), fields["text"]
-                    )
-                else:
-                    continue
-                if not self.push(frame):
-                    return  # the socket closed, or was dropped for reading too slowly
-        except (RedisError, OSError, TimeoutError) as exc:
-            replylog.mark_down(exc)
-            self.push(
-                Unavailable("Lost the reply's log; resume in a moment.").frame(
-                    conversation_id=meta.conversation_id
-                )
-            )
-        except Exception:
-            # The socket closed while we followed: nothing to do, and no outage to report.
-            logger.debug("remote follow ended", exc_info=True)
+    async def _idle_or_not_found(self, conversation_id: uuid.UUID) -> None:
+        owned = await db_call(services.conversation_owned)(
+            user_id=self.user_id, conversation_id=conversation_id
+        )
+        if not owned:
+            raise NotFound("No such conversation.")
+        self.push(idle_frame(conversation_id))
 
     async def _tell_other_tabs(self, accepted: Frame) -> None:
         """Multi-tab sync: the user's other sockets, on any worker, follow this reply too."""
@@ -287,15 +165,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.debug("could not tell other tabs", exc_info=True)
 
-    async def _idle_or_not_found(self, conversation_id: Any) -> None:
-        owned = await db_call(services.conversation_owned)(
-            user_id=self.user_id, conversation_id=conversation_id
-        )
-        if not owned:
-            raise NotFound("No such conversation.")
-        self.push({"type": "chat.idle", "conversation_id": str(conversation_id)})
-
     # --- channel layer events ------------------------------------------------------------
+
+    async def chat_started(self, event: dict[str, Any]) -> None:
+        if event["sender"] == self.channel_name or not self.counted:
+            return
+        frame = event["frame"]
+        reply = await find_reply(uuid.UUID(frame["conversation_id"]), self.user_id)
+        if reply is not None:
+            self.push(frame)
+            reply.follow(self.channel_name, self.push, 0)
 
     async def conversation_updated(self, event: dict[str, Any]) -> None:
         if self.counted:  # the socket may have closed while the event was on its way
@@ -324,18 +203,3 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.ending = True
         # What is queued (the refusal, if any) goes first, then the close.
         self.outbox.finish(SESSION_ENDED_CLOSE_CODE)
-
-    async def chat_started(self, event: dict[str, Any]) -> None:
-        if event["sender"] == self.channel_name or not self.counted:
-            return
-        frame = event["frame"]
-        conversation_id = uuid.UUID(frame["conversation_id"])
-        running = registry.get(conversation_id)
-        if running is not None and running.user_id == self.user_id:
-            self.push(frame)
-            running.follow(self.channel_name, self.push, 0)
-            return
-        remote = await self._remote(conversation_id)
-        if remote is not None:
-            self.push(frame)
-            self._follow_remote(remote, 0)

@@ -180,7 +180,7 @@ async def ws() -> AsyncIterator[Connect]:
     """Open sockets through the real ASGI stack (origin check, session auth, routing)."""
     from chatproject.asgi import application
     from conversations.replies import worker
-    from conversations.replies.generation import registry
+    from conversations.replies.registry import registry
 
     opened: list[Socket] = []
 
@@ -322,7 +322,7 @@ def redis_layer(settings: Any) -> Any:
         pytest.fail(f"Redis is not answering at {url}: {exc}")
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "conversations.replies.layer.ResilientRedisChannelLayer",
             "CONFIG": {
                 "hosts": [{"address": url, "socket_timeout": 15}],
                 "prefix": f"test-{uuid.uuid4().hex[:8]}",

@@ -1,8 +1,8 @@
-"""Generations: the process-owned tasks that stream replies, and the registry that finds them.
+"""The local reply: a process-owned task that streams a reply from the provider.
 
 A generation belongs to the process, not to a socket: sockets follow it and may go away.
 Nothing in this module touches the database while a reply streams; the reply is saved by
-one `reply_save` call after the stream ends, and `chat.done` goes out after that commit.
+one `save_reply` call after the stream ends, and `chat.done` goes out after that commit.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -24,72 +23,23 @@ from django.db import DatabaseError
 from conversations import logctx, metrics, services
 from conversations.context import ReplyInfo, TurnContext
 from conversations.db import db_call
-from conversations.errors import Busy
+from conversations.errors import NotFound, SaveFailed
 from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
 from conversations.replies import replylog
+from conversations.replies.protocol import (
+    FINAL_ONLY,
+    Deliver,
+    Frame,
+    delta_frame,
+    saved_done_frame,
+)
+
+if TYPE_CHECKING:
+    from conversations.replies.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-Frame = dict[str, Any]
-# Hands a frame to a follower without waiting (a socket's outbox); False: it stopped following.
-Deliver = Callable[[Frame], bool]
-
-
-def delta_frame(conversation_id: uuid.UUID, message_id: uuid.UUID, seq: int, text: str) -> Frame:
-    return {
-        "type": "chat.delta",
-        "conversation_id": str(conversation_id),
-        "message_id": str(message_id),
-        "seq": seq,
-        "text": text,
-    }
-
-
-def done_frame(
-    conversation_id: uuid.UUID,
-    message_id: uuid.UUID,
-    *,
-    status: str,
-    content: str,
-    usage: Usage,
-    error: str | None,
-) -> Frame:
-    return {
-        "type": "chat.done",
-        "conversation_id": str(conversation_id),
-        "message_id": str(message_id),
-        "status": status,
-        "content": content,
-        "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
-        "error": error or None,
-    }
-
-
-def saved_done_frame(conversation_id: uuid.UUID, reply: ReplyInfo) -> Frame:
-    return done_frame(
-        conversation_id,
-        reply.message_id,
-        status=reply.status,
-        content=reply.content,
-        usage=Usage(reply.input_tokens, reply.output_tokens),
-        error=reply.error,
-    )
-
-
-def accepted_frame(ctx: TurnContext) -> Frame:
-    return {
-        "type": "chat.accepted",
-        "conversation_id": str(ctx.conversation_id),
-        "client_id": str(ctx.client_id),
-        "user_message_id": str(ctx.user_message_id),
-        "message_id": str(ctx.message_id),
-        "persona": ctx.persona.slug,
-        "title": ctx.title,
-    }
-
-
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-SAVE_FAILED = object()  # the database never came back within REPLY_SAVE_RETRY_SECONDS
 
 
 def _ms(since: float) -> float:
@@ -113,7 +63,7 @@ class Generation:
         self.registry = registry
         self.frames: list[str] = []  # coalesced delta texts; frames[i] has seq i + 1
         self.logged = 0  # frames appended to the Redis reply log so far
-        self.final: list[Frame] = []  # chat.done (or chat.error) once the reply is saved
+        self.final_frame: Frame | None = None  # chat.done (or chat.error) once it is saved
         self.followers: dict[str, Follower] = {}
         self.stop_requested = False
         self.interrupted = False
@@ -125,6 +75,11 @@ class Generation:
         self.started_wall = time.time()
         self.received_at = self.started  # when chat.send arrived; set by turn_start
         self.slot: str | None = None  # the user's reply slot across workers
+        self.claim: str | None = None  # the conversation's claim across workers
+
+    @property
+    def message_id(self) -> uuid.UUID:
+        return self.ctx.message_id
 
     @property
     def conversation_id(self) -> uuid.UUID:
@@ -148,6 +103,7 @@ class Generation:
             user_id=self.user_id,
             worker=WORKER_ID,
             started=self.started_wall,
+            claim=self.claim or "",
         )
 
     # --- following -----------------------------------------------------------------------
@@ -156,15 +112,17 @@ class Generation:
         """Replay frames after `after_seq`, then deliver live ones, then the final frame.
 
         Nothing here waits for a socket: `deliver` queues the frame in the follower's outbox.
+        Following again restarts from the new `after_seq`, unless it is FINAL_ONLY: a stop
+        from a socket already following keeps its stream.
         """
-        if key in self.followers:
+        if key in self.followers and after_seq == FINAL_ONLY:
             return
         follower = Follower(deliver=deliver, next_seq=after_seq + 1)
+        self.followers.pop(key, None)
         if not self._send_missing(follower):
             return
-        if self.final:
-            for frame in self.final:
-                deliver(frame)
+        if self.final_frame is not None:
+            deliver(self.final_frame)
         else:
             follower.live = True
             self.followers[key] = follower
@@ -215,9 +173,20 @@ class Generation:
 
     # --- running -------------------------------------------------------------------------
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        self.request_stop()
+
+    def request_stop(self) -> None:
         self.stop_requested = True
         self._cancel_stream()
+
+    async def final(self) -> Frame:
+        """The final frame, once the reply is saved (or failed to be)."""
+        assert self.task is not None
+        # Shielded: a waiter that goes away (an HTTP client hanging up) cancels nothing.
+        await asyncio.shield(self.task)
+        assert self.final_frame is not None
+        return self.final_frame
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -328,28 +297,29 @@ class Generation:
     async def _finish(self, status: str, error: str) -> str:
         """Save, then send the final frame. Returns the status as saved."""
         await self._log_pending()
-        saved = await self._save(status=status, content=self.text, error=error)
-        if saved is SAVE_FAILED:
-            final: Frame = {
-                "type": "chat.error",
-                "code": "save_failed",
-                "message": "The reply could not be saved. It is kept for recovery.",
-                "conversation_id": str(self.conversation_id),
-                "client_id": str(self.ctx.client_id),
-            }
-        elif saved is None:
-            final = {
-                "type": "chat.error",
-                "code": "not_found",
-                "message": "The conversation was deleted while the reply was generated.",
-                "conversation_id": str(self.conversation_id),
-                "client_id": str(self.ctx.client_id),
-            }
+        known = {"conversation_id": str(self.conversation_id), "client_id": str(self.ctx.client_id)}
+        unsaved = False
+        try:
+            saved = await save_reply(
+                message_id=self.ctx.message_id,
+                conversation_id=self.conversation_id,
+                user_message_id=self.ctx.user_message_id,
+                content=self.text,
+                status=status,
+                usage=self.usage,
+                error=error,
+                retry_for=settings.REPLY_SAVE_RETRY_SECONDS,
+            )
+        except SaveFailed as failed:
+            final, unsaved = failed.frame(**known), True
         else:
-            assert isinstance(saved, ReplyInfo)
-            final = saved_done_frame(self.conversation_id, saved)
-            status = saved.status
-        self.final = [final]
+            if saved is None:
+                gone = NotFound("The conversation was deleted while the reply was generated.")
+                final = gone.frame(**known)
+            else:
+                final = saved_done_frame(self.conversation_id, saved)
+                status = saved.status
+        self.final_frame = final
         self._catch_up()
         for follower in list(self.followers.values()):
             if follower.live:
@@ -359,173 +329,54 @@ class Generation:
         await self._log_pending()
         if self.logged == len(self.frames) or not settings.REDIS_URL:
             await replylog.guarded(
-                replylog.finish(
-                    self.meta, final, unsaved_status=status if saved is SAVE_FAILED else None
-                )
+                replylog.finish(self.meta, final, unsaved_status=status if unsaved else None)
             )
         # Else Redis is away: no final may follow an incomplete log. The reply's markers
         # stay, and a recovery round later ends the log with the row as saved.
         return status
 
-    async def _save(self, *, status: str, content: str, error: str) -> ReplyInfo | object | None:
-        """Save with backoff while the database is away: the saved row, None when the
-        conversation is gone, SAVE_FAILED when the database never came back."""
-        deadline = time.monotonic() + settings.REPLY_SAVE_RETRY_SECONDS
-        delay = 0.25
-        while True:
-            began = time.monotonic()
-            try:
-                logger.debug("turn save: database work begins")
-                saved = await db_call(services.reply_save)(
-                    message_id=self.ctx.message_id,
-                    conversation_id=self.conversation_id,
-                    user_message_id=self.ctx.user_message_id,
-                    content=content,
-                    status=status,
-                    input_tokens=self.usage.input_tokens,
-                    output_tokens=self.usage.output_tokens,
-                    error=error,
+
+async def save_reply(
+    *,
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_message_id: uuid.UUID,
+    content: str,
+    status: str,
+    usage: Usage,
+    error: str,
+    retry_for: float,
+) -> ReplyInfo | None:
+    """Save a reply (once: an earlier row stands and is returned), retrying with backoff for
+    `retry_for` seconds while the database is away. None when the conversation is gone;
+    SaveFailed when the database never came back. The live path and recovery both use it."""
+    deadline = time.monotonic() + retry_for
+    delay = 0.25
+    while True:
+        began = time.monotonic()
+        try:
+            logger.debug("turn save: database work begins")
+            saved = await db_call(services.reply_save)(
+                message_id=message_id,
+                conversation_id=conversation_id,
+                user_message_id=user_message_id,
+                content=content,
+                status=status,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                error=error,
+            )
+            metrics.DB_SECONDS.labels("save").observe(time.monotonic() - began)
+            logger.debug("turn save: database work ends (%.1f ms)", _ms(began))
+            return saved
+        except DatabaseError as exc:
+            if time.monotonic() + delay > deadline:
+                metrics.SAVE_FAILED.inc()
+                logger.error(
+                    "reply %s of conversation %s not saved: %s", message_id, conversation_id, exc
                 )
-                metrics.DB_SECONDS.labels("save").observe(time.monotonic() - began)
-                logger.debug("turn save: database work ends (%.1f ms)", _ms(began))
-                return saved
-            except DatabaseError as exc:
-                if time.monotonic() + delay > deadline:
-                    metrics.SAVE_FAILED.inc()
-                    logger.error(
-                        "reply %s of conversation %s not saved: %s",
-                        self.ctx.message_id,
-                        self.conversation_id,
-                        exc,
-                    )
-                    return SAVE_FAILED
-                metrics.SAVE_RETRIES.inc()
-                logger.warning("reply save failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-
-def user_busy() -> Busy:
-    return Busy(
-        f"You already have {settings.MAX_GENERATIONS_PER_USER} replies being "
-        "generated; wait for one to finish."
-    )
-
-
-@dataclass
-class Reservation:
-    """A slot held while a turn begins, so limits hold before the database is reached."""
-
-    registry: Registry
-    user_id: int
-    conversation_id: uuid.UUID | None
-    client_id: uuid.UUID | None = None
-    # The user's reply slot across workers (Redis), held from here until the reply ends.
-    slot: str = field(default_factory=lambda: f"slot:{uuid.uuid4()}")
-    released: bool = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.registry.release(self)
-
-
-@dataclass
-class Registry:
-    generations: dict[uuid.UUID, Generation] = field(default_factory=dict)
-    reservations: list[Reservation] = field(default_factory=list)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    draining: bool = False
-    sockets: set[Any] = field(default_factory=set)  # open consumers, closed on shutdown
-
-    def get(self, conversation_id: uuid.UUID) -> Generation | None:
-        return self.generations.get(conversation_id)
-
-    def _count_for(self, user_id: int) -> int:
-        running = sum(1 for g in self.generations.values() if g.user_id == user_id)
-        return running + sum(1 for r in self.reservations if r.user_id == user_id)
-
-    def reserve(
-        self,
-        *,
-        user_id: int,
-        conversation_id: uuid.UUID | None,
-        client_id: uuid.UUID | None = None,
-    ) -> Reservation:
-        """Hold a place on this worker; the user's limit across workers is `slot_take`'s."""
-        if self.draining:
-            raise Busy("This server is restarting; reconnect and try again.")
-        if conversation_id is not None and (
-            conversation_id in self.generations
-            or any(r.conversation_id == conversation_id for r in self.reservations)
-        ):
-            raise Busy("A reply is already being generated in this conversation.")
-        if self._count_for(user_id) >= settings.MAX_GENERATIONS_PER_USER:
-            raise user_busy()
-        if len(self.generations) + len(self.reservations) >= settings.MAX_GENERATIONS_PER_WORKER:
-            raise Busy("The server is busy; try again in a moment.")
-        reservation = Reservation(self, user_id, conversation_id, client_id)
-        self.reservations.append(reservation)
-        return reservation
-
-    def beginning(self, conversation_id: uuid.UUID, client_id: uuid.UUID) -> bool:
-        """Whether a turn for this very client_id is beginning here (a re-send racing it)."""
-        return any(
-            r.conversation_id == conversation_id and r.client_id == client_id
-            for r in self.reservations
-        )
-
-    def release(self, reservation: Reservation) -> None:
-        with contextlib.suppress(ValueError):
-            self.reservations.remove(reservation)
-
-    def start(
-        self,
-        ctx: TurnContext,
-        provider: Provider,
-        request: ProviderRequest,
-        reservation: Reservation,
-    ) -> Generation:
-        reservation.release()
-        if ctx.conversation_id in self.generations:
-            raise Busy("A reply is already being generated in this conversation.")
-        generation = Generation(ctx, provider, request, self)
-        generation.slot = reservation.slot
-        self.generations[ctx.conversation_id] = generation
-        # The task belongs to the process: a socket that goes away does not cancel it.
-        task = asyncio.get_running_loop().create_task(generation.run())
-        generation.task = task
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return generation
-
-    def spawn(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[Any]:
-        """Side work of a turn (e.g. naming it) that belongs to the process, like generations."""
-        task = asyncio.get_running_loop().create_task(work)
-        self.side_tasks.add(task)
-        task.add_done_callback(self.side_tasks.discard)
-        return task
-
-    def forget(self, generation: Generation) -> None:
-        if self.generations.get(generation.conversation_id) is generation:
-            del self.generations[generation.conversation_id]
-
-    def unfollow_all(self, key: str) -> None:
-        for generation in list(self.generations.values()):
-            generation.unfollow(key)
-
-    async def drain(self, timeout: float) -> None:
-        """Let generations finish for `timeout` seconds, then save the rest as interrupted."""
-        self.draining = True
-        tasks = list(self.tasks)
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for generation in list(self.generations.values()):
-            generation.interrupt()
-        if pending:
-            await asyncio.wait(pending)
-
-
-registry = Registry()
+                raise SaveFailed("The reply could not be saved. It is kept for recovery.") from exc
+            metrics.SAVE_RETRIES.inc()
+            logger.warning("reply save failed (%s); retrying in %.2fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,15 +1,28 @@
-"""Client frames: parsing and validation. Pure code, no database."""
+"""Every frame in and out: client commands parsed and validated, server frames built.
+
+Pure code, no database. Refusals are built by the error classes' own `.frame()`.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 
+from conversations.context import ReplyInfo, TurnContext
 from conversations.errors import Invalid, TooLarge
+from conversations.llm.base import Usage
+
+Frame = dict[str, Any]
+# Hands a frame to a follower without waiting (a socket's outbox); False: it stopped following.
+Deliver = Callable[[Frame], bool]
+# An after_seq past any delta: only the final frame is wanted (a stop from a socket that was
+# not following, the HTTP API and the chat command waiting for the end).
+FINAL_ONLY = 2**62
 
 
 @dataclass(frozen=True)
@@ -146,3 +159,63 @@ def _send(frame: dict[str, Any]) -> Send:
         content=content,
         client_id=client_id,
     )
+
+
+# --- server to client ----------------------------------------------------------------
+
+
+def delta_frame(conversation_id: uuid.UUID, message_id: uuid.UUID, seq: int, text: str) -> Frame:
+    return {
+        "type": "chat.delta",
+        "conversation_id": str(conversation_id),
+        "message_id": str(message_id),
+        "seq": seq,
+        "text": text,
+    }
+
+
+def done_frame(
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    *,
+    status: str,
+    content: str,
+    usage: Usage,
+    error: str | None,
+) -> Frame:
+    return {
+        "type": "chat.done",
+        "conversation_id": str(conversation_id),
+        "message_id": str(message_id),
+        "status": status,
+        "content": content,
+        "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+        "error": error or None,
+    }
+
+
+def saved_done_frame(conversation_id: uuid.UUID, reply: ReplyInfo) -> Frame:
+    return done_frame(
+        conversation_id,
+        reply.message_id,
+        status=reply.status,
+        content=reply.content,
+        usage=Usage(reply.input_tokens, reply.output_tokens),
+        error=reply.error,
+    )
+
+
+def accepted_frame(ctx: TurnContext) -> Frame:
+    return {
+        "type": "chat.accepted",
+        "conversation_id": str(ctx.conversation_id),
+        "client_id": str(ctx.client_id),
+        "user_message_id": str(ctx.user_message_id),
+        "message_id": str(ctx.message_id),
+        "persona": ctx.persona.slug,
+        "title": ctx.title,
+    }
+
+
+def idle_frame(conversation_id: uuid.UUID | str) -> Frame:
+    return {"type": "chat.idle", "conversation_id": str(conversation_id)}

@@ -14,7 +14,9 @@ from conversations.context import ReplyInfo
 from conversations.db import db_call
 from conversations.llm.base import Usage
 from conversations.replies import replylog
-from conversations.replies.generation import done_frame, registry, saved_done_frame
+from conversations.replies.generation import save_reply
+from conversations.replies.protocol import done_frame, saved_done_frame
+from conversations.replies.registry import registry
 from conversations.unanswered import Unanswered
 
 logger = logging.getLogger(__name__)
@@ -38,15 +40,16 @@ class Recovered:
 async def _save(
     meta: replylog.GenerationMeta, *, text: str, status: str, error: str
 ) -> ReplyInfo | None:
-    return await db_call(services.reply_save)(
+    # One try: a recovery round that fails is simply tried again the next round.
+    return await save_reply(
         message_id=uuid.UUID(meta.message_id),
         conversation_id=uuid.UUID(meta.conversation_id),
         user_message_id=uuid.UUID(meta.user_message_id),
         content=text,
         status=status,
-        input_tokens=None,
-        output_tokens=None,
+        usage=Usage(),
         error=error,
+        retry_for=0,
     )
 
 

@@ -17,9 +17,9 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -27,11 +27,17 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 CONTROL_CHANNEL = "chat:control"
-FINAL_ONLY = 2**62  # an after_seq past any delta: only the final frame is wanted
 
 
 def gen_key(conversation_id: uuid.UUID | str) -> str:
+    """The generation in flight in a conversation: its GenerationMeta as JSON."""
     return f"chat:gen:{conversation_id}"
+
+
+def claim_key(conversation_id: uuid.UUID | str) -> str:
+    """Who holds a conversation for one turn: a claim token, from before the turn begins
+    until its reply is finished."""
+    return f"chat:claim:{conversation_id}"
 
 
 def log_key(message_id: uuid.UUID | str) -> str:
@@ -55,6 +61,7 @@ class GenerationMeta:
     user_id: int
     worker: str
     started: float
+    claim: str = ""  # the token under claim_key, when the turn took one
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))
@@ -84,7 +91,19 @@ def is_down() -> bool:
     return time.monotonic() < _down_until
 
 
-async def guarded(work: Any, default: Any = None) -> Any:
+T = TypeVar("T")
+D = TypeVar("D")
+
+
+@overload
+async def guarded(work: Coroutine[Any, Any, T]) -> T | None: ...
+
+
+@overload
+async def guarded(work: Coroutine[Any, Any, T], default: D) -> T | D: ...
+
+
+async def guarded(work: Coroutine[Any, Any, T], default: Any = None) -> Any:
     """Await a Redis call; on failure, note the outage and return `default`."""
     if is_down():
         work.close()
@@ -118,16 +137,16 @@ async def claim(conversation_id: uuid.UUID, token: str) -> bool:
     redis = client()
     if redis is None:
         return True
-    ok = await redis.set(gen_key(conversation_id), token, nx=True, ex=settings.GENERATION_TTL)
+    ok = await redis.set(claim_key(conversation_id), token, nx=True, ex=settings.GENERATION_TTL)
     return bool(ok)
 
 
 async def holder(conversation_id: uuid.UUID) -> str | None:
-    """What holds the conversation: a claim token, or a running generation's meta."""
+    """The claim token that holds the conversation, if any."""
     redis = client()
     if redis is None:
         return None
-    raw = await redis.get(gen_key(conversation_id))
+    raw = await redis.get(claim_key(conversation_id))
     return str(raw) if raw else None
 
 
@@ -136,12 +155,15 @@ async def unclaim(conversation_id: uuid.UUID, token: str) -> None:
     if redis is None:
         return
     # Only our own claim: compare and delete in one step.
-    await redis.eval(
-        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end",
-        1,
-        gen_key(conversation_id),
-        token,
-    )
+    await redis.eval(_DELETE_IF, 1, claim_key(conversation_id), token)
+
+
+_DELETE_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+# The generation's marker, if it is still this reply's (a newer turn may have replaced it).
+_DELETE_GENERATION = """
+local raw = redis.call('get', KEYS[1])
+if raw and cjson.decode(raw)['message_id'] == ARGV[1] then return redis.call('del', KEYS[1]) end
+"""
 
 
 async def announce(meta: GenerationMeta) -> None:
@@ -188,8 +210,10 @@ async def finish(
             pipe.expire(log_key(meta.message_id), settings.REPLY_LOG_TTL)
         pipe.delete(heartbeat_key(meta.message_id))
         pipe.srem(user_key(meta.user_id), meta.conversation_id)
+        pipe.eval(_DELETE_GENERATION, 1, gen_key(meta.conversation_id), meta.message_id)
+        if meta.claim:
+            pipe.eval(_DELETE_IF, 1, claim_key(meta.conversation_id), meta.claim)
         await pipe.execute()
-    await unclaim(uuid.UUID(meta.conversation_id), meta.dumps())
 
 
 async def unsaved() -> list[tuple[GenerationMeta, str]]:
@@ -217,6 +241,8 @@ async def beat(metas: list[GenerationMeta]) -> None:
         for meta in metas:
             pipe.set(heartbeat_key(meta.message_id), "1", ex=settings.HEARTBEAT_TTL)
             pipe.expire(gen_key(meta.conversation_id), settings.GENERATION_TTL)
+            if meta.claim:
+                pipe.expire(claim_key(meta.conversation_id), settings.GENERATION_TTL)
         await pipe.execute()
 
 
@@ -225,9 +251,7 @@ async def active(conversation_id: uuid.UUID) -> GenerationMeta | None:
     if redis is None:
         return None
     raw = await redis.get(gen_key(conversation_id))
-    if not raw or not raw.startswith("{"):
-        return None  # nothing, or a claim whose turn has not begun yet
-    return GenerationMeta.loads(raw)
+    return GenerationMeta.loads(raw) if raw else None
 
 
 async def user_active(user_id: int) -> int:
@@ -388,7 +412,7 @@ async def orphans(grace: float) -> list[GenerationMeta]:
     found = []
     async for key in redis.scan_iter(match="chat:gen:*", count=200):
         raw = await redis.get(key)
-        if not raw or not raw.startswith("{"):
+        if not raw:
             continue
         meta = GenerationMeta.loads(raw)
         if time.time() - meta.started < grace:

@@ -18,8 +18,9 @@ from conversations.llm import Provider, ProviderError, get_provider
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.prompts import build_request
 from conversations.replies import replylog, worker
-from conversations.replies.generation import Generation, Reservation, registry, user_busy
 from conversations.replies.protocol import Send
+from conversations.replies.registry import Reservation, registry, user_busy
+from conversations.replies.reply import Reply, SavedReply, remote_reply
 from conversations.titles import announce_title, title_generate
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ def provider_for(provider_name: str) -> Provider:
 @dataclass(frozen=True)
 class Started:
     ctx: TurnContext
-    generation: Generation | None  # None: saved before, or generated on another worker
-    remote: replylog.GenerationMeta | None = None  # the generation lives on another worker
+    reply: Reply  # generated here, on another worker, or saved before
     resumed: bool = False  # a re-send: answered as chat.resume would, no new message
 
 
@@ -109,7 +109,7 @@ async def _twin(user_id: int, conversation_id: uuid.UUID, client_id: uuid.UUID) 
             ctx = await db_call(services.turn_context)(
                 user_id=user_id, client_id=client_id, history_limit=settings.HISTORY_MAX_MESSAGES
             )
-            return Started(ctx, None, remote=remote, resumed=True) if ctx is not None else None
+            return Started(ctx, remote_reply(remote), resumed=True) if ctx is not None else None
         await asyncio.sleep(TWIN_POLL_SECONDS)
     return None
 
@@ -192,6 +192,7 @@ async def _begin(
         raise
     claim = f"claim:{command.client_id}:{uuid.uuid4()}"
     claimed = False
+    ctx: TurnContext | None = None
     try:
         if not await replylog.guarded(
             replylog.slot_take(user_id, reservation.slot, settings.MAX_GENERATIONS_PER_USER), True
@@ -213,6 +214,7 @@ async def _begin(
                     command.conversation_id,
                 )
             claimed = True
+            reservation.claim = claim
         logger.debug("turn begin: database work begins")
         ctx = await db_call(services.turn_begin)(
             user_id=user_id,
@@ -235,9 +237,16 @@ async def _begin(
                 return found
             # Saved, but its reply never was (a worker died): generate it now. The reply id
             # is derived from the message id, so it can only ever be saved once.
+        if not claimed:
+            # A new conversation: nobody else knows it yet, but the user's other tabs will,
+            # and their sends there must find it held until this reply ends.
+            await replylog.guarded(replylog.claim(ctx.conversation_id, claim), True)
+            claimed = True
+            reservation.claim = claim
         provider = provider_for(ctx.persona.provider)
     except BaseException:
-        await _release(reservation, command.conversation_id, claim if claimed else None)
+        held = ctx.conversation_id if ctx is not None else command.conversation_id
+        await _release(reservation, held, claim if claimed else None)
         raise
     generation = registry.start(ctx, provider, build_request(ctx), reservation)
     generation.received_at = received_at
@@ -253,9 +262,9 @@ async def _answer_duplicate(
 ) -> Started | None:
     """A re-send of a saved message: its reply, saved or running here or elsewhere."""
     if ctx.existing_reply is not None:
-        return Started(ctx, None, resumed=True)
+        return Started(ctx, SavedReply(ctx.conversation_id, ctx.existing_reply), resumed=True)
     if remote is not None and remote.user_message_id == str(ctx.user_message_id):
-        return Started(ctx, None, remote=remote, resumed=True)
+        return Started(ctx, remote_reply(remote), resumed=True)
     deadline = time.monotonic() + TWIN_WAIT_SECONDS
     while True:
         running = registry.get(ctx.conversation_id)
@@ -263,14 +272,16 @@ async def _answer_duplicate(
             return Started(running.ctx, running, resumed=True)
         remote = await replylog.guarded(replylog.active(ctx.conversation_id))
         if remote is not None and remote.user_message_id == str(ctx.user_message_id):
-            return Started(ctx, None, remote=remote, resumed=True)
+            return Started(ctx, remote_reply(remote), resumed=True)
         if ctx.age > TWIN_WAIT_SECONDS or time.monotonic() > deadline:
             break
         # Its twin committed the message moments ago and is starting the reply.
         await asyncio.sleep(TWIN_POLL_SECONDS)
-    reply = await db_call(services.reply_find)(user_message_id=ctx.user_message_id)
-    if reply is not None:
-        return Started(replace(ctx, existing_reply=reply), None, resumed=True)
+    saved = await db_call(services.reply_find)(user_message_id=ctx.user_message_id)
+    if saved is not None:
+        return Started(
+            replace(ctx, existing_reply=saved), SavedReply(ctx.conversation_id, saved), resumed=True
+        )
     return None
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from conversations.replies import replylog
-from conversations.replies.generation import registry
+from conversations.replies.registry import registry
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _on_control(raw: Any) -> None:
         return
     generation = registry.get(conversation_id)
     if command.get("op") == "stop" and generation is not None:
-        generation.stop()
+        generation.request_stop()
 
 
 async def _recovery() -> None:

@@ -14,7 +14,7 @@ from django.db import connection
 
 from conversations.db import db_call
 from conversations.models import Message
-from conversations.replies.generation import registry
+from conversations.replies.registry import registry
 from tests.conftest import pool_checked_out, release_shared_thread, settled
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]

@@ -133,7 +133,7 @@ async def test_reply_is_saved_when_nobody_is_listening(ws, alice, persona, setti
     accepted = await socket.receive()
     await socket.disconnect()
 
-    from conversations.replies.generation import registry
+    from conversations.replies.registry import registry
 
     await asyncio.wait_for(asyncio.gather(*registry.tasks), 30)
     reply = await db_call(Message.objects.get)(id=accepted["message_id"])

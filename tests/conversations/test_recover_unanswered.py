@@ -17,9 +17,9 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
-from conversations import replylog
 from conversations.models import Conversation, Message
-from conversations.recovery import UNANSWERED_REASON
+from conversations.replies import replylog
+from conversations.replies.recovery import UNANSWERED_REASON
 from conversations.services import reply_id_for
 from personas.models import Persona
 

@@ -12,7 +12,7 @@ async def test_turn_streams_and_new_title_fans_out_through_redis(
     ws, alice, bob, persona, fast_demo, redis_layer
 ):
     layer = get_channel_layer()
-    assert type(layer).__name__ == "RedisChannelLayer"
+    assert type(layer).__name__ == "ResilientRedisChannelLayer"
     first = await ws(alice)
     other_tab = await ws(alice)
     stranger = await ws(bob)

@@ -16,7 +16,7 @@ from accounts.models import Profile
 from conversations.db import db_call
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
-from conversations.replies.generation import registry
+from conversations.replies.registry import registry
 from conversations.titles import TITLE_INSTRUCTION
 from personas.models import Persona
 from tests.conftest import Socket

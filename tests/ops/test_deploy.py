@@ -314,15 +314,15 @@ def test_nginx_and_two_daphne_workers_serve_pages_static_files_and_a_streamed_ch
     page = deploy.fetch("GET", "/", headers={"Cookie": cookie})
     assert page.status == 200
     assert page.headers["Server"].startswith("nginx")
-    assert "/static/chat/app.js" in page.text
+    assert "/static/chat/main.js" in page.text
 
     # Static files come from nginx: the workers run with SERVE_STATIC=false and have none.
-    static = deploy.fetch("GET", "/static/chat/app.js")
+    static = deploy.fetch("GET", "/static/chat/main.js")
     assert static.status == 200
     assert static.body == (ROOT / "static" / "chat" / "app.js").read_bytes()
     assert "public" in static.headers["Cache-Control"]
     as_if_proxied = {"X-Forwarded-Proto": "https", "Host": "127.0.0.1"}
-    worker_static = f"{deploy.workers[0].url}/static/chat/app.js"
+    worker_static = f"{deploy.workers[0].url}/static/chat/main.js"
     assert plain_fetch("GET", worker_static, headers=as_if_proxied).status == 404
     admin_css = deploy.fetch("GET", "/static/admin/css/base.css")
     assert admin_css.status == 200
