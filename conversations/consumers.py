@@ -28,23 +28,12 @@ from conversations.replies.protocol import (
 from conversations.replies.registry import registry
 from conversations.replies.reply import find_reply
 from conversations.replies.start import turn_start
-from conversations.signals import user_group
+from conversations.signals import SessionEnds, user_group
 
 logger = logging.getLogger(__name__)
 
-# 4401 mirrors HTTP 401: the session ended (logout, password change, deactivation, deletion).
-# The page asks the API whether it is still signed in, and goes to the login page if not.
-SESSION_ENDED_CLOSE_CODE = 4401
 
-
-class ChatConsumer(AsyncWebsocketConsumer):
-    user_id: int
-    group: str
-    session_key: str | None
-    outbox: Outbox
-    counted = False
-    ending = False
-
+class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -179,27 +168,3 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def conversation_updated(self, event: dict[str, Any]) -> None:
         if self.counted:  # the socket may have closed while the event was on its way
             self.push(event["frame"])
-
-    async def session_ended(self, event: dict[str, Any]) -> None:
-        """A logout: the sockets of that session end, on every worker."""
-        if self.counted and event.get("session_key") == self.session_key:
-            await self.end_session()
-
-    async def session_check(self, event: dict[str, Any]) -> None:
-        """The user changed (password, deactivated, deleted): sockets whose session no longer
-        signs that user in end, on every worker."""
-        if not self.counted:
-            return
-        try:
-            user_id = await db_call(services.session_user_id)(session_key=self.session_key)
-        except DatabaseError:
-            logger.warning("could not check a session; the next chat.send checks it again")
-            return
-        if user_id != self.user_id:
-            await self.end_session()
-
-    async def end_session(self) -> None:
-        logger.info("closing a socket whose session ended (user %s)", self.user_id)
-        self.ending = True
-        # What is queued (the refusal, if any) goes first, then the close.
-        self.outbox.finish(SESSION_ENDED_CLOSE_CODE)

@@ -16,9 +16,13 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+
+from conversations import services
+from conversations.db import db_call
+from conversations.replies.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +75,42 @@ def _user_saved(
 def _user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     user_id = instance.pk
     transaction.on_commit(lambda: _tell_sockets(user_id, {"type": "session.check"}))
+
+
+# 4401 mirrors HTTP 401: the session ended (logout, password change, deactivation, deletion).
+# The page asks the API whether it is still signed in, and goes to the login page if not.
+SESSION_ENDED_CLOSE_CODE = 4401
+
+
+class SessionEnds:
+    """The socket side: the events above end the sockets whose session they end."""
+
+    user_id: int
+    session_key: str | None
+    outbox: Outbox
+    counted = False
+    ending = False
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        """A logout: the sockets of that session end, on every worker."""
+        if self.counted and event.get("session_key") == self.session_key:
+            await self.end_session()
+
+    async def session_check(self, event: dict[str, Any]) -> None:
+        """The user changed (password, deactivated, deleted): sockets whose session no longer
+        signs that user in end, on every worker."""
+        if not self.counted:
+            return
+        try:
+            user_id = await db_call(services.session_user_id)(session_key=self.session_key)
+        except DatabaseError:
+            logger.warning("could not check a session; the next chat.send checks it again")
+            return
+        if user_id != self.user_id:
+            await self.end_session()
+
+    async def end_session(self) -> None:
+        logger.info("closing a socket whose session ended (user %s)", self.user_id)
+        self.ending = True
+        # What is queued (the refusal, if any) goes first, then the close.
+        self.outbox.finish(SESSION_ENDED_CLOSE_CODE)

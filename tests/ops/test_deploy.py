@@ -319,7 +319,7 @@ def test_nginx_and_two_daphne_workers_serve_pages_static_files_and_a_streamed_ch
     # Static files come from nginx: the workers run with SERVE_STATIC=false and have none.
     static = deploy.fetch("GET", "/static/chat/main.js")
     assert static.status == 200
-    assert static.body == (ROOT / "static" / "chat" / "app.js").read_bytes()
+    assert static.body == (ROOT / "static" / "chat" / "main.js").read_bytes()
     assert "public" in static.headers["Cache-Control"]
     as_if_proxied = {"X-Forwarded-Proto": "https", "Host": "127.0.0.1"}
     worker_static = f"{deploy.workers[0].url}/static/chat/main.js"
