@@ -213,7 +213,7 @@ async def ws() -> AsyncIterator[Connect]:
     await worker.stop()
 
 
-def _admin_dsn() -> str:
+def admin_dsn() -> str:
     db = settings.DATABASES["default"]
     return psycopg.conninfo.make_conninfo(
         host=db.get("HOST") or "127.0.0.1",
@@ -230,7 +230,7 @@ def pg_backends() -> Iterator[Callable[[], dict[str, int]]]:
     if connection.vendor != "postgresql":
         pytest.skip("connection accounting needs PostgreSQL")
     name = settings.DATABASES["default"]["NAME"]
-    with psycopg.connect(_admin_dsn(), autocommit=True) as counter:
+    with psycopg.connect(admin_dsn(), autocommit=True) as counter:
 
         def count() -> dict[str, int]:
             rows = counter.execute(

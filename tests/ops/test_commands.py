@@ -23,7 +23,7 @@ from chatproject.ops.db_report import Thresholds, db_report
 from conversations.export import export_lines
 from conversations.maintenance import parse_age
 from conversations.models import Conversation, Message
-from tests.conftest import _admin_dsn
+from tests.conftest import admin_dsn
 
 pytestmark = pytest.mark.django_db
 
@@ -173,7 +173,7 @@ def test_export_markdown_to_stdout(alice, persona):
 
 
 def _test_db_dsn() -> str:
-    return make_conninfo(_admin_dsn(), dbname=connection.settings_dict["NAME"])
+    return make_conninfo(admin_dsn(), dbname=connection.settings_dict["NAME"])
 
 
 def test_db_report_flags_a_connection_left_idle_in_transaction(db):
