@@ -3,7 +3,10 @@
 N sockets of one user connect with a 2 KiB receive buffer and never read; the user's normal
 tab then sends M long messages (each stopped at once), whose copies go to every other tab
 of the user, so each never-reading socket is offered about M x 60 KB. The server's RSS is
-read before and after, and the kernel's send queues with `ss`. `--app-dir` serves another
+read before and after, the kernel's send queues with `ss`, and what the app itself holds for
+its sockets (outboxes and the server's transport buffers) from its /metrics. The control has
+the same N sockets reading. RSS is the allocator's high-water mark (freed memory is kept), so
+"held by the app" is the figure that shows the bound. `--app-dir` serves another
 tree (e.g. a worktree of an older commit) with the same harness, for a before/after.
 
     createdb slow_bench
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -72,6 +76,38 @@ def never_reads(port: int, cookie: str) -> socket.socket:
     return sock
 
 
+def reading(port: int, cookie: str) -> socket.socket:
+    """The control: the same socket, drained by a thread as a browser would."""
+    import threading
+
+    sock = never_reads(port, cookie)
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    return sock
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The server's own account of what it holds for its sockets (/metrics)."""
+    import urllib.request
+
+    wanted = {
+        "chat_socket_queued_bytes": 0.0,
+        "chat_socket_server_buffered_bytes": 0.0,
+        "chat_slow_sockets_dropped_total": 0.0,
+    }
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        for line in page.read().decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name in wanted:
+                wanted[name] = float(value)
+    return wanted
+
+
 def send_queues(port: int) -> int:
     out = subprocess.run(
         ["ss", "-tnH", f"sport = :{port}"], capture_output=True, text=True
@@ -111,7 +147,7 @@ async def fill(port: int, cookie: str, turns: int) -> None:
                     break
 
 
-def one_run(args: argparse.Namespace, server: str, cookie: str) -> dict[str, float]:
+def one_run(args: argparse.Namespace, server: str, cookie: str, read: bool) -> dict[str, float]:
     port = free_port()
     app_dir = Path(args.app_dir or ROOT)
     binary = str(Path(sys.executable).with_name(server))
@@ -127,23 +163,25 @@ def one_run(args: argparse.Namespace, server: str, cookie: str) -> dict[str, flo
         "LOG_LEVEL": "WARNING",
         "DEMO_TOKEN_DELAY_MS": "5",
         "DEMO_REPLY_WORDS": "20",
+        "METRICS_PUBLIC": "true",
         "MESSAGES_PER_MINUTE": "100000",
         "MAX_GENERATIONS_PER_USER": "1000",
     }
     env.pop("REDIS_URL", None)
-    process = subprocess.Popen(
-        command, cwd=app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = open(args.server_log, "a") if args.server_log else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(command, cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
     sockets: list[socket.socket] = []
     try:
         wait_port(port)
         asyncio.run(fill(port, cookie, 1))  # warm up: imports, pool, first turn
         before = proc_memory_kib(process.pid)["VmRSS"]
-        sockets = [never_reads(port, cookie) for _ in range(args.sockets)]
+        opener = reading if read else never_reads
+        sockets = [opener(port, cookie) for _ in range(args.sockets)]
         asyncio.run(fill(port, cookie, args.turns))
         time.sleep(1)
         after = proc_memory_kib(process.pid)["VmRSS"]
         queued = send_queues(port)
+        held = scrape(port)  # before the sockets close and the server stops
     finally:
         for sock in sockets:
             sock.close()
@@ -152,7 +190,18 @@ def one_run(args: argparse.Namespace, server: str, cookie: str) -> dict[str, flo
     return {
         "rss_per_socket_kib": (after - before) / args.sockets,
         "kernel_per_socket_kib": queued / 1024 / args.sockets,
+        "held_per_socket_kib": (
+            held["chat_socket_queued_bytes"] + held["chat_socket_server_buffered_bytes"]
+        )
+        / 1024
+        / args.sockets,
+        "dropped": held["chat_slow_sockets_dropped_total"],
     }
+
+
+def spread(values: list[float]) -> str:
+    """Median (min-max) over the repeats."""
+    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
 
 
 def main() -> None:
@@ -163,21 +212,27 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=10)
     parser.add_argument("--turns", type=int, default=25, help="long messages sent")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--server-log", help="append the servers' output to this file")
     args = parser.parse_args()
     cookie = prepare(args.database_url)
     offered = args.turns * 60
     print(f"{args.sockets} never-reading sockets, ~{offered} KB offered to each\n")
-    print("| server | RSS per socket, KiB (median, min-max) | kernel send queue per socket, KiB |")
-    print("|---|---|---|")
+    print(
+        "| server | sockets | held by the app per socket, KiB (outbox + server buffer) "
+        "| kernel send queue per socket, KiB | sockets dropped (4008) "
+        "| RSS growth per socket, KiB |"
+    )
+    print("|---|---|---|---|---|---|")
     for server in args.servers.split(","):
-        runs = [one_run(args, server, cookie) for _ in range(args.repeats)]
-        rss = [r["rss_per_socket_kib"] for r in runs]
-        kernel = [r["kernel_per_socket_kib"] for r in runs]
-        print(
-            f"| {server} | {statistics.median(rss):.0f} ({min(rss):.0f}-{max(rss):.0f}) "
-            f"| {statistics.median(kernel):.0f} ({min(kernel):.0f}-{max(kernel):.0f}) |",
-            flush=True,
-        )
+        for read in (True, False):
+            runs = [one_run(args, server, cookie, read) for _ in range(args.repeats)]
+            cells = [
+                spread([r[key] for r in runs])
+                for key in ("held_per_socket_kib", "kernel_per_socket_kib", "dropped")
+            ]
+            rss = spread([r["rss_per_socket_kib"] for r in runs])
+            kind = "reading (control)" if read else "never reading"
+            print(f"| {server} | {kind} | {' | '.join(cells)} | {rss} |", flush=True)
 
 
 if __name__ == "__main__":

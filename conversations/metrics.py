@@ -19,6 +19,14 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "From chat.send received to the first delta sent.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+SOCKET_QUEUED_BYTES = Gauge(
+    "chat_socket_queued_bytes",
+    "Frames waiting in sockets' outboxes for their clients, in bytes (bounded per socket).",
+)
+SOCKET_SERVER_BYTES = Gauge(
+    "chat_socket_server_buffered_bytes",
+    "Bytes the ASGI server holds for sockets' clients (its transport buffers).",
+)
 SLOW_SOCKETS_DROPPED = Counter(
     "chat_slow_sockets_dropped_total",
     "Sockets closed (code 4008) for falling too far behind their frames.",

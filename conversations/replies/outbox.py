@@ -117,6 +117,10 @@ class Outbox:
         self.dropped = False
         self._closing_code: int | None = None
 
+    @property
+    def server_backlog(self) -> int:
+        return self._server.backlog()
+
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._run())
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from conversations import metrics
 from conversations.context import TurnContext
 from conversations.errors import Busy
 from conversations.llm.base import Provider, ProviderRequest
 from conversations.replies.generation import Generation
+from conversations.replies.outbox import Outbox
 
 if TYPE_CHECKING:
     from conversations.replies.reply import RemoteReply
@@ -156,3 +158,12 @@ class Registry:
 
 
 registry = Registry()
+
+
+def _socket_bytes(held: Callable[[Outbox], int]) -> Callable[[], float]:
+    return lambda: float(sum(held(socket.outbox) for socket in list(registry.sockets)))
+
+
+# Read at scrape time from the open sockets themselves: no bookkeeping to drift.
+metrics.SOCKET_QUEUED_BYTES.set_function(_socket_bytes(lambda outbox: outbox.queued_bytes))
+metrics.SOCKET_SERVER_BYTES.set_function(_socket_bytes(lambda outbox: outbox.server_backlog))

@@ -185,10 +185,18 @@ async def test_never_reading_sockets_freeze_nobody(spawn, persona, server):
         assert "".join(f["text"] for _, f in deltas) == done["content"]
         longest_gap = max(b - a for (a, _), (b, _) in itertools.pairwise(deltas))
         rss_after = rss_kib(worker.process.pid)
+        # What the server holds for the three sockets stays within their bounds: the outbox,
+        # the frame being written, and the server's own buffer (64 KiB), each.
+        held = metric(worker, "chat_socket_queued_bytes") + metric(
+            worker, "chat_socket_server_buffered_bytes"
+        )
+        bound = int(SLOW_ENV["SOCKET_BUFFER_BYTES"]) + 70_000 + 65_536
+        assert held <= 3 * bound
         print(
             f"\n{server}: longest gap between deltas {longest_gap * 1000:.0f} ms over "
             f"{len(deltas)} deltas; stop answered in {stop_latency * 1000:.0f} ms; "
-            f"RSS +{rss_after - rss_before} KiB with 3 never-reading sockets"
+            f"RSS +{rss_after - rss_before} KiB with 3 never-reading sockets, "
+            f"{held / 1024:.0f} KiB held for them"
         )
         await bobs.close()
 
@@ -230,12 +238,16 @@ def server_frames(data: bytes) -> tuple[list[dict[str, Any]], int | None]:
     return frames, None
 
 
-def dropped_sockets(worker: Worker) -> float:
+def metric(worker: Worker, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as page:
         for line in page.read().decode().splitlines():
-            if line.startswith("chat_slow_sockets_dropped_total "):
+            if line.startswith(f"{name} "):
                 return float(line.split()[1])
-    return 0.0
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def dropped_sockets(worker: Worker) -> float:
+    return metric(worker, "chat_slow_sockets_dropped_total")
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
