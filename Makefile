@@ -34,7 +34,7 @@ run: migrate
 	$(PY) manage.py create_demo_user --url http://$(HOST):$(PORT)
 	@echo "Serving on http://$(HOST):$(PORT)/ (Ctrl+C to stop)"
 	$(VENV)/bin/uvicorn chatproject.asgi:application --host $(HOST) --port $(PORT) \
-		--ws websockets-sansio --lifespan off
+		--ws websockets-sansio --lifespan off --no-proxy-headers
 
 test: install-dev test-js
 	DJANGO_DEBUG=true DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= \

@@ -153,6 +153,7 @@ def one_run(args: argparse.Namespace, server: str, cookie: str, read: bool) -> d
     binary = str(Path(sys.executable).with_name(server))
     if server == "uvicorn":
         options = ["--port", str(port), "--ws", "websockets-sansio", "--lifespan", "off"]
+        options.append("--no-proxy-headers")
         command = [binary, "chatproject.asgi:application", *options]
     else:
         command = [binary, "-p", str(port), "chatproject.asgi:application"]

@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -109,7 +110,7 @@ class Outbox:
         self._server = server
         self.max_bytes = settings.SOCKET_BUFFER_BYTES if max_bytes is None else max_bytes
         self.max_lag = settings.SOCKET_MAX_LAG_SECONDS if max_lag is None else max_lag
-        self._queue: collections.deque[tuple[str, float]] = collections.deque()
+        self._queue: collections.deque[tuple[str, int, float]] = collections.deque()
         self.queued_bytes = 0
         self._ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -130,13 +131,16 @@ class Outbox:
             return False
         # UTF-8 as is: escaped, an emoji costs 12 bytes instead of 4.
         text = json.dumps(frame, ensure_ascii=False)
+        # Counted as the memory the string takes (4 bytes a character once it holds an
+        # emoji), not its length: the bound is on what a slow client costs the server.
+        size = sys.getsizeof(text)
         now = time.monotonic()
-        self._queue.append((text, now))
-        self.queued_bytes += len(text)
+        self._queue.append((text, size, now))
+        self.queued_bytes += size
         # What waits behind the frame being written counts, so one large frame (a long
         # message copied to another tab) never drops a client that keeps up.
-        waiting = self.queued_bytes - len(self._queue[0][0])
-        if waiting > self.max_bytes or now - self._queue[0][1] > self.max_lag:
+        waiting = self.queued_bytes - self._queue[0][1]
+        if waiting > self.max_bytes or now - self._queue[0][2] > self.max_lag:
             self._drop()
             return False
         self._ready.set()
@@ -147,7 +151,7 @@ class Outbox:
             "dropping a slow socket: %d frames, %d bytes queued, oldest %.1fs",
             len(self._queue),
             self.queued_bytes,
-            time.monotonic() - self._queue[0][1],
+            time.monotonic() - self._queue[0][2],
         )
         metrics.SLOW_SOCKETS_DROPPED.inc()
         self.dropped = True
@@ -186,12 +190,12 @@ class Outbox:
             while True:
                 await self._ready.wait()
                 while self._queue:
-                    text, _ = self._queue[0]
+                    text, size, _ = self._queue[0]
                     await self._write(text)
                     # Popped only once written: a frame in flight still counts as queued.
                     if self._queue:
                         self._queue.popleft()
-                        self.queued_bytes -= len(text)
+                        self.queued_bytes -= size
                     while self._server.backlog() > SERVER_HIGH_WATER:
                         await asyncio.sleep(BACKLOG_POLL_SECONDS)
                 if self._closing_code is not None:

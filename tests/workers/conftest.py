@@ -38,6 +38,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def make_run_uvicorn_options() -> list[str]:
+    """Uvicorn's options as `make run` gives them (all but the app, host and port)."""
+    recipe = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    command = recipe[recipe.index("bin/uvicorn") :].replace("\\\n", " ").split()
+    options, skip = [], False
+    for word in command[2:]:
+        if skip:
+            skip = False
+        elif word in {"--host", "--port"}:
+            skip = True
+        else:
+            options.append(word)
+    return options
+
+
 class Worker:
     """One server process: Daphne, or Uvicorn as `make run` starts it. `kill()` is `kill -9`;
     `terminate()` is SIGTERM."""
@@ -62,7 +77,7 @@ class Worker:
                 binary,
                 "chatproject.asgi:application",
                 *("--host", "127.0.0.1", "--port", str(self.port)),
-                *("--ws", "websockets-sansio", "--lifespan", "off"),
+                *make_run_uvicorn_options(),
             ]
         return [binary, "-b", "127.0.0.1", "-p", str(self.port), "chatproject.asgi:application"]
 

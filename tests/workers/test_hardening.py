@@ -8,6 +8,7 @@ import http.cookiejar
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -19,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conversations.db import db_call
 from conversations.models import Conversation, Message
-from tests.conftest import session_cookie
+from tests.conftest import PASSWORD, session_cookie
 from tests.workers.conftest import ROOT, Client, Worker, open_with_cookie
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -258,3 +259,34 @@ async def test_the_per_user_reply_cap_holds_across_workers(spawn, alice, persona
     assert kinds == ["busy", "busy", "busy", "chat.accepted", "chat.accepted", "chat.accepted"]
     for socket in sockets:
         await socket.close()
+
+
+def login_status(worker: Worker, username: str, password: str, **headers: str) -> int:
+    """POST the login form as a browser on this machine would; the answer's status."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    base = f"http://127.0.0.1:{worker.port}"
+    opener.open(f"{base}/accounts/login/", timeout=10).read()
+    token = next(c.value for c in jar if c.name == settings.CSRF_COOKIE_NAME)
+    body = urllib.parse.urlencode(
+        {"username": username, "password": password, "csrfmiddlewaretoken": str(token)}
+    ).encode()
+    request = urllib.request.Request(f"{base}/accounts/login/", data=body, method="POST")
+    for name, value in headers.items():
+        request.add_header(name, value)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+async def test_a_forged_forwarded_for_does_not_lift_the_lock_under_make_runs_uvicorn(
+    spawn, alice, bob
+):
+    # Uvicorn believes X-Forwarded-For from 127.0.0.1 unless told not to; `make run` is.
+    worker = spawn("uvicorn-login", server="uvicorn", DJANGO_DEBUG="true")
+    for index in range(5):  # five accounts guessed from one address lock the address
+        await asyncio.to_thread(login_status, worker, f"nobody{index}", "wrong-password")
+    forged = {"X-Forwarded-For": "203.0.113.7"}
+    assert await asyncio.to_thread(login_status, worker, "bob", PASSWORD, **forged) == 429
