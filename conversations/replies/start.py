@@ -187,9 +187,7 @@ async def _begin(
             user_id=user_id, conversation_id=command.conversation_id, client_id=command.client_id
         )
     except Busy as busy:
-        if command.conversation_id is not None:
-            raise await _not_ours_or(busy, user_id, command.conversation_id) from None
-        raise
+        return await _resent_or_refuse(busy, user_id, command, remote)
     claim = f"claim:{command.client_id}:{uuid.uuid4()}"
     claimed = False
     ctx: TurnContext | None = None
@@ -197,7 +195,8 @@ async def _begin(
         if not await replylog.guarded(
             replylog.slot_take(user_id, reservation.slot, settings.MAX_GENERATIONS_PER_USER), True
         ):
-            raise user_busy()
+            await _release(reservation, None, None)
+            return await _resent_or_refuse(user_busy(), user_id, command, remote)
         if command.conversation_id is not None and remote is None:
             # One reply per conversation across workers, held before anything is saved.
             got = await replylog.guarded(replylog.claim(command.conversation_id, claim), True)
@@ -255,6 +254,23 @@ async def _begin(
         await announce_title(ctx.user_id, ctx.conversation_id, ctx.title)
         registry.spawn(title_generate(ctx, provider))
     return Started(ctx, generation)
+
+
+async def _resent_or_refuse(
+    busy: Busy, user_id: int, command: Send, remote: replylog.GenerationMeta | None
+) -> Started:
+    """No room for a new reply; but a re-send of a message already saved needs none: it is
+    answered as chat.resume would be (the page re-sends what it has not seen answered)."""
+    ctx = await db_call(services.turn_context)(
+        user_id=user_id, client_id=command.client_id, history_limit=settings.HISTORY_MAX_MESSAGES
+    )
+    if ctx is not None and command.conversation_id in (None, ctx.conversation_id):
+        found = await _answer_duplicate(ctx, remote)
+        if found is not None:
+            return found
+    if command.conversation_id is not None:
+        raise await _not_ours_or(busy, user_id, command.conversation_id)
+    raise busy
 
 
 async def _answer_duplicate(

@@ -141,3 +141,22 @@ def test_the_database_holds_one_message_per_user_and_client_id(alice, persona):
     with pytest.raises(IntegrityError), transaction.atomic():
         # A client_id names its owner, or the rule above could be sidestepped.
         Message.objects.create(conversation=second, role="user", content="x", client_id=client_id)
+
+
+@pytest.mark.asyncio
+async def test_a_resend_is_answered_while_every_reply_slot_is_taken(ws, alice, persona, settings):
+    settings.MAX_GENERATIONS_PER_USER = 1
+    settings.DEMO_TOKEN_DELAY_MS = 20
+    settings.DEMO_REPLY_WORDS = 60
+    socket = await ws(alice)
+    client_id = await socket.send_message("The only reply I may have at once")
+    accepted = await socket.receive_type("chat.accepted")
+    # A new message is refused: the one slot is taken.
+    await socket.send_message("Another one")
+    assert (await socket.receive_type("chat.error"))["code"] == "busy"
+    # The page re-sends the first after a reconnect: that needs no slot, and is answered.
+    again = await ws(alice)
+    await again.send_message("The only reply I may have at once", client_id=client_id)
+    resent = await again.receive_type("chat.accepted")
+    assert resent["message_id"] == accepted["message_id"]
+    assert (await again.receive_type("chat.done"))["status"] == "complete"
