@@ -300,6 +300,9 @@ SHUTDOWN_HARD_SECONDS = envfloat("SHUTDOWN_HARD_SECONDS", 5.0)
 # dropped (close code 4008) and resumes from after_seq when it reconnects.
 SOCKET_BUFFER_BYTES = envint("SOCKET_BUFFER_BYTES", 1024 * 1024)
 SOCKET_MAX_LAG_SECONDS = envfloat("SOCKET_MAX_LAG_SECONDS", 10.0)
+# Frames a socket may send per second on average (three seconds' worth at once); a client
+# past it is closed with 4029. People send a frame when they act; Daphne queues every frame.
+SOCKET_FRAMES_PER_SECOND = envfloat("SOCKET_FRAMES_PER_SECOND", 20.0)
 # The kernel's send buffer per socket (0: the kernel's own, which grows to 4 MiB for a client
 # that never reads). Chat frames are small; 128 KiB is ample for a phone on a slow network.
 SOCKET_SEND_BUFFER_BYTES = envint("SOCKET_SEND_BUFFER_BYTES", 128 * 1024)

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.db import DatabaseError
 
 from conversations import metrics, services
@@ -18,6 +19,7 @@ from conversations.replies.outbox import SERVER_SOCKET_KEY, Outbox, ServerSocket
 from conversations.replies.protocol import (
     FINAL_ONLY,
     Frame,
+    FrameRate,
     Resume,
     Send,
     Stop,
@@ -33,7 +35,13 @@ from conversations.signals import SessionEnds, user_group
 logger = logging.getLogger(__name__)
 
 
+# 4029 mirrors HTTP 429: the client sent frames faster than SOCKET_FRAMES_PER_SECOND.
+FLOOD_CLOSE_CODE = 4029
+
+
 class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
+    inflow: FrameRate
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -56,6 +64,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
             self.scope.get(SERVER_SOCKET_KEY) or ServerSocket(None),
         )
         self.outbox.start()
+        self.inflow = FrameRate(settings.SOCKET_FRAMES_PER_SECOND)
         self.counted = True
         registry.sockets.add(self)
         metrics.OPEN_SOCKETS.inc()
@@ -77,6 +86,12 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.ending:
+            return
+        if not self.inflow.take():
+            logger.warning("closing a socket that floods frames (user %s)", self.user_id)
+            metrics.REFUSALS.labels("flood").inc()
+            self.ending = True
+            self.outbox.cut(FLOOD_CLOSE_CODE)
             return
         known: dict[str, Any] = {}
         try:

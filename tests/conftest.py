@@ -36,6 +36,8 @@ def make_user(username: str, display_name: str = "") -> Any:
 def _chat_defaults(settings: Any) -> None:
     # Tests send far more than a person would; the rate-limit test sets its own limit.
     settings.MESSAGES_PER_MINUTE = 100_000
+    # Fuzzing sends frames far faster than a person; the flood test sets the real limit.
+    settings.SOCKET_FRAMES_PER_SECOND = 100_000
     # pytest owns this process's signals.
     settings.GRACEFUL_SHUTDOWN = False
 

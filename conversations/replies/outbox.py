@@ -158,15 +158,21 @@ class Outbox:
         self.close()
         asyncio.get_running_loop().create_task(self._hang_up(SLOW_CLOSE_CODE))
 
-    async def _hang_up(self, code: int) -> None:
+    def cut(self, code: int) -> None:
+        """A hostile client: close with `code` if the close goes out at once, else cut the
+        connection; nothing queued is sent."""
+        self.close()
+        asyncio.get_running_loop().create_task(self._hang_up(code, grace=0.5))
+
+    async def _hang_up(self, code: int, grace: float = CLOSE_GRACE_SECONDS) -> None:
         # The close frame waits behind what the server already holds; a client that reads
         # nothing would never take it, so the connection is cut after a grace period.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._close(code), CLOSE_GRACE_SECONDS)
-        deadline = time.monotonic() + CLOSE_GRACE_SECONDS
+            await asyncio.wait_for(self._close(code), grace)
+        deadline = time.monotonic() + grace
         while self._server.backlog() > 0 and time.monotonic() < deadline:
             await asyncio.sleep(BACKLOG_POLL_SECONDS * 5)
-        if self._server.backlog() > 0:
+        if self._server.backlog() > 0 or grace < CLOSE_GRACE_SECONDS:
             self._server.abort()
 
     def finish(self, code: int) -> None:

@@ -6,6 +6,7 @@ Pure code, no database. Refusals are built by the error classes' own `.frame()`.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +160,30 @@ def _send(frame: dict[str, Any]) -> Send:
         content=content,
         client_id=client_id,
     )
+
+
+class FrameRate:
+    """Frames a socket may send: `per_second` on average, three seconds' worth at once.
+
+    A page sends a frame when its user acts, and a few on reconnect; a client past this is
+    flooding. Daphne reads a socket as fast as it is written to and queues each frame for
+    the application, so the flood must end at the socket, not frame by frame.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self.capacity = per_second * 3
+        self.tokens = self.capacity
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.per_second)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 # --- server to client ----------------------------------------------------------------

@@ -294,3 +294,33 @@ async def test_a_socket_that_falls_behind_is_dropped_and_resumes(spawn, persona,
     finally:
         slow.close()
         await tab.close()
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "daphne"])
+async def test_a_socket_that_floods_frames_is_cut_off(spawn, persona, server):
+    worker, alice_cookie, bob_cookie = await stalled(spawn, server)
+    flooder = NeverReads(worker, alice_cookie)
+    flooder.sock.settimeout(10)  # a server that stops reading must not hang the test
+    rss_before = rss_kib(worker.process.pid)
+    junk = {"type": "chat.resume", "conversation_id": str(uuid.uuid4()), "after_seq": 0}
+    junk["padding"] = "x" * 150_000
+    sent = 0
+    try:
+        for _ in range(300):  # 45 MB, as fast as the socket takes it
+            flooder.send(junk)
+            sent += 1
+    except OSError:
+        pass  # the server cut the connection
+    finally:
+        flooder.close()
+    assert sent < 300, "the server took the whole flood"
+    assert metric(worker, 'chat_refusals_total{code="flood"}') == 1
+    # Everyone else is served as before.
+    bobs = await open_with_cookie(worker, bob_cookie)
+    await bobs.send_message("hello after the flood")
+    assert (await bobs.until("chat.done"))[-1]["status"] == "complete"
+    print(
+        f"\n{server}: flood cut after {sent} frames of 150 KB; "
+        f"RSS +{rss_kib(worker.process.pid) - rss_before} KiB"
+    )
+    await bobs.close()
