@@ -23,7 +23,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from django.conf import settings
@@ -41,6 +41,8 @@ SLOW_CLOSE_CODE = 4008
 SERVER_HIGH_WATER = 64 * 1024
 BACKLOG_POLL_SECONDS = 0.02
 CLOSE_GRACE_SECONDS = 5.0
+BURST_SECONDS = 1.0
+BURST_FACTOR = 8
 # Where the ASGI stack keeps the server's own send() for a socket (see `remember_server`).
 SERVER_SOCKET_KEY = "chat.server_socket"
 
@@ -138,9 +140,17 @@ class Outbox:
         self._queue.append((text, size, now))
         self.queued_bytes += size
         # What waits behind the frame being written counts, so one large frame (a long
-        # message copied to another tab) never drops a client that keeps up.
+        # message copied to another tab) never drops a client that keeps up. A replay
+        # (chat.resume of a long reply) arrives all at once: a client that takes its frames
+        # has the head frame moving, so bytes count once the head has waited BURST_SECONDS,
+        # up to BURST_FACTOR times the bound.
         waiting = self.queued_bytes - self._queue[0][1]
-        if waiting > self.max_bytes or now - self._queue[0][2] > self.max_lag:
+        stuck = now - self._queue[0][2]
+        if (
+            stuck > self.max_lag
+            or (waiting > self.max_bytes and stuck > BURST_SECONDS)
+            or waiting > self.max_bytes * BURST_FACTOR
+        ):
             self._drop()
             return False
         self._ready.set()
@@ -156,13 +166,13 @@ class Outbox:
         metrics.SLOW_SOCKETS_DROPPED.inc()
         self.dropped = True
         self.close()
-        asyncio.get_running_loop().create_task(self._hang_up(SLOW_CLOSE_CODE))
+        _background(self._hang_up(SLOW_CLOSE_CODE))
 
     def cut(self, code: int) -> None:
         """A hostile client: close with `code` if the close goes out at once, else cut the
         connection; nothing queued is sent."""
         self.close()
-        asyncio.get_running_loop().create_task(self._hang_up(code, grace=0.5))
+        _background(self._hang_up(code, grace=0.5))
 
     async def _hang_up(self, code: int, grace: float = CLOSE_GRACE_SECONDS) -> None:
         # The close frame waits behind what the server already holds; a client that reads
@@ -196,14 +206,23 @@ class Outbox:
             while True:
                 await self._ready.wait()
                 while self._queue:
-                    text, size, _ = self._queue[0]
-                    await self._write(text)
+                    text, size, queued_at = self._queue[0]
+                    # A client that takes nothing more is dropped even if no frame follows.
+                    deadline = queued_at + self.max_lag
+                    try:
+                        await asyncio.wait_for(self._write(text), deadline - time.monotonic())
+                        while self._server.backlog() > SERVER_HIGH_WATER:
+                            if time.monotonic() > deadline:
+                                raise TimeoutError
+                            await asyncio.sleep(BACKLOG_POLL_SECONDS)
+                    except TimeoutError:
+                        if not self.closed:
+                            self._drop()
+                        return
                     # Popped only once written: a frame in flight still counts as queued.
                     if self._queue:
                         self._queue.popleft()
                         self.queued_bytes -= size
-                    while self._server.backlog() > SERVER_HIGH_WATER:
-                        await asyncio.sleep(BACKLOG_POLL_SECONDS)
                 if self._closing_code is not None:
                     await self._hang_up(self._closing_code)
                     return
@@ -214,6 +233,15 @@ class Outbox:
             # The socket went away; its disconnect closes the outbox.
             logger.debug("socket writer ended", exc_info=True)
             self.close()
+
+
+_hanging_up: set[asyncio.Task[None]] = set()
+
+
+def _background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _hanging_up.add(task)  # held: the loop keeps only weak references to its tasks
+    task.add_done_callback(_hanging_up.discard)
 
 
 def remember_server(app: Any) -> Any:
