@@ -216,7 +216,10 @@ class Outbox:
                                 raise TimeoutError
                             await asyncio.sleep(BACKLOG_POLL_SECONDS)
                     except TimeoutError:
-                        if not self.closed:
+                        if self._closing_code is not None:
+                            # Closing (a session that ended), but the client reads nothing.
+                            await self._hang_up(self._closing_code, grace=0.5)
+                        elif not self.closed:
                             self._drop()
                         return
                     # Popped only once written: a frame in flight still counts as queued.
