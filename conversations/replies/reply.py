@@ -73,6 +73,8 @@ class RemoteReply:
             current.cancel()
         pump = asyncio.get_running_loop().create_task(self._pump(key, deliver, after_seq))
         self._pumps[key] = pump
+        # Known to the registry while followed: a socket that closes unfollows it there.
+        self.registry.remote[self.conversation_id] = self
 
     def unfollow(self, key: str) -> None:
         pump = self._pumps.pop(key, None)
@@ -149,9 +151,7 @@ def remote_reply(meta: replylog.GenerationMeta) -> RemoteReply:
     known = registry.remote.get(uuid.UUID(meta.conversation_id))
     if known is not None and known.meta.message_id == meta.message_id:
         return known
-    reply = RemoteReply(meta, registry)
-    registry.remote[reply.conversation_id] = reply
-    return reply
+    return RemoteReply(meta, registry)
 
 
 async def find_reply(conversation_id: uuid.UUID, user_id: int) -> Reply | None:
