@@ -199,6 +199,7 @@ def one_run(args: argparse.Namespace, server: str, cookie: str, read: bool) -> d
         / 1024
         / args.sockets,
         "dropped": held["chat_slow_sockets_dropped_total"],
+        "queued_kib": held["chat_socket_queued_bytes"] / 1024 / args.sockets,
     }
 
 
@@ -216,6 +217,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=25, help="long messages sent")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--server-log", help="append the servers' output to this file")
+    parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     cookie = prepare(args.database_url)
     offered = args.turns * 60
@@ -236,6 +238,8 @@ def main() -> None:
             rss = spread([r["rss_per_socket_kib"] for r in runs])
             kind = "reading (control)" if read else "never reading"
             print(f"| {server} | {kind} | {' | '.join(cells)} | {rss} |", flush=True)
+            if args.verbose:
+                print("  outbox KiB per socket:", [round(r["queued_kib"]) for r in runs])
 
 
 if __name__ == "__main__":

@@ -36,9 +36,10 @@ Frame = dict[str, Any]
 
 # 4008 mirrors 1008 "Policy Violation": the client did not read its frames in time.
 SLOW_CLOSE_CODE = 4008
-# Bytes the server may hold for one socket before the writer waits (Uvicorn's and asyncio's
-# default high-water mark).
-SERVER_HIGH_WATER = 64 * 1024
+# The writer hands the server a frame only while it holds less than this for the client:
+# asyncio's low-water mark, below which Uvicorn's send() never waits (it waits from the
+# 64 KiB high-water mark until the buffer is back under 16 KiB).
+SERVER_LOW_WATER = 16 * 1024
 BACKLOG_POLL_SECONDS = 0.02
 CLOSE_GRACE_SECONDS = 5.0
 BURST_SECONDS = 1.0
@@ -144,17 +145,20 @@ class Outbox:
         # (chat.resume of a long reply) arrives all at once: a client that takes its frames
         # has the head frame moving, so bytes count once the head has waited BURST_SECONDS,
         # up to BURST_FACTOR times the bound.
-        waiting = self.queued_bytes - self._queue[0][1]
-        stuck = now - self._queue[0][2]
-        if (
-            stuck > self.max_lag
-            or (waiting > self.max_bytes and stuck > BURST_SECONDS)
-            or waiting > self.max_bytes * BURST_FACTOR
-        ):
+        if self._over(now - self._queue[0][2]):
             self._drop()
             return False
         self._ready.set()
         return True
+
+    def _over(self, stuck: float) -> bool:
+        """Past a bound, with the head frame waiting `stuck` seconds for the client."""
+        waiting = self.queued_bytes - self._queue[0][1] if self._queue else 0
+        return (
+            stuck > self.max_lag
+            or (waiting > self.max_bytes and stuck > BURST_SECONDS)
+            or waiting > self.max_bytes * BURST_FACTOR
+        )
 
     def _drop(self) -> None:
         logger.warning(
@@ -201,27 +205,30 @@ class Outbox:
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
 
+    async def _room(self, queued_at: float) -> bool:
+        """Wait until the server holds little for this client, watching the bounds; False
+        when they were passed (the socket is dropped, or cut if it was closing)."""
+        while self._server.backlog() > SERVER_LOW_WATER:
+            await asyncio.sleep(BACKLOG_POLL_SECONDS)
+            if self._over(time.monotonic() - queued_at):
+                if self._closing_code is not None:
+                    # Closing (a session that ended) to a client that reads nothing.
+                    await self._hang_up(self._closing_code, grace=0.5)
+                elif not self.closed:
+                    self._drop()
+                return False
+        return True
+
     async def _run(self) -> None:
         try:
             while True:
                 await self._ready.wait()
                 while self._queue:
                     text, size, queued_at = self._queue[0]
-                    # A client that takes nothing more is dropped even if no frame follows.
-                    deadline = queued_at + self.max_lag
-                    try:
-                        await asyncio.wait_for(self._write(text), deadline - time.monotonic())
-                        while self._server.backlog() > SERVER_HIGH_WATER:
-                            if time.monotonic() > deadline:
-                                raise TimeoutError
-                            await asyncio.sleep(BACKLOG_POLL_SECONDS)
-                    except TimeoutError:
-                        if self._closing_code is not None:
-                            # Closing (a session that ended), but the client reads nothing.
-                            await self._hang_up(self._closing_code, grace=0.5)
-                        elif not self.closed:
-                            self._drop()
+                    if not await self._room(queued_at):
                         return
+                    # With room, the server takes the frame without waiting.
+                    await self._write(text)
                     # Popped only once written: a frame in flight still counts as queued.
                     if self._queue:
                         self._queue.popleft()
