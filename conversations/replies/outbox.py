@@ -42,6 +42,7 @@ SLOW_CLOSE_CODE = 4008
 SERVER_LOW_WATER = 16 * 1024
 BACKLOG_POLL_SECONDS = 0.02
 CLOSE_GRACE_SECONDS = 5.0
+CUT_GRACE_SECONDS = 0.5
 BURST_SECONDS = 1.0
 BURST_FACTOR = 8
 # Where the ASGI stack keeps the server's own send() for a socket (see `remember_server`).
@@ -118,7 +119,6 @@ class Outbox:
         self._ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self.closed = False
-        self.dropped = False
         self._closing_code: int | None = None
 
     @property
@@ -168,7 +168,6 @@ class Outbox:
             time.monotonic() - self._queue[0][2],
         )
         metrics.SLOW_SOCKETS_DROPPED.inc()
-        self.dropped = True
         self.close()
         _background(self._hang_up(SLOW_CLOSE_CODE))
 
@@ -176,17 +175,19 @@ class Outbox:
         """A hostile client: close with `code` if the close goes out at once, else cut the
         connection; nothing queued is sent."""
         self.close()
-        _background(self._hang_up(code, grace=0.5))
+        _background(self._hang_up(code, cut=True))
 
-    async def _hang_up(self, code: int, grace: float = CLOSE_GRACE_SECONDS) -> None:
-        # The close frame waits behind what the server already holds; a client that reads
-        # nothing would never take it, so the connection is cut after a grace period.
+    async def _hang_up(self, code: int, *, cut: bool = False) -> None:
+        """Close with `code`. The close frame waits behind what the server already holds; a
+        client that reads nothing would never take it, so the connection is cut after a
+        grace period, or at once (`cut`) for a client that is not owed one."""
+        grace = CUT_GRACE_SECONDS if cut else CLOSE_GRACE_SECONDS
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._close(code), grace)
         deadline = time.monotonic() + grace
         while self._server.backlog() > 0 and time.monotonic() < deadline:
             await asyncio.sleep(BACKLOG_POLL_SECONDS * 5)
-        if self._server.backlog() > 0 or grace < CLOSE_GRACE_SECONDS:
+        if cut or self._server.backlog() > 0:
             self._server.abort()
 
     def finish(self, code: int) -> None:
@@ -213,7 +214,7 @@ class Outbox:
             if self._over(time.monotonic() - queued_at):
                 if self._closing_code is not None:
                     # Closing (a session that ended) to a client that reads nothing.
-                    await self._hang_up(self._closing_code, grace=0.5)
+                    await self._hang_up(self._closing_code, cut=True)
                 elif not self.closed:
                     self._drop()
                 return False
