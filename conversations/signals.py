@@ -8,7 +8,6 @@ slips between the change and the event, `turn_begin` checks inside its own trans
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -32,25 +31,16 @@ def user_group(user_id: int) -> str:
 
 
 def _tell_sockets(user_id: int, event: dict[str, Any]) -> None:
+    # Sync receivers always run off the event loop (Django runs them in a thread when it
+    # sends a signal from async code), so async_to_sync is safe here.
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        try:
-            async_to_sync(layer.group_send)(user_group(user_id), event)
-        except Exception:
-            # The channel layer is away: the next chat.send on such a socket is refused.
-            logger.warning("could not tell user %s's sockets that a session ended", user_id)
-        return
-    # Called from async code (a test, the shell): do not block the loop.
-    task = asyncio.ensure_future(layer.group_send(user_group(user_id), event))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-
-
-_pending: set[asyncio.Future[None]] = set()
+        async_to_sync(layer.group_send)(user_group(user_id), event)
+    except Exception:
+        # The channel layer is away: the next chat.send on such a socket is refused.
+        logger.warning("could not tell user %s's sockets that a session ended", user_id)
 
 
 @receiver(user_logged_out)
