@@ -48,10 +48,6 @@ def heartbeat_key(message_id: uuid.UUID | str) -> str:
     return f"chat:hb:{message_id}"
 
 
-def user_key(user_id: int) -> str:
-    return f"chat:user:{user_id}:gens"
-
-
 @dataclass(frozen=True)
 class GenerationMeta:
     conversation_id: str
@@ -173,8 +169,6 @@ async def announce(meta: GenerationMeta) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(gen_key(meta.conversation_id), meta.dumps(), ex=settings.GENERATION_TTL)
         pipe.set(heartbeat_key(meta.message_id), "1", ex=settings.HEARTBEAT_TTL)
-        pipe.sadd(user_key(meta.user_id), meta.conversation_id)
-        pipe.expire(user_key(meta.user_id), settings.GENERATION_TTL)
         pipe.xadd(log_key(meta.message_id), {"meta": meta.dumps()})
         pipe.expire(log_key(meta.message_id), settings.REPLY_LOG_TTL)
         await pipe.execute()
@@ -209,7 +203,6 @@ async def finish(
         else:
             pipe.expire(log_key(meta.message_id), settings.REPLY_LOG_TTL)
         pipe.delete(heartbeat_key(meta.message_id))
-        pipe.srem(user_key(meta.user_id), meta.conversation_id)
         pipe.eval(_DELETE_GENERATION, 1, gen_key(meta.conversation_id), meta.message_id)
         if meta.claim:
             pipe.eval(_DELETE_IF, 1, claim_key(meta.conversation_id), meta.claim)
@@ -233,16 +226,21 @@ async def forget_unsaved(message_id: str) -> None:
         await redis.hdel(UNSAVED_KEY, message_id)
 
 
-async def beat(metas: list[GenerationMeta]) -> None:
+async def beat(metas: list[GenerationMeta], slots: list[tuple[int, str]]) -> None:
+    """One round trip a heartbeat: this worker's generations are alive, and so are the
+    reply slots (user, token) they hold."""
     redis = client()
     if redis is None or not metas:
         return
+    lapse = time.time() + max(settings.HEARTBEAT_TTL * 2, 10)
     async with redis.pipeline(transaction=False) as pipe:
         for meta in metas:
             pipe.set(heartbeat_key(meta.message_id), "1", ex=settings.HEARTBEAT_TTL)
             pipe.expire(gen_key(meta.conversation_id), settings.GENERATION_TTL)
             if meta.claim:
                 pipe.expire(claim_key(meta.conversation_id), settings.GENERATION_TTL)
+        for user_id, token in slots:
+            pipe.zadd(slots_key(user_id), {token: lapse}, xx=True)
         await pipe.execute()
 
 
@@ -252,13 +250,6 @@ async def active(conversation_id: uuid.UUID) -> GenerationMeta | None:
         return None
     raw = await redis.get(gen_key(conversation_id))
     return GenerationMeta.loads(raw) if raw else None
-
-
-async def user_active(user_id: int) -> int:
-    redis = client()
-    if redis is None:
-        return 0
-    return int(await redis.scard(user_key(user_id)))
 
 
 def slots_key(user_id: int) -> str:
@@ -298,17 +289,6 @@ async def slot_take(user_id: int, token: str, limit: int) -> bool:
         settings.GENERATION_TTL,
     )
     return bool(taken)
-
-
-async def slot_renew(held: list[tuple[int, str]]) -> None:
-    redis = client()
-    if redis is None or not held:
-        return
-    lapse = time.time() + max(settings.HEARTBEAT_TTL * 2, 10)
-    async with redis.pipeline(transaction=False) as pipe:
-        for user_id, token in held:
-            pipe.zadd(slots_key(user_id), {token: lapse}, xx=True)
-        await pipe.execute()
 
 
 async def slot_release(user_id: int, token: str) -> None:

@@ -50,9 +50,9 @@ async def _supervise() -> None:
 async def _heartbeats() -> None:
     while True:
         generations = list(registry.generations.values())
-        await replylog.guarded(replylog.beat([generation.meta for generation in generations]))
+        metas = [generation.meta for generation in generations]
         slots = [(g.user_id, g.slot) for g in generations if g.slot is not None]
-        await replylog.guarded(replylog.slot_renew(slots))
+        await replylog.guarded(replylog.beat(metas, slots))
         await asyncio.sleep(settings.HEARTBEAT_SECONDS)
 
 
