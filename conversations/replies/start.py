@@ -96,22 +96,32 @@ async def _twin(user_id: int, conversation_id: uuid.UUID, client_id: uuid.UUID) 
     """A send of the same client_id that is beginning elsewhere (another socket, worker or
     the HTTP API): wait for its reply to start, and answer as `chat.resume` would."""
     deadline = time.monotonic() + TWIN_WAIT_SECONDS
-    while time.monotonic() < deadline:
+    reply = await _running_reply(user_id, conversation_id, client_id, until=deadline)
+    if reply is None:
+        return None
+    ctx = await db_call(services.turn_context)(
+        user_id=user_id, client_id=client_id, history_limit=settings.HISTORY_MAX_MESSAGES
+    )
+    return Started(ctx, reply, resumed=True) if ctx is not None else None
+
+
+async def _running_reply(
+    user_id: int, conversation_id: uuid.UUID, client_id: uuid.UUID, *, until: float
+) -> Reply | None:
+    """The reply to that send in flight, here or on another worker, waiting until `until`
+    for it to appear (its twin committed the message moments ago and is starting it)."""
+    while True:
         running = registry.get(conversation_id)
-        if running is not None and running.user_id == user_id:
-            if running.ctx.client_id != client_id:
-                return None
-            return Started(running.ctx, running, resumed=True)
-        remote = await replylog.guarded(replylog.active(conversation_id))
-        if remote is not None and remote.user_id == user_id:
-            if remote.client_id != str(client_id):
-                return None
-            ctx = await db_call(services.turn_context)(
-                user_id=user_id, client_id=client_id, history_limit=settings.HISTORY_MAX_MESSAGES
-            )
-            return Started(ctx, remote_reply(remote), resumed=True) if ctx is not None else None
+        if running is not None:
+            if running.user_id == user_id and running.ctx.client_id == client_id:
+                return running
+        else:
+            remote = await replylog.guarded(replylog.active(conversation_id))
+            if remote and remote.user_id == user_id and remote.client_id == str(client_id):
+                return remote_reply(remote)
+        if time.monotonic() >= until:
+            return None
         await asyncio.sleep(TWIN_POLL_SECONDS)
-    return None
 
 
 # How long a send waits for a twin (the same client_id, sent at the same moment elsewhere)
@@ -281,18 +291,12 @@ async def _answer_duplicate(
         return Started(ctx, SavedReply(ctx.conversation_id, ctx.existing_reply), resumed=True)
     if remote is not None and remote.user_message_id == str(ctx.user_message_id):
         return Started(ctx, remote_reply(remote), resumed=True)
-    deadline = time.monotonic() + TWIN_WAIT_SECONDS
-    while True:
-        running = registry.get(ctx.conversation_id)
-        if running is not None and running.ctx.user_message_id == ctx.user_message_id:
-            return Started(running.ctx, running, resumed=True)
-        remote = await replylog.guarded(replylog.active(ctx.conversation_id))
-        if remote is not None and remote.user_message_id == str(ctx.user_message_id):
-            return Started(ctx, remote_reply(remote), resumed=True)
-        if ctx.age > TWIN_WAIT_SECONDS or time.monotonic() > deadline:
-            break
-        # Its twin committed the message moments ago and is starting the reply.
-        await asyncio.sleep(TWIN_POLL_SECONDS)
+    # A message saved moments ago: its twin is starting the reply. An older one's worker
+    # died before it could, and the caller generates it.
+    until = time.monotonic() + (TWIN_WAIT_SECONDS if ctx.age <= TWIN_WAIT_SECONDS else 0)
+    reply = await _running_reply(ctx.user_id, ctx.conversation_id, ctx.client_id, until=until)
+    if reply is not None:
+        return Started(ctx, reply, resumed=True)
     saved = await db_call(services.reply_find)(user_message_id=ctx.user_message_id)
     if saved is not None:
         return Started(
