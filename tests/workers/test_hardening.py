@@ -59,18 +59,21 @@ def manage(worker_env: dict[str, str], code: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def browser(worker: Worker, cookie: str) -> tuple[Any, str, str]:
-    """An HTTP client with the session cookie, and the CSRF token a page of ours gave it."""
+def browser(worker: Worker, cookie: str | None = None) -> tuple[Any, str, str]:
+    """An HTTP client (with the session cookie, if given), and the CSRF token a page of ours
+    gave it."""
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     base = f"http://127.0.0.1:{worker.port}"
-    jar.set_cookie(
-        http.cookiejar.Cookie(
-            0, settings.SESSION_COOKIE_NAME, cookie, None, False, "127.0.0.1", True, False,
-            "/", True, False, None, False, None, None, {},
-        )
-    )  # fmt: skip
-    opener.open(f"{base}/accounts/profile/", timeout=10).read()
+    if cookie is not None:
+        jar.set_cookie(
+            http.cookiejar.Cookie(
+                0, settings.SESSION_COOKIE_NAME, cookie, None, False, "127.0.0.1", True, False,
+                "/", True, False, None, False, None, None, {},
+            )
+        )  # fmt: skip
+    page = "/accounts/profile/" if cookie is not None else "/accounts/login/"
+    opener.open(f"{base}{page}", timeout=10).read()
     token = next(c.value for c in jar if c.name == settings.CSRF_COOKIE_NAME)
     return opener, base, str(token)
 
@@ -263,13 +266,9 @@ async def test_the_per_user_reply_cap_holds_across_workers(spawn, alice, persona
 
 def login_status(worker: Worker, username: str, password: str, **headers: str) -> int:
     """POST the login form as a browser on this machine would; the answer's status."""
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    base = f"http://127.0.0.1:{worker.port}"
-    opener.open(f"{base}/accounts/login/", timeout=10).read()
-    token = next(c.value for c in jar if c.name == settings.CSRF_COOKIE_NAME)
+    opener, base, token = browser(worker)
     body = urllib.parse.urlencode(
-        {"username": username, "password": password, "csrfmiddlewaretoken": str(token)}
+        {"username": username, "password": password, "csrfmiddlewaretoken": token}
     ).encode()
     request = urllib.request.Request(f"{base}/accounts/login/", data=body, method="POST")
     for name, value in headers.items():
