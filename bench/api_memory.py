@@ -44,6 +44,7 @@ def prepare(messages: int, kib: int) -> dict[str, str]:
     from django.test import Client
 
     from conversations.models import Conversation, Message
+    from conversations.services import message_append
     from personas.models import Persona
 
     user, _ = get_user_model().objects.get_or_create(username="memory-bench")
@@ -55,14 +56,12 @@ def prepare(messages: int, kib: int) -> dict[str, str]:
         )
         if created:
             text = " ".join(WORDS * (kib * 1024 // len(" ".join(WORDS)) + 1))[: kib * 1024]
-            Message.objects.bulk_create(
-                Message(
+            for i in range(count):
+                message_append(
                     conversation=chat,
                     role=Message.Role.USER if i % 2 == 0 else Message.Role.ASSISTANT,
                     content=f"{i} {text}",
                 )
-                for i in range(count)
-            )
         chats[title] = str(chat.id)
     client = Client()
     client.force_login(user)

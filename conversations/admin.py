@@ -75,7 +75,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "role",
         "status",
         "content",
-        "reply_to",
+        "parent",
         "client_id",
         "input_tokens",
         "output_tokens",

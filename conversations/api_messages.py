@@ -41,9 +41,9 @@ def chat_error_response(error: ChatError) -> JsonResponse:
     return response
 
 
-def _messages(user_message_id: uuid.UUID) -> dict[str, Any]:
+def _messages(user_message_id: uuid.UUID, reply_id: uuid.UUID) -> dict[str, Any]:
     user_message = Message.objects.get(id=user_message_id)
-    reply = Message.objects.filter(reply_to=user_message).first()
+    reply = Message.objects.filter(id=reply_id, parent=user_message).first()
     return {
         "user_message": message_dict(user_message),
         "assistant_message": message_dict(reply) if reply else None,
@@ -59,6 +59,8 @@ def _command(request: HttpRequest, conversation_id: uuid.UUID) -> Send:
     }
     if "content" in data:
         frame["content"] = data["content"]
+    if "parent_id" in data:
+        frame["parent_id"] = data["parent_id"]
     # Validated as the dict it is: re-encoding it as a frame would measure the escapes
     # (12,000 "é" are 72,000 characters of JSON), not the message.
     command = command_from(frame)
@@ -102,4 +104,5 @@ async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> Json
         _raise_if_error(await started.reply.final())
     except ChatError as error:
         return chat_error_response(error)
-    return JsonResponse(await db_call(_messages)(started.ctx.user_message_id), status=201)
+    messages = await db_call(_messages)(started.ctx.user_message_id, started.ctx.message_id)
+    return JsonResponse(messages, status=201)

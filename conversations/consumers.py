@@ -20,9 +20,11 @@ from conversations.replies.protocol import (
     FINAL_ONLY,
     Frame,
     FrameRate,
+    Regenerate,
     Resume,
     Send,
     Stop,
+    Turn,
     accepted_frame,
     idle_frame,
     parse_frame,
@@ -98,7 +100,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
             command = parse_frame(text_data)
             conversation_id = command.conversation_id
             known = {"conversation_id": str(conversation_id) if conversation_id else None}
-            if isinstance(command, Send):
+            if isinstance(command, (Send, Regenerate)):
                 known["client_id"] = str(command.client_id)
                 await self.chat_send(command)
             elif isinstance(command, Stop):
@@ -124,7 +126,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
 
     # --- commands ------------------------------------------------------------------------
 
-    async def chat_send(self, command: Send) -> None:
+    async def chat_send(self, command: Turn) -> None:
         started = await turn_start(
             user_id=self.user_id, command=command, session_key=self.session_key
         )

@@ -60,3 +60,5 @@ class TurnContext:
     duplicate: bool = False  # the client re-sent a client_id we already saved
     existing_reply: ReplyInfo | None = None
     age: float = 0.0  # seconds since the user message was saved
+    user_parent_id: uuid.UUID | None = None  # the reply the user message follows
+    regenerated: bool = False  # a new version of the reply to an earlier message

@@ -18,6 +18,10 @@ class Conversation(models.Model):
     title = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The end of the active path: the prompt's history and the page follow it from the root.
+    current_leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -55,13 +59,18 @@ class Message(models.Model):
         on_delete=models.CASCADE,
         related_name="+",
     )
-    # The user message an assistant reply answers: one reply per user message, at most.
-    reply_to = models.OneToOneField(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="reply"
+    # The tree: a reply's parent is the user message it answers; a user message's parent is
+    # the reply it follows (None for a first message). Children of one parent are versions.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
     )
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     error = models.CharField(max_length=500, blank=True)
+    # The owner's rating of a reply: 1, -1, or None when unrated.
+    rating = models.SmallIntegerField(null=True, blank=True)
+    rating_comment = models.TextField(blank=True)
+    rated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -77,12 +86,20 @@ class Message(models.Model):
                 name="message_client_id_has_owner",
             ),
             models.CheckConstraint(
-                condition=Q(role="assistant") | Q(reply_to__isnull=True),
-                name="message_reply_to_only_assistant",
+                condition=Q(role="user") | Q(parent__isnull=False),
+                name="message_reply_has_parent",
+            ),
+            models.CheckConstraint(
+                condition=Q(rating__isnull=True) | Q(rating__in=[1, -1]),
+                name="message_rating_values",
             ),
         ]
         indexes = [
-            models.Index(fields=["conversation", "created_at"], name="message_conversation_time")
+            models.Index(fields=["conversation", "created_at"], name="message_conversation_time"),
+            models.Index(fields=["parent", "created_at"], name="message_parent_time"),
+            models.Index(
+                fields=["rated_at"], condition=Q(rating__isnull=False), name="message_rated"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import import_module
+from typing import Any
 
 from channels.auth import get_user
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from accounts.models import Profile
@@ -99,11 +102,15 @@ def turn_begin(
     content: str,
     client_id: uuid.UUID,
     history_limit: int,
+    parent_id: uuid.UUID | None = None,
+    parent_given: bool = False,
     check_persona: Callable[[PersonaInfo], object] | None = None,
     session_key: str | None = None,
 ) -> TurnContext:
     """Save the user's message (once per user and client_id) and read what the reply needs.
 
+    The message continues the active path, or, with `parent_given`, follows the assistant
+    message `parent_id` (None: a new first message), which is how an edit is resent.
     `check_persona` may refuse the turn (e.g. its provider is misconfigured) by raising;
     the transaction then rolls back and nothing is saved. `session_key` is the socket's
     session: a socket outlives logout until it hears of it, so the turn checks it here.
@@ -116,33 +123,37 @@ def turn_begin(
         return _duplicate(existing, conversation_id, history_limit)
 
     if conversation_id is None:
+        if parent_given and parent_id is not None:
+            raise NotFound("No such message in this conversation.")
         persona = persona_for_new_conversation(persona_slug)
         conversation = None
+        parent: uuid.UUID | None = None
     else:
-        # The row lock serialises concurrent turns on one conversation across workers.
-        conversation = (
-            Conversation.objects.select_for_update(of=("self",))
-            .select_related("persona")
-            .filter(id=conversation_id, owner_id=user_id)
-            .first()
-        )
-        if conversation is None:
-            raise NotFound("No such conversation.")
+        conversation = _conversation_locked(user_id, conversation_id)
         persona = conversation.persona
+        parent = _parent_for(conversation, parent_id, parent_given)
     if check_persona is not None:
         check_persona(_persona_info(persona))
+    # Chosen here so that a new conversation is created already pointing at it (the
+    # foreign key is checked at commit): no second write to set the active leaf.
+    message_id = uuid.uuid4()
     try:
         with transaction.atomic():
             if conversation is None:
                 conversation = Conversation.objects.create(
-                    owner_id=user_id, persona=persona, title=title_from_message(content)
+                    owner_id=user_id,
+                    persona=persona,
+                    title=title_from_message(content),
+                    current_leaf_id=message_id,
                 )
             message = Message.objects.create(
+                id=message_id,
                 conversation=conversation,
                 owner_id=user_id,
                 role=Message.Role.USER,
                 content=content,
                 client_id=client_id,
+                parent_id=parent,
             )
     except IntegrityError:
         # A concurrent send of the same client_id (another socket, worker or the HTTP API)
@@ -152,8 +163,109 @@ def turn_begin(
         )
         return _duplicate(existing, conversation_id, history_limit)
     if conversation_id is not None:
-        Conversation.objects.filter(id=conversation.id).update(updated_at=timezone.now())
-    return _context_for(message, created=conversation_id is None, history_limit=history_limit)
+        Conversation.objects.filter(id=conversation.id).update(
+            updated_at=timezone.now(), current_leaf_id=message.id
+        )
+    return _context_for(
+        message,
+        persona=persona,
+        created=conversation_id is None,
+        duplicate=False,
+        history_limit=history_limit,
+        title=conversation.title,
+    )
+
+
+@transaction.atomic
+def turn_regenerate(
+    *,
+    user_id: int,
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    client_id: uuid.UUID,
+    history_limit: int,
+    check_persona: Callable[[PersonaInfo], object] | None = None,
+    session_key: str | None = None,
+) -> TurnContext:
+    """Begin a new reply to the user message that `message_id` (a reply) answers.
+
+    Nothing is inserted: the active path moves to the user message, and the new reply is
+    saved as a sibling of `message_id` under an id derived from the user message and the
+    request's client_id, so a repeated request finds it and it is saved once.
+    """
+    _check_user(user_id, session_key)
+    conversation = _conversation_locked(user_id, conversation_id)
+    target = _reply_in(conversation.id, message_id)
+    question = target.parent
+    assert question is not None  # a database constraint: every reply has a parent
+    reply_id = regenerate_id_for(question.id, client_id)
+    saved = Message.objects.filter(id=reply_id).first()
+    if saved is not None:
+        return _context_for(
+            question,
+            persona=conversation.persona,
+            history_limit=history_limit,
+            title=conversation.title,
+            client_id=client_id,
+            reply=saved,
+            reply_id=reply_id,
+            regenerated=True,
+        )
+    if check_persona is not None:
+        check_persona(_persona_info(conversation.persona))
+    Conversation.objects.filter(id=conversation.id).update(
+        updated_at=timezone.now(), current_leaf_id=question.id
+    )
+    ctx = _context_for(
+        question,
+        persona=conversation.persona,
+        history_limit=history_limit,
+        title=conversation.title,
+        client_id=client_id,
+        reply_id=reply_id,
+        duplicate=False,
+        regenerated=True,
+    )
+    return replace(ctx, age=0.0)
+
+
+def _conversation_locked(user_id: int, conversation_id: uuid.UUID) -> Conversation:
+    # The row lock serialises concurrent turns on one conversation across workers.
+    conversation = (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("persona", "current_leaf")
+        .filter(id=conversation_id, owner_id=user_id)
+        .first()
+    )
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    return conversation
+
+
+def _reply_in(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Message:
+    reply = (
+        Message.objects.select_related("parent")
+        .filter(id=message_id, conversation_id=conversation_id, role=Message.Role.ASSISTANT)
+        .first()
+    )
+    if reply is None:
+        raise NotFound("No such message in this conversation.")
+    return reply
+
+
+def _parent_for(
+    conversation: Conversation, parent_id: uuid.UUID | None, given: bool
+) -> uuid.UUID | None:
+    """The reply a new user message follows: the one named, or the active path's end."""
+    if given:
+        if parent_id is None:
+            return None
+        return _reply_in(conversation.id, parent_id).id
+    leaf = conversation.current_leaf
+    if leaf is None:
+        return None
+    # A user message at the end had its reply cut off: the new one becomes its version.
+    return leaf.id if leaf.role == Message.Role.ASSISTANT else leaf.parent_id
 
 
 def _duplicate(
@@ -161,59 +273,159 @@ def _duplicate(
 ) -> TurnContext:
     if conversation_id is not None and message.conversation_id != conversation_id:
         raise Invalid("This client_id was already used for another message.")
-    return _context_for(message, duplicate=True, history_limit=history_limit)
+    conversation = Conversation.objects.select_related("persona").get(id=message.conversation_id)
+    return _context_for(
+        message,
+        persona=conversation.persona,
+        history_limit=history_limit,
+        title=conversation.title,
+        reply=_first_reply(message.id),
+    )
 
 
 def reply_id_for(user_message_id: uuid.UUID) -> uuid.UUID:
-    """The id the reply to a user message is saved under, whoever saves it: derived, so it
-    can only ever be saved once."""
+    """The id the first reply to a user message is saved under, whoever saves it: derived,
+    so it can only ever be saved once."""
     return uuid.uuid5(user_message_id, "reply")
 
 
-def _context_for(
-    message: Message, *, history_limit: int, duplicate: bool = False, created: bool = False
-) -> TurnContext:
-    conversation = Conversation.objects.select_related("persona").get(id=message.conversation_id)
-    profile, _ = Profile.objects.get_or_create(user_id=conversation.owner_id)
-    earlier = (
-        Message.objects.filter(conversation=conversation, created_at__lt=message.created_at)
-        .exclude(content="")
-        .order_by("-created_at")
-        .values_list("role", "content")[:history_limit]
+def regenerate_id_for(user_message_id: uuid.UUID, client_id: uuid.UUID) -> uuid.UUID:
+    """The id of the reply a regenerate request makes: one per request, never reused."""
+    return uuid.uuid5(user_message_id, f"regenerate:{client_id}")
+
+
+def _first_reply(user_message_id: uuid.UUID) -> Message | None:
+    return (
+        Message.objects.filter(parent_id=user_message_id, role=Message.Role.ASSISTANT)
+        .order_by("created_at", "id")
+        .first()
     )
-    reply = Message.objects.filter(reply_to=message).first() if duplicate else None
+
+
+def path_history(*, leaf_id: uuid.UUID | None, limit: int) -> list[HistoryItem]:
+    """The last `limit` messages of the path from the root down to `leaf_id`, oldest first.
+
+    One recursive query, whatever the path's length: the prompt never sees another branch.
+    Empty messages (a reply cut off before its first word) are left out.
+    """
+    if leaf_id is None or limit <= 0:
+        return []
+    table = connection.ops.quote_name(Message._meta.db_table)
+    pk = Message._meta.pk
+    assert pk is not None
+    sql = f"""
+        WITH RECURSIVE path(id, parent_id, role, content, depth) AS (
+            SELECT id, parent_id, role, content, 0 FROM {table} WHERE id = %s
+            UNION ALL
+            SELECT m.id, m.parent_id, m.role, m.content, path.depth + 1
+            FROM {table} m JOIN path ON m.id = path.parent_id
+            WHERE path.depth + 1 < %s
+        )
+        SELECT role, content FROM path ORDER BY depth DESC
+    """  # the table name is the model's own, never user input
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [pk.get_db_prep_value(leaf_id, connection), limit])
+        rows = cursor.fetchall()
+    return [HistoryItem(role=role, content=content) for role, content in rows if content]
+
+
+def _context_for(
+    message: Message,
+    *,
+    persona: Persona,
+    history_limit: int,
+    title: str,
+    reply: Message | None = None,
+    reply_id: uuid.UUID | None = None,
+    client_id: uuid.UUID | None = None,
+    created: bool = False,
+    duplicate: bool = True,
+    regenerated: bool = False,
+) -> TurnContext:
+    """The turn of a user message: `reply` when it was saved before (a re-send), else it
+    is generated under `reply_id` (the first reply's derived id unless given)."""
+    owner_id = message.owner_id or message.conversation.owner_id
+    profile, _ = Profile.objects.get_or_create(user_id=owner_id)
     return TurnContext(
-        user_id=conversation.owner_id,
-        conversation_id=conversation.id,
+        user_id=owner_id,
+        conversation_id=message.conversation_id,
         conversation_created=created,
-        title=conversation.title,
-        client_id=message.client_id or uuid.uuid4(),
+        title=title,
+        client_id=client_id or message.client_id or uuid.uuid4(),
         user_message_id=message.id,
-        message_id=reply.id if reply else reply_id_for(message.id),
+        message_id=reply.id if reply else (reply_id or reply_id_for(message.id)),
         content=message.content,
-        persona=_persona_info(conversation.persona),
+        persona=_persona_info(persona),
         profile=ProfileInfo(display_name=profile.display_name, about=profile.about),
-        history=tuple(HistoryItem(role=r, content=c) for r, c in reversed(list(earlier))),
+        history=tuple(path_history(leaf_id=message.parent_id, limit=history_limit)),
         duplicate=duplicate,
         existing_reply=_reply_info(reply) if reply else None,
         age=(timezone.now() - message.created_at).total_seconds(),
+        user_parent_id=message.parent_id,
+        regenerated=regenerated,
     )
 
 
-def message_sent(*, user_id: int, client_id: uuid.UUID) -> bool:
+def message_sent(
+    *, user_id: int, client_id: uuid.UUID, regenerate: uuid.UUID | None = None
+) -> bool:
+    """Whether this send (or regenerate request) was saved before."""
+    if regenerate is not None:
+        target = Message.objects.filter(
+            id=regenerate, conversation__owner_id=user_id, role=Message.Role.ASSISTANT
+        ).first()
+        return target is not None and bool(
+            target.parent_id
+            and Message.objects.filter(id=regenerate_id_for(target.parent_id, client_id)).exists()
+        )
     return Message.objects.filter(
         owner_id=user_id, role=Message.Role.USER, client_id=client_id
     ).exists()
 
 
-def turn_context(*, user_id: int, client_id: uuid.UUID, history_limit: int) -> TurnContext | None:
-    """The turn a user's message of this client_id began, as a re-send finds it."""
-    message = Message.objects.filter(
-        owner_id=user_id, role=Message.Role.USER, client_id=client_id
-    ).first()
+def turn_context(
+    *,
+    user_id: int,
+    client_id: uuid.UUID,
+    history_limit: int,
+    regenerate: uuid.UUID | None = None,
+) -> TurnContext | None:
+    """The turn a user's message of this client_id began (or, with `regenerate`, the turn
+    of that regenerate request), as a re-send finds it."""
+    if regenerate is not None:
+        target = (
+            Message.objects.select_related("parent__conversation__persona")
+            .filter(id=regenerate, conversation__owner_id=user_id, role=Message.Role.ASSISTANT)
+            .first()
+        )
+        if target is None or target.parent is None:
+            return None
+        question = target.parent
+        reply_id = regenerate_id_for(question.id, client_id)
+        return _context_for(
+            question,
+            persona=question.conversation.persona,
+            history_limit=history_limit,
+            title=question.conversation.title,
+            client_id=client_id,
+            reply=Message.objects.filter(id=reply_id).first(),
+            reply_id=reply_id,
+            regenerated=True,
+        )
+    message = (
+        Message.objects.select_related("conversation__persona")
+        .filter(owner_id=user_id, role=Message.Role.USER, client_id=client_id)
+        .first()
+    )
     if message is None:
         return None
-    return _context_for(message, duplicate=True, history_limit=history_limit)
+    return _context_for(
+        message,
+        persona=message.conversation.persona,
+        history_limit=history_limit,
+        title=message.conversation.title,
+        reply=_first_reply(message.id),
+    )
 
 
 @transaction.atomic
@@ -234,14 +446,23 @@ def reply_save(
     stands and is returned, so `chat.done` always carries what the database holds. None when
     the conversation was deleted meanwhile.
     """
-    # The update doubles as the check that the conversation still exists.
-    if not Conversation.objects.filter(id=conversation_id).update(updated_at=timezone.now()):
+    # The update doubles as the check that the conversation still exists. The active path
+    # moves on to the reply only if it still ends at its question: a user who switched to
+    # another version meanwhile stays there. (The foreign key is checked at commit.)
+    moved = Conversation.objects.filter(id=conversation_id).update(
+        updated_at=timezone.now(),
+        current_leaf_id=Case(
+            When(current_leaf_id=user_message_id, then=Value(message_id)),
+            default=F("current_leaf_id"),
+        ),
+    )
+    if not moved:
         return None
     reply, _ = Message.objects.get_or_create(
         id=message_id,
         defaults={
             "conversation_id": conversation_id,
-            "reply_to_id": user_message_id,
+            "parent_id": user_message_id,
             "role": Message.Role.ASSISTANT,
             "content": content,
             "status": status,
@@ -253,8 +474,8 @@ def reply_save(
     return _reply_info(reply)
 
 
-def reply_find(*, user_message_id: uuid.UUID) -> ReplyInfo | None:
-    reply = Message.objects.filter(reply_to_id=user_message_id).first()
+def reply_find(*, message_id: uuid.UUID) -> ReplyInfo | None:
+    reply = Message.objects.filter(id=message_id, role=Message.Role.ASSISTANT).first()
     return _reply_info(reply) if reply else None
 
 
@@ -262,3 +483,21 @@ def conversation_title_replace(*, conversation_id: uuid.UUID, title: str, only_i
     """Set a generated title, unless the title changed since (the user renamed it)."""
     updated = Conversation.objects.filter(id=conversation_id, title=only_if).update(title=title)
     return updated == 1
+
+
+@transaction.atomic
+def message_append(
+    *, conversation: Conversation, role: str, content: str, **fields: Any
+) -> Message:
+    """Add a message at the end of the active path, and make it the end (copies, fixtures)."""
+    message = Message.objects.create(
+        conversation=conversation,
+        role=role,
+        content=content,
+        parent_id=conversation.current_leaf_id,
+        owner_id=conversation.owner_id if role == Message.Role.USER else None,
+        **fields,
+    )
+    Conversation.objects.filter(id=conversation.id).update(current_leaf_id=message.id)
+    conversation.current_leaf = message
+    return message

@@ -33,7 +33,7 @@ def unanswered_messages(
     worker killed, a start cancelled). `after` pages on from the previous batch.
     """
     found = Message.objects.filter(
-        role=Message.Role.USER, created_at__lt=timezone.now() - older_than, reply__isnull=True
+        role=Message.Role.USER, created_at__lt=timezone.now() - older_than, children__isnull=True
     )
     if after is not None:
         found = found.filter(
@@ -52,13 +52,17 @@ def unanswered_close(*, item: Unanswered, reply_id: uuid.UUID, error: str) -> bo
     activity, and must neither lift an old chat to the top of the list nor save it from
     pruning.
     """
+    # The active path ends at the reply where it ended at the message.
+    Conversation.objects.filter(
+        id=item.conversation_id, current_leaf_id=item.user_message_id
+    ).update(current_leaf_id=reply_id)
     if not Conversation.objects.filter(id=item.conversation_id).exists():
         return False
     Message.objects.get_or_create(
         id=reply_id,
         defaults={
             "conversation_id": item.conversation_id,
-            "reply_to_id": item.user_message_id,
+            "parent_id": item.user_message_id,
             "role": Message.Role.ASSISTANT,
             "content": "",
             "status": Message.Status.INTERRUPTED,

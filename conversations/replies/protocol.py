@@ -32,6 +32,19 @@ class Send:
     persona: str | None
     content: str
     client_id: uuid.UUID
+    # With `parent_given`, the reply this message follows (None: a new first message);
+    # without, the message continues the active path.
+    parent_id: uuid.UUID | None = None
+    parent_given: bool = False
+
+
+@dataclass(frozen=True)
+class Regenerate:
+    """A new reply to the user message that `message_id` (a reply) answers."""
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    client_id: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,9 @@ class Resume:
     after_seq: int
 
 
-Command = Send | Stop | Resume
+Command = Send | Regenerate | Stop | Resume
+# The commands that start a reply.
+Turn = Send | Regenerate
 
 
 def _uuid(frame: dict[str, Any], key: str, *, nullable: bool = False) -> uuid.UUID | None:
@@ -121,6 +136,8 @@ def _command(frame: dict[str, Any]) -> Command:
     kind = frame.get("type")
     if kind == "chat.send":
         return _send(frame)
+    if kind == "chat.regenerate":
+        return _regenerate(frame)
     if kind == "chat.stop":
         conversation_id = _uuid(frame, "conversation_id")
         assert conversation_id is not None
@@ -154,12 +171,24 @@ def _send(frame: dict[str, Any]) -> Send:
         raise Invalid("The message is empty.")
     if len(content) > settings.MAX_MESSAGE_CHARS:
         raise TooLarge(f"Messages are limited to {settings.MAX_MESSAGE_CHARS} characters.")
+    parent_given = "parent_id" in frame
+    parent_id = _uuid(frame, "parent_id", nullable=True) if parent_given else None
     return Send(
         conversation_id=conversation_id,
         persona=persona,
         content=content,
         client_id=client_id,
+        parent_id=parent_id,
+        parent_given=parent_given,
     )
+
+
+def _regenerate(frame: dict[str, Any]) -> Regenerate:
+    conversation_id = _uuid(frame, "conversation_id")
+    message_id = _uuid(frame, "message_id")
+    client_id = _uuid(frame, "client_id")
+    assert conversation_id is not None and message_id is not None and client_id is not None
+    return Regenerate(conversation_id=conversation_id, message_id=message_id, client_id=client_id)
 
 
 class FrameRate:
@@ -239,6 +268,10 @@ def accepted_frame(ctx: TurnContext) -> Frame:
         "message_id": str(ctx.message_id),
         "persona": ctx.persona.slug,
         "title": ctx.title,
+        # Additive (branches): where the user message sits in the tree, and whether this
+        # reply is a new version of an earlier message's reply.
+        "parent_id": str(ctx.user_parent_id) if ctx.user_parent_id else None,
+        "regenerate": ctx.regenerated,
     }
 
 

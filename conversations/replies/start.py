@@ -18,7 +18,7 @@ from conversations.llm import Provider, ProviderError, get_provider
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.prompts import build_request
 from conversations.replies import replylog, worker
-from conversations.replies.protocol import Send
+from conversations.replies.protocol import Regenerate, Turn
 from conversations.replies.registry import Reservation, registry, user_busy
 from conversations.replies.reply import Reply, SavedReply, remote_reply
 from conversations.titles import announce_title, title_generate
@@ -92,15 +92,22 @@ async def _not_ours_or(busy: Busy, user_id: int, conversation_id: uuid.UUID) -> 
     return busy if owned else NotFound("No such conversation.")
 
 
-async def _twin(user_id: int, conversation_id: uuid.UUID, client_id: uuid.UUID) -> Started | None:
+def _regenerating(command: Turn) -> uuid.UUID | None:
+    return command.message_id if isinstance(command, Regenerate) else None
+
+
+async def _twin(user_id: int, conversation_id: uuid.UUID, command: Turn) -> Started | None:
     """A send of the same client_id that is beginning elsewhere (another socket, worker or
     the HTTP API): wait for its reply to start, and answer as `chat.resume` would."""
     deadline = time.monotonic() + TWIN_WAIT_SECONDS
-    reply = await _running_reply(user_id, conversation_id, client_id, until=deadline)
+    reply = await _running_reply(user_id, conversation_id, command.client_id, until=deadline)
     if reply is None:
         return None
     ctx = await db_call(services.turn_context)(
-        user_id=user_id, client_id=client_id, history_limit=settings.HISTORY_MAX_MESSAGES
+        user_id=user_id,
+        client_id=command.client_id,
+        history_limit=settings.HISTORY_MAX_MESSAGES,
+        regenerate=_regenerating(command),
     )
     return Started(ctx, reply, resumed=True) if ctx is not None else None
 
@@ -130,7 +137,7 @@ TWIN_WAIT_SECONDS = 3.0
 TWIN_POLL_SECONDS = 0.05
 
 
-async def turn_start(*, user_id: int, command: Send, session_key: str | None = None) -> Started:
+async def turn_start(*, user_id: int, command: Turn, session_key: str | None = None) -> Started:
     """Steps 1-4 of a turn: limits, begin in one transaction, then start the generation.
 
     `session_key` is the socket's session, checked again inside the turn's transaction.
@@ -151,7 +158,7 @@ async def turn_start(*, user_id: int, command: Send, session_key: str | None = N
                 return Started(running.ctx, running, resumed=True)  # a re-send in flight
             raise Busy("A reply is already being generated in this conversation.")
         if registry.beginning(command.conversation_id, command.client_id):
-            twin = await _twin(user_id, command.conversation_id, command.client_id)
+            twin = await _twin(user_id, command.conversation_id, command)
             if twin is not None:
                 return twin
         remote = await replylog.guarded(replylog.active(command.conversation_id))
@@ -169,7 +176,7 @@ async def turn_start(*, user_id: int, command: Send, session_key: str | None = N
             # answered after a reconnect) is answered, over the limit or not.
             await rate_refund(user_id)
             sent = await db_call(services.message_sent)(
-                user_id=user_id, client_id=command.client_id
+                user_id=user_id, client_id=command.client_id, regenerate=_regenerating(command)
             )
             if not sent:
                 raise
@@ -187,7 +194,7 @@ async def turn_start(*, user_id: int, command: Send, session_key: str | None = N
 
 async def _begin(
     user_id: int,
-    command: Send,
+    command: Turn,
     session_key: str | None,
     remote: replylog.GenerationMeta | None,
 ) -> Started:
@@ -213,7 +220,7 @@ async def _begin(
             if not got:
                 holder = await replylog.guarded(replylog.holder(command.conversation_id))
                 if holder is not None and str(command.client_id) in holder:
-                    twin = await _twin(user_id, command.conversation_id, command.client_id)
+                    twin = await _twin(user_id, command.conversation_id, command)
                     if twin is not None:
                         await _release(reservation, None, None)
                         return twin
@@ -225,16 +232,7 @@ async def _begin(
             claimed = True
             reservation.claim = claim
         logger.debug("turn begin: database work begins")
-        ctx = await db_call(services.turn_begin)(
-            user_id=user_id,
-            conversation_id=command.conversation_id,
-            persona_slug=command.persona,
-            content=command.content,
-            client_id=command.client_id,
-            history_limit=settings.HISTORY_MAX_MESSAGES,
-            check_persona=lambda persona: provider_for(persona.provider),
-            session_key=session_key,
-        )
+        ctx = await _turn_begin(user_id, command, session_key)
         metrics.DB_SECONDS.labels("begin").observe(time.monotonic() - received_at)
         logctx.turn_id.set(str(ctx.message_id))
         logctx.conversation_id.set(str(ctx.conversation_id))
@@ -266,13 +264,42 @@ async def _begin(
     return Started(ctx, generation)
 
 
+async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> TurnContext:
+    """Step 2: the turn's one transaction, for a new message or a new version of a reply."""
+    if isinstance(command, Regenerate):
+        return await db_call(services.turn_regenerate)(
+            user_id=user_id,
+            conversation_id=command.conversation_id,
+            message_id=command.message_id,
+            client_id=command.client_id,
+            history_limit=settings.HISTORY_MAX_MESSAGES,
+            check_persona=lambda persona: provider_for(persona.provider),
+            session_key=session_key,
+        )
+    return await db_call(services.turn_begin)(
+        user_id=user_id,
+        conversation_id=command.conversation_id,
+        persona_slug=command.persona,
+        content=command.content,
+        client_id=command.client_id,
+        history_limit=settings.HISTORY_MAX_MESSAGES,
+        parent_id=command.parent_id,
+        parent_given=command.parent_given,
+        check_persona=lambda persona: provider_for(persona.provider),
+        session_key=session_key,
+    )
+
+
 async def _resent_or_refuse(
-    busy: Busy, user_id: int, command: Send, remote: replylog.GenerationMeta | None
+    busy: Busy, user_id: int, command: Turn, remote: replylog.GenerationMeta | None
 ) -> Started:
     """No room for a new reply; but a re-send of a message already saved needs none: it is
     answered as chat.resume would be (the page re-sends what it has not seen answered)."""
     ctx = await db_call(services.turn_context)(
-        user_id=user_id, client_id=command.client_id, history_limit=settings.HISTORY_MAX_MESSAGES
+        user_id=user_id,
+        client_id=command.client_id,
+        history_limit=settings.HISTORY_MAX_MESSAGES,
+        regenerate=_regenerating(command),
     )
     if ctx is not None and command.conversation_id in (None, ctx.conversation_id):
         found = await _answer_duplicate(ctx, remote)
@@ -289,7 +316,7 @@ async def _answer_duplicate(
     """A re-send of a saved message: its reply, saved or running here or elsewhere."""
     if ctx.existing_reply is not None:
         return Started(ctx, SavedReply(ctx.conversation_id, ctx.existing_reply), resumed=True)
-    if remote is not None and remote.user_message_id == str(ctx.user_message_id):
+    if remote is not None and remote.message_id == str(ctx.message_id):
         return Started(ctx, remote_reply(remote), resumed=True)
     # A message saved moments ago: its twin is starting the reply. An older one's worker
     # died before it could, and the caller generates it.
@@ -297,7 +324,7 @@ async def _answer_duplicate(
     reply = await _running_reply(ctx.user_id, ctx.conversation_id, ctx.client_id, until=until)
     if reply is not None:
         return Started(ctx, reply, resumed=True)
-    saved = await db_call(services.reply_find)(user_message_id=ctx.user_message_id)
+    saved = await db_call(services.reply_find)(message_id=ctx.message_id)
     if saved is not None:
         return Started(
             replace(ctx, existing_reply=saved), SavedReply(ctx.conversation_id, saved), resumed=True

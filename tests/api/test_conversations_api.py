@@ -11,6 +11,7 @@ from asgiref.sync import async_to_sync
 from django.test import Client
 
 from conversations.models import Conversation, Message
+from conversations.services import message_append
 from personas.models import Persona
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +27,7 @@ def chat(owner: Any, persona: Persona, title: str = "", *texts: str) -> Conversa
     made = Conversation.objects.create(owner=owner, persona=persona, title=title)
     for index, text in enumerate(texts):
         role = Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT
-        Message.objects.create(conversation=made, role=role, content=text)
+        message_append(conversation=made, role=role, content=text)
     return made
 
 
@@ -224,9 +225,8 @@ def test_delete_removes_the_conversation_and_its_messages(alice: Any, persona: P
 
 def test_export_markdown_is_a_download_with_role_headings(alice: Any, pirate: Persona) -> None:
     made = chat(alice, pirate, 'Sail / "plans" <2025>', "Where to?", "Arr, **west**.")
-    Message.objects.create(
-        conversation=made, role=Message.Role.ASSISTANT, content="Half", status="stopped"
-    )
+    message_append(conversation=made, role=Message.Role.USER, content="And then?")
+    message_append(conversation=made, role=Message.Role.ASSISTANT, content="Half", status="stopped")
     answer = logged_in(alice).get(f"/api/conversations/{made.id}/export/", {"format": "md"})
     assert answer.status_code == 200
     assert answer["Content-Type"].startswith("text/markdown")

@@ -18,6 +18,7 @@ from conversations.serializers import (
     conversation_detail_dict,
     conversation_export_dict,
 )
+from conversations.services import message_append
 from personas.models import Persona
 from tests.api.test_conversations_api import streamed
 
@@ -57,7 +58,7 @@ def long_chat(owner: Any, persona: Persona, count: int, last: str | None) -> Con
     if last is not None:
         texts.append(last)
     for i, text in enumerate(texts):
-        message = Message.objects.create(
+        message = message_append(
             conversation=made,
             role=Message.Role.USER if i % 2 == 0 else Message.Role.ASSISTANT,
             content=text,

@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import Locator, Page, WebSocketRoute, expect
 
 from conversations.models import Conversation, Message
+from conversations.services import message_append
 from tests.browser.conftest import shown, visible_text
 from tests.conftest import PASSWORD
 
@@ -233,7 +234,7 @@ def test_keyboard_sending_and_auto_scroll_that_yields_to_the_reader(
     long_chat = Conversation.objects.create(owner=alice, persona=persona, title="Long one")
     for index in range(30):
         role = Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT
-        Message.objects.create(conversation=long_chat, role=role, content=f"Message {index}")
+        message_append(conversation=long_chat, role=role, content=f"Message {index}")
     page = open_page(alice, path=f"/c/{long_chat.id}/", viewport={"width": 1280, "height": 600})
     expect(page.locator("article")).to_have_count(30)
     scroller = page.locator("#scroller")

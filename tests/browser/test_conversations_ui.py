@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from conversations.models import Conversation, Message
+from conversations.services import message_append
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -18,7 +19,7 @@ def conversation(owner: Any, persona: Any, title: str, *texts: str) -> Conversat
     made = Conversation.objects.create(owner=owner, persona=persona, title=title)
     for index, text in enumerate(texts):
         role = Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT
-        Message.objects.create(conversation=made, role=role, content=text)
+        message_append(conversation=made, role=role, content=text)
     return made
 
 

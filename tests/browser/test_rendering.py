@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import Page, Request, expect
 
 from conversations.models import Conversation, Message
+from conversations.services import message_append
 from personas.models import Persona
 from tests.browser.conftest import DESKTOP, PHONE, screenshot
 
@@ -125,14 +126,10 @@ A [safe link](https://example.com/docs) and a [bad one](javascript:alert(1)) and
 
 def rendered_conversation(owner: Any, persona: Any) -> Conversation:
     made = Conversation.objects.create(owner=owner, persona=persona, title="Python style tips")
-    Message.objects.create(
-        conversation=made, role=Message.Role.USER, content="How should I lint Python?"
-    )
-    Message.objects.create(conversation=made, role=Message.Role.ASSISTANT, content=MARKDOWN)
-    Message.objects.create(
-        conversation=made, role=Message.Role.USER, content="And if the model fails?"
-    )
-    Message.objects.create(
+    message_append(conversation=made, role=Message.Role.USER, content="How should I lint Python?")
+    message_append(conversation=made, role=Message.Role.ASSISTANT, content=MARKDOWN)
+    message_append(conversation=made, role=Message.Role.USER, content="And if the model fails?")
+    message_append(
         conversation=made,
         role=Message.Role.ASSISTANT,
         content="Partial answer before the provider",

@@ -52,7 +52,7 @@ async def test_happy_path_streams_and_saves_once(ws, alice, persona, fast_demo):
         ("assistant", "complete", text),
     ]
     reply = await db_call(Message.objects.get)(id=accepted["message_id"])
-    assert str(reply.reply_to_id) == accepted["user_message_id"]
+    assert str(reply.parent_id) == accepted["user_message_id"]
 
 
 async def test_conversation_continues_with_history(ws, alice, persona, fast_demo):

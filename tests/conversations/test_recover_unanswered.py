@@ -54,7 +54,7 @@ def answer(message: Message) -> None:
         conversation_id=message.conversation_id,
         role=Message.Role.ASSISTANT,
         content="Here you go.",
-        reply_to=message,
+        parent=message,
     )
 
 

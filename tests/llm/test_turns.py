@@ -17,6 +17,7 @@ from conversations.db import db_call
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
 from conversations.replies.registry import registry
+from conversations.services import message_append
 from conversations.titles import TITLE_INSTRUCTION
 from personas.models import Persona
 from tests.conftest import Socket
@@ -122,7 +123,7 @@ def existing_conversation(owner: Any, persona: Persona, *texts: str) -> str:
     made = Conversation.objects.create(owner=owner, persona=persona, title="Treasure hunt")
     for index, text in enumerate(texts):
         role = Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT
-        Message.objects.create(conversation=made, role=role, content=text)
+        message_append(conversation=made, role=role, content=text)
     return str(made.id)
 
 

@@ -37,7 +37,7 @@ def chat(alice: Any, persona: Persona) -> Conversation:
         conversation=conversation,
         role="assistant",
         content="About four hours at room temperature.",
-        reply_to=question,
+        parent=question,
     )
     return conversation
 

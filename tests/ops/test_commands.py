@@ -23,6 +23,7 @@ from chatproject.ops.db_report import Thresholds, db_report
 from conversations.export import export_lines
 from conversations.maintenance import parse_age
 from conversations.models import Conversation, Message
+from conversations.services import message_append
 from tests.conftest import admin_dsn
 
 pytestmark = pytest.mark.django_db
@@ -30,18 +31,14 @@ pytestmark = pytest.mark.django_db
 
 def conversation(owner: Any, persona: Any, *, days_old: float, title: str = "", n: int = 2) -> Any:
     chat = Conversation.objects.create(owner=owner, persona=persona, title=title)
-    question = None
     for i in range(n):
         if i % 2 == 0:
-            question = Message.objects.create(
+            message_append(
                 conversation=chat, role=Message.Role.USER, content=f"question {i} of {title}"
             )
         else:
-            Message.objects.create(
-                conversation=chat,
-                role=Message.Role.ASSISTANT,
-                content=f"answer {i} of {title}",
-                reply_to=question,
+            message_append(
+                conversation=chat, role=Message.Role.ASSISTANT, content=f"answer {i} of {title}"
             )
     # updated_at is auto_now: age the row with an update, as time would.
     Conversation.objects.filter(pk=chat.pk).update(

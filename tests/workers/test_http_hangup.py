@@ -48,7 +48,7 @@ def conversations_for(owner: Any, persona: Persona, count: int) -> list[uuid.UUI
 def unanswered() -> tuple[int, int]:
     """(user messages, those of them without a reply row)."""
     users = Message.objects.filter(role=Message.Role.USER)
-    return users.count(), users.filter(reply__isnull=True).count()
+    return users.count(), users.filter(children__isnull=True).count()
 
 
 async def test_every_message_of_a_client_that_hangs_up_gets_a_reply(spawn, alice, persona):
