@@ -7,6 +7,13 @@ from django.db import migrations, models
 BATCH = 1000
 
 
+def _check_now(schema_editor):
+    # The schema changes that follow in this transaction cannot run while foreign-key
+    # checks of the rows just written are still deferred (PostgreSQL's pending triggers).
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
 def build_chains(apps, schema_editor):
     """A reply's parent is the message it answered (its `reply_to`). A user message's
     parent is the reply to the user message before it, so the chain reads as the page
@@ -55,6 +62,7 @@ def build_chains(apps, schema_editor):
     close(current, previous)
     Message.objects.bulk_update(pending_messages, ["parent_id"], batch_size=BATCH)
     Conversation.objects.bulk_update(pending_leaves, ["current_leaf_id"], batch_size=BATCH)
+    _check_now(schema_editor)
 
 
 def back_to_reply_to(apps, schema_editor):
@@ -69,6 +77,7 @@ def back_to_reply_to(apps, schema_editor):
     keep = set(first.values())
     Message.objects.filter(role="assistant").exclude(id__in=keep).delete()
     Message.objects.filter(role="assistant").update(reply_to_id=models.F("parent_id"))
+    _check_now(schema_editor)
 
 
 class Migration(migrations.Migration):
