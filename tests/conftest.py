@@ -156,7 +156,9 @@ class Socket:
         conversation_id: str | None = None,
         persona: str | None = None,
         client_id: str | None = None,
+        **branch: str | None,
     ) -> str:
+        """Send a message; `parent_id=...` (a reply's id, or None) sends it as a version."""
         client_id = client_id or str(uuid.uuid4())
         await self.send(
             {
@@ -164,6 +166,21 @@ class Socket:
                 "conversation_id": conversation_id,
                 "persona": persona,
                 "content": content,
+                "client_id": client_id,
+                **branch,
+            }
+        )
+        return client_id
+
+    async def regenerate(
+        self, conversation_id: str, message_id: str, *, client_id: str | None = None
+    ) -> str:
+        client_id = client_id or str(uuid.uuid4())
+        await self.send(
+            {
+                "type": "chat.regenerate",
+                "conversation_id": conversation_id,
+                "message_id": message_id,
                 "client_id": client_id,
             }
         )

@@ -449,3 +449,43 @@ async def test_scripted_streams_are_valid_sdk_payloads(text: str) -> None:
         ChatCompletionChunk.model_validate(chunk)
     for response in gemini_text_events(text):
         types.GenerateContentResponse.model_validate(response)
+
+
+# --- branches ------------------------------------------------------------------------------
+
+
+async def test_after_an_edit_the_old_branch_never_reaches_the_model(
+    upstream: Upstream, ws, alice, persona
+):
+    upstream.reply(event_pause=0)
+    socket = await ws(alice)
+    await socket.send_message("My parrot is called Zanzibar.")
+    first = await socket.receive_type("chat.accepted")
+    await socket.receive_until("chat.done")
+    conversation_id = first["conversation_id"]
+    await socket.send_message("What is my parrot called?", conversation_id=conversation_id)
+    await socket.receive_until("chat.done")
+
+    # Edit the first message: a new first message, so nothing of the old branch is history.
+    await socket.send_message(
+        "Where is the treasure?", conversation_id=conversation_id, parent_id=None
+    )
+    await socket.receive_until("chat.done")
+    # Regenerate that reply: the reply being replaced is no history either.
+    edited = await db_call(
+        lambda: Message.objects.filter(role="assistant").order_by("-created_at").first()
+    )()
+    await socket.regenerate(conversation_id, str(edited.id))
+    regenerated = await socket.receive_until("chat.done")
+    assert regenerated[-1]["status"] == "complete"
+
+    replies = upstream.server.requests_for("reply")
+    assert len(replies) == 4
+    assert conversation_of(replies[1].body) == [
+        ("user", "My parrot is called Zanzibar."),
+        ("assistant", EXPECTED),
+        ("user", "What is my parrot called?"),
+    ]
+    for sent in replies[2:]:
+        assert conversation_of(sent.body) == [("user", QUESTION)]
+        assert "Zanzibar" not in str(sent.body)
