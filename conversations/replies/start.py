@@ -167,6 +167,12 @@ async def turn_start(*, user_id: int, command: Turn, session_key: str | None = N
                 raise NotFound("No such conversation.")
             if remote.client_id != str(command.client_id):
                 raise Busy("A reply is already being generated in this conversation.")
+            if isinstance(command, Regenerate):
+                # A re-sent regenerate streaming on another worker: unlike a send, it has
+                # no row yet that would tell the turn's transaction it is a duplicate.
+                twin = await _twin(user_id, command.conversation_id, command)
+                if twin is not None:
+                    return twin
     counted = remote is None
     if counted:
         try:
