@@ -21,7 +21,8 @@ from django.test import Client  # noqa: E402
 from accounts.services import demo_user_ensure  # noqa: E402
 from chatproject.asgi import application  # noqa: E402
 from conversations.db import db_call  # noqa: E402
-from conversations.models import Message  # noqa: E402
+from conversations.models import Conversation, Message  # noqa: E402
+from conversations.services import path_history  # noqa: E402
 
 
 def login_cookie() -> str:
@@ -52,12 +53,44 @@ async def main() -> None:
         "content": "Hello from SQLite",
         "client_id": str(uuid.uuid4()),
     }
-    await communicator.send_to(text_data=json.dumps(frame))
-    frames: list[dict] = []
-    while not frames or frames[-1]["type"] != "chat.done":
-        frames.append(json.loads(await communicator.receive_from(10)))
-    await communicator.disconnect()
+
+    async def turn(frame: dict) -> list[dict]:
+        await communicator.send_to(text_data=json.dumps(frame))
+        frames: list[dict] = []
+        while not frames or frames[-1]["type"] != "chat.done":
+            frames.append(json.loads(await communicator.receive_from(10)))
+        return frames
+
+    frames = await turn(frame)
     saved = await db_call(lambda: list(Message.objects.values_list("role", "content")))()
+    # A second message and a new version of its reply: the active path, read by the
+    # recursive query, on SQLite's way of storing UUIDs.
+    conversation_id = frames[0]["conversation_id"]
+    second = await turn(
+        {
+            **frame,
+            "conversation_id": conversation_id,
+            "content": "Again",
+            "client_id": str(uuid.uuid4()),
+        }
+    )
+    regenerated = await turn(
+        {
+            "type": "chat.regenerate",
+            "conversation_id": conversation_id,
+            "message_id": second[0]["message_id"],
+            "client_id": str(uuid.uuid4()),
+        }
+    )
+    await communicator.disconnect()
+    path = await db_call(
+        lambda: [
+            h.content
+            for h in path_history(
+                leaf_id=Conversation.objects.get(id=conversation_id).current_leaf_id, limit=10
+            )
+        ]
+    )()
     print(
         json.dumps(
             {
@@ -65,6 +98,8 @@ async def main() -> None:
                 "layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
                 "done": frames[-1],
                 "saved": saved,
+                "path": path,
+                "regenerated": regenerated[-1]["content"],
             }
         )
     )

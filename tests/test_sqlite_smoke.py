@@ -41,3 +41,9 @@ def test_sqlite_default_runs_a_whole_turn(tmp_path):
         ["user", "Hello from SQLite"],
         ["assistant", report["done"]["content"]],
     ]
+    assert report["path"] == [
+        "Hello from SQLite",
+        report["done"]["content"],
+        "Again",
+        report["regenerated"],
+    ]
