@@ -1,0 +1,112 @@
+"""The SQL statements of one turn's two transactions, counted on the code that ships.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/statements_bench \\
+        python -m bench.statements [--history 40] [--sql]
+
+It prepares its own database (migrate, one persona, one user, a conversation of `--history`
+messages), then runs `turn_begin` for a new conversation and for the long one, `reply_save`,
+and (where the code has it) `turn_regenerate`, each inside CaptureQueriesContext. Statements
+include BEGIN-less savepoints and the COMMIT Django issues; they do not include the pool's
+own checks. A turn's statement count must not grow with the conversation's length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from typing import Any
+
+from bench.prepare import django_setup, ensure_database
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--history", type=int, default=40, help="messages in the long chat")
+    parser.add_argument("--sql", action="store_true", help="print each statement too")
+    args = parser.parse_args()
+    ensure_database(os.environ["DATABASE_URL"])
+    django_setup()
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations import services
+    from conversations.models import Conversation, Message
+    from personas.models import Persona
+
+    call_command("migrate", verbosity=0)
+    Message.objects.all().delete()
+    Conversation.objects.all().delete()
+    Persona.objects.get_or_create(
+        slug="bench", defaults={"name": "Bench", "is_default": True}
+    )
+    user, _ = get_user_model().objects.get_or_create(username="statements-bench")
+
+    rows: list[tuple[str, list[str]]] = []
+
+    def measure(label: str, call: Any) -> Any:
+        with CaptureQueriesContext(connection) as captured:
+            result = call()
+        rows.append((label, [q["sql"] for q in captured.captured_queries]))
+        return result
+
+    def begin(conversation_id: uuid.UUID | None, content: str) -> Any:
+        return services.turn_begin(
+            user_id=user.id,
+            conversation_id=conversation_id,
+            persona_slug=None,
+            content=content,
+            client_id=uuid.uuid4(),
+            history_limit=50,
+        )
+
+    def save(ctx: Any) -> Any:
+        return services.reply_save(
+            message_id=ctx.message_id,
+            conversation_id=ctx.conversation_id,
+            user_message_id=ctx.user_message_id,
+            content="A reply.",
+            status="complete",
+            input_tokens=10,
+            output_tokens=3,
+            error="",
+        )
+
+    first = measure("turn_begin, new conversation", lambda: begin(None, "Hello"))
+    measure("reply_save", lambda: save(first))
+    ctx = first
+    for index in range(args.history // 2):
+        ctx = begin(first.conversation_id, f"message {index}")
+        save(ctx)
+    long = measure(
+        f"turn_begin, conversation of {args.history + 2} messages",
+        lambda: begin(first.conversation_id, "One more"),
+    )
+    assert len(long.history) > 0
+    measure("reply_save (long conversation)", lambda: save(long))
+    if hasattr(services, "turn_regenerate"):
+        reply_id = long.message_id
+        measure(
+            "turn_regenerate",
+            lambda: services.turn_regenerate(
+                user_id=user.id,
+                conversation_id=first.conversation_id,
+                message_id=reply_id,
+                client_id=uuid.uuid4(),
+                history_limit=50,
+            ),
+        )
+    width = max(len(label) for label, _ in rows)
+    print(f"{'transaction':<{width}}  statements")
+    for label, statements in rows:
+        print(f"{label:<{width}}  {len(statements)}")
+        if args.sql:
+            for statement in statements:
+                print(f"    {statement[:160]}")
+
+
+if __name__ == "__main__":
+    main()
