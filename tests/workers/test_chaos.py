@@ -11,6 +11,7 @@ import collections
 import os
 import random
 import time
+import uuid
 
 import pytest
 
@@ -23,33 +24,62 @@ AT_ONCE = 10
 USERS = [f"chaos{i}" for i in range(8)]
 
 
+class Seen:
+    """One reply as its client saw it."""
+
+    def __init__(self, kind: str, message_id: str, user_message_id: str, parent_id: str | None):
+        self.kind = kind  # "send", "regenerate" or "edit"
+        self.message_id = message_id
+        self.user_message_id = user_message_id
+        self.parent_id = parent_id  # of the user message, as chat.accepted gave it
+        self.action = ""
+        self.status = ""  # from chat.done, as the client saw it
+        self.text = ""  # the reply as the client pieced it together from deltas
+
+
 class Turn:
     def __init__(self, index: int) -> None:
         self.index = index
         self.content = f"Chaos turn {index}"
-        self.client_id = ""
-        self.message_id = ""
-        self.status = ""  # from chat.done, as the client saw it
-        self.text = ""  # the reply as the client pieced it together from deltas
-        self.action = ""
+        self.conversation_id = ""
+        self.sends: list[str] = []  # client_ids of the user messages accepted
+        self.replies: list[Seen] = []
+        self.refused: list[tuple[str, str]] = []  # (client_id, code) of refused follow-ups
 
 
-async def play(turn: Turn, workers, cookies, rng: random.Random) -> None:
-    cookie = cookies[rng.choice(USERS)]
+async def accepted_or_refused(client, client_id: str) -> dict:
+    while True:
+        frame = await client.receive()
+        if frame.get("client_id") == client_id and frame["type"] in ("chat.accepted", "chat.error"):
+            return frame
+
+
+async def reply(turn: Turn, kind: str, frame: dict, workers, cookie, rng) -> None:
+    """Send `frame`, then follow, disconnect and resume elsewhere, or stop its reply."""
     client = await open_with_cookie(rng.choice(workers), cookie)
-    turn.client_id = await client.send_message(turn.content)
-    accepted = (await client.until("chat.accepted", client_id=turn.client_id))[-1]
-    turn.message_id = accepted["message_id"]
+    await client.send(frame)
+    accepted = await accepted_or_refused(client, frame["client_id"])
+    if accepted["type"] == "chat.error":
+        # A follow-up may meet the database restart or a save still retrying: refused,
+        # it must have saved nothing (checked at the end).
+        turn.refused.append((frame["client_id"], accepted["code"]))
+        await client.close()
+        return
+    turn.conversation_id = accepted["conversation_id"]
+    if kind != "regenerate":
+        turn.sends.append(frame["client_id"])
+    seen = Seen(kind, accepted["message_id"], accepted["user_message_id"], accepted["parent_id"])
+    turn.replies.append(seen)
     parts: dict[int, str] = {}
 
     async def follow(c, timeout: float = 90) -> dict | None:
         async with asyncio.timeout(timeout):
             while True:
                 frame = await c.receive(timeout)
-                if frame.get("message_id") == turn.message_id and frame["type"] == "chat.delta":
+                if frame.get("message_id") == seen.message_id and frame["type"] == "chat.delta":
                     assert frame["seq"] not in parts, "a delta came twice"
                     parts[frame["seq"]] = frame["text"]
-                elif frame.get("message_id") == turn.message_id and frame["type"] == "chat.done":
+                elif frame.get("message_id") == seen.message_id and frame["type"] == "chat.done":
                     return frame
                 elif (
                     frame["type"] == "chat.idle"
@@ -59,10 +89,10 @@ async def play(turn: Turn, workers, cookies, rng: random.Random) -> None:
 
     roll = rng.random()
     if roll < 0.3:
-        turn.action = "disconnect+resume"
+        seen.action = "disconnect+resume"
         for _ in range(rng.randint(0, 3)):
             frame = await client.receive()
-            if frame["type"] == "chat.delta" and frame["message_id"] == turn.message_id:
+            if frame["type"] == "chat.delta" and frame["message_id"] == seen.message_id:
                 parts[frame["seq"]] = frame["text"]
         await client.close()
         await asyncio.sleep(rng.random() * 0.2)
@@ -75,26 +105,59 @@ async def play(turn: Turn, workers, cookies, rng: random.Random) -> None:
             }
         )
     elif roll < 0.5:
-        turn.action = "stop"
+        seen.action = "stop"
         while True:
             frame = await client.receive()
-            if frame["type"] == "chat.delta" and frame["message_id"] == turn.message_id:
+            if frame["type"] == "chat.delta" and frame["message_id"] == seen.message_id:
                 parts[frame["seq"]] = frame["text"]
                 break
-            if frame["type"] == "chat.done" and frame["message_id"] == turn.message_id:
+            if frame["type"] == "chat.done" and frame["message_id"] == seen.message_id:
                 break
         await client.send({"type": "chat.stop", "conversation_id": accepted["conversation_id"]})
     else:
-        turn.action = "follow"
+        seen.action = "follow"
     done = await follow(client)
     if done is None:
-        turn.status = "finished-unseen"  # ended between the disconnect and the resume
+        seen.status = "finished-unseen"  # ended between the disconnect and the resume
     else:
-        turn.status = done["status"]
+        seen.status = done["status"]
         assert sorted(parts) == list(range(1, len(parts) + 1)), "no gap in seq"
-        turn.text = "".join(parts[seq] for seq in sorted(parts))
-        assert turn.text == done["content"], (turn.action, sorted(parts), done["status"])
+        seen.text = "".join(parts[seq] for seq in sorted(parts))
+        assert seen.text == done["content"], (seen.action, sorted(parts), done["status"])
     await client.close()
+
+
+async def play(turn: Turn, workers, cookies, rng: random.Random) -> None:
+    """A new conversation; then, some of the time, a regenerate of its reply or an edit of
+    its first message (a new first message), each with the same mix of actions."""
+    cookie = cookies[rng.choice(USERS)]
+    send = {
+        "type": "chat.send",
+        "conversation_id": None,
+        "persona": None,
+        "content": turn.content,
+        "client_id": str(uuid.uuid4()),
+    }
+    await reply(turn, "send", send, workers, cookie, rng)
+    first = turn.replies[0]
+    roll = rng.random()
+    if roll < 0.25:
+        regenerate = {
+            "type": "chat.regenerate",
+            "conversation_id": turn.conversation_id,
+            "message_id": first.message_id,
+            "client_id": str(uuid.uuid4()),
+        }
+        await reply(turn, "regenerate", regenerate, workers, cookie, rng)
+    elif roll < 0.45:
+        edit = {
+            **send,
+            "conversation_id": turn.conversation_id,
+            "content": f"{turn.content}, edited",
+            "client_id": str(uuid.uuid4()),
+            "parent_id": None,
+        }
+        await reply(turn, "edit", edit, workers, cookie, rng)
 
 
 async def test_chaos_run_loses_nothing_and_leaks_nothing(spawn, scratch_pg):
@@ -121,26 +184,53 @@ async def test_chaos_run_loses_nothing_and_leaks_nothing(spawn, scratch_pg):
             jobs.append(asyncio.to_thread(scratch_pg.restart))
         await asyncio.gather(*jobs)
 
-    # Every accepted message and every reply is saved exactly once, with the status seen.
+    # Every accepted message and every reply is saved exactly once, with the status seen,
+    # where the client saw it in the tree; a refused follow-up saved nothing.
     await asyncio.sleep(1)
     users = scratch_pg.query(
         "SELECT client_id::text, count(*) FROM conversations_message WHERE role = 'user' "
         "GROUP BY client_id"
     )
-    replies = dict(
-        (str(mid), (status, content))
-        for mid, status, content in scratch_pg.query(
-            "SELECT id, status, content FROM conversations_message WHERE role = 'assistant'"
+    replies = {
+        str(mid): (status, content, str(parent))
+        for mid, status, content, parent in scratch_pg.query(
+            "SELECT id, status, content, parent_id FROM conversations_message "
+            "WHERE role = 'assistant'"
         )
-    )
+    }
+    user_parents = {
+        str(mid): str(parent) if parent else None
+        for mid, parent in scratch_pg.query(
+            "SELECT id, parent_id FROM conversations_message WHERE role = 'user'"
+        )
+    }
+    leaves = {
+        str(cid): str(leaf)
+        for cid, leaf in scratch_pg.query(
+            "SELECT id, current_leaf_id FROM conversations_conversation"
+        )
+    }
     by_client = dict(users)
-    assert all(by_client.get(turn.client_id) == 1 for turn in turns)
-    assert len(by_client) == TURNS
-    assert len(replies) == TURNS
+    sends = [client_id for turn in turns for client_id in turn.sends]
+    seen_replies = [seen for turn in turns for seen in turn.replies]
+    assert all(by_client.get(client_id) == 1 for client_id in sends)
+    assert len(by_client) == len(sends)
+    assert len(replies) == len(seen_replies)
     for turn in turns:
-        status, content = replies[turn.message_id]
-        if turn.status != "finished-unseen":
-            assert (status, content) == (turn.status, turn.text), turn.action
+        for seen in turn.replies:
+            status, content, parent = replies[seen.message_id]
+            assert parent == seen.user_message_id, seen.kind
+            assert user_parents[seen.user_message_id] == seen.parent_id, seen.kind
+            if seen.status != "finished-unseen":
+                assert (status, content) == (seen.status, seen.text), (seen.kind, seen.action)
+        if turn.replies[-1].kind == "regenerate":
+            assert turn.replies[-1].user_message_id == turn.replies[0].user_message_id
+        if turn.replies[-1].kind == "edit":
+            assert turn.replies[-1].parent_id is None
+        # The active path ends at the conversation's last reply.
+        assert leaves[turn.conversation_id] == turn.replies[-1].message_id, turn.replies[-1].kind
+        for client_id, _code in turn.refused:
+            assert client_id not in by_client
     in_transaction = scratch_pg.query(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = 'chat' "
         "AND state = 'idle in transaction'"
@@ -156,12 +246,15 @@ async def test_chaos_run_loses_nothing_and_leaks_nothing(spawn, scratch_pg):
     )
     assert backends == [(0,)], "every worker connection went away with its worker"
 
-    seen = collections.Counter(turn.status for turn in turns)
-    saved = collections.Counter(status for status, _ in replies.values())
-    actions = collections.Counter(turn.action for turn in turns)
+    seen = collections.Counter(s.status for s in seen_replies)
+    saved = collections.Counter(status for status, _, _ in replies.values())
+    actions = collections.Counter(s.action for s in seen_replies)
+    kinds = collections.Counter(s.kind for s in seen_replies)
+    refused = collections.Counter(code for turn in turns for _, code in turn.refused)
     print(
-        f"\nchaos: {TURNS} turns in {time.monotonic() - started:.1f}s on 2 workers, "
-        f"1 PostgreSQL restart\n  actions {dict(actions)}\n  client saw {dict(seen)}\n"
+        f"\nchaos: {TURNS} conversations in {time.monotonic() - started:.1f}s on 2 workers, "
+        f"1 PostgreSQL restart\n  replies by kind {dict(kinds)}, follow-ups refused "
+        f"{dict(refused)}\n  actions {dict(actions)}\n  client saw {dict(seen)}\n"
         f"  saved {dict(saved)}\n  user messages {len(by_client)} (each once), replies "
         f"{len(replies)} (each once), idle in transaction 0, backends after stop {backends[0][0]}"
     )
