@@ -22,6 +22,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.middleware.csrf import CsrfViewMiddleware
+from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 from django.views.decorators.csrf import csrf_exempt
@@ -30,6 +31,7 @@ from conversations import serializers, services
 from conversations.db import db_call, released
 from conversations.errors import NotFound
 from conversations.models import Conversation, Message
+from conversations.tree import Tree, path_through
 from conversations.views import get_conversation_for_user
 from personas.models import Persona
 
@@ -217,6 +219,47 @@ def conversations(request: HttpRequest) -> HttpResponse:
     return JsonResponse([serializers.conversation_dict(c) for c in found], safe=False)
 
 
+def _message_id(value: Any, field: str) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid", f"{field} must be a message id.")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ApiError(400, "invalid", f"{field} is not a valid message id.") from None
+
+
+def _in_tree(tree: Tree, message_id: uuid.UUID) -> uuid.UUID:
+    if message_id not in tree:
+        raise ApiError(404, "not_found", "No such message in this conversation.")
+    return message_id
+
+
+def _detail_response(found: Conversation, tree: Tree, leaf: uuid.UUID | None) -> HttpResponse:
+    return HttpResponse(
+        serializers.conversation_detail_json(found, tree, leaf), content_type="application/json"
+    )
+
+
+def _conversation_update(found: Conversation, body: dict[str, Any]) -> HttpResponse:
+    """PATCH: rename and/or switch the active path, each checked before anything is saved."""
+    if "title" not in body and "current_leaf_id" not in body:
+        raise ApiError(400, "invalid", "title or current_leaf_id is required.")
+    changes: dict[str, Any] = {}
+    if "title" in body:
+        changes["title"] = _clean_title(body["title"])
+    tree = serializers.conversation_tree(found.id)
+    if "current_leaf_id" in body:
+        chosen = _in_tree(tree, _message_id(body["current_leaf_id"], "current_leaf_id"))
+        # A version is chosen by any message of it; the path goes on down its newest branch.
+        changes["current_leaf_id"] = path_through(tree, chosen)[-1]
+    # update() leaves updated_at alone: renaming or switching versions is not activity, the
+    # list order stays.
+    Conversation.objects.filter(pk=found.pk).update(**changes)
+    for field, value in changes.items():
+        setattr(found, field, value)
+    return _detail_response(found, tree, None)
+
+
 @api_view("GET", "PATCH", "DELETE")
 def conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     found = get_conversation_for_user(request, conversation_id)
@@ -224,16 +267,65 @@ def conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
         found.delete()
         return HttpResponse(status=204)
     if request.method == "PATCH":
-        body = json_body(request)
-        if "title" not in body:
-            raise ApiError(400, "invalid", "title is required.")
-        found.title = _clean_title(body["title"])
-        # update() leaves updated_at alone: renaming is not activity, the list order stays.
-        Conversation.objects.filter(pk=found.pk).update(title=found.title)
-        return JsonResponse(serializers.conversation_dict(found))
-    return HttpResponse(
-        serializers.conversation_detail_json(found), content_type="application/json"
-    )
+        return _conversation_update(found, json_body(request))
+    tree = serializers.conversation_tree(found.id)
+    leaf = None
+    if "leaf" in request.GET:
+        leaf = _in_tree(tree, _message_id(request.GET["leaf"], "leaf"))
+    return _detail_response(found, tree, leaf)
+
+
+FEEDBACK_COMMENT_MAX_CHARS = 2000
+
+
+def _rating(body: dict[str, Any]) -> int:
+    rating = body.get("rating")
+    # bool is an int to Python, but `true` is no rating.
+    if isinstance(rating, bool) or rating not in (1, -1, 0):
+        raise ApiError(400, "invalid", "rating must be 1, -1 or 0.")
+    return int(rating)
+
+
+def _comment(body: dict[str, Any]) -> str:
+    comment = body.get("comment", "")
+    if comment is None:
+        return ""
+    if not isinstance(comment, str):
+        raise ApiError(400, "invalid", "comment must be a string.")
+    comment = comment.strip()
+    if len(comment) > FEEDBACK_COMMENT_MAX_CHARS:
+        raise ApiError(
+            400, "invalid", f"comment must be at most {FEEDBACK_COMMENT_MAX_CHARS} characters."
+        )
+    return comment
+
+
+def get_message_for_user(request: HttpRequest, message_id: uuid.UUID) -> Message:
+    # Scoped by the conversation's owner: another user's message is a plain 404.
+    found = Message.objects.filter(id=message_id, conversation__owner=request_user(request))
+    message = found.first()
+    if message is None:
+        raise ApiError(404, "not_found", "No such message.")
+    return message
+
+
+@api_view("PUT")
+def feedback(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+    """Rate a reply: 1 or -1 with an optional comment; 0 takes the rating back."""
+    message = get_message_for_user(request, message_id)
+    body = json_body(request)
+    rating, comment = _rating(body), _comment(body)
+    if message.role != Message.Role.ASSISTANT:
+        raise ApiError(400, "invalid", "Only replies can be rated.")
+    stored = rating or None
+    fields = {
+        "rating": stored,
+        "rating_comment": comment if stored else "",
+        # Cleared means unrated: no time, so the "rated in the last N days" counts skip it.
+        "rated_at": timezone.now() if stored else None,
+    }
+    Message.objects.filter(id=message.id).update(**fields)
+    return JsonResponse({"rating": stored, "comment": fields["rating_comment"]})
 
 
 @api_view("GET")
@@ -243,16 +335,17 @@ def export(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponseBase
     stem = slugify(found.title)[:60] or "conversation"
     filename = f"{stem}-{str(found.id)[:8]}"
     writer: serializers.Export
+    pages: AsyncIterator[list[Message]]
     if kind == "json":
-        writer = serializers.JsonExport(found)
+        writer, pages = serializers.JsonExport(found), _tree_pages(found.id)
         content_type, filename = "application/json", filename + ".json"
     elif kind == "md":
-        writer = serializers.MarkdownExport(found)
+        writer, pages = serializers.MarkdownExport(found), _path_pages(found)
         content_type, filename = "text/markdown; charset=utf-8", filename + ".md"
     else:
         raise ApiError(400, "invalid", "format must be md or json.")
     return StreamingHttpResponse(
-        _export_stream(writer, found.id),
+        _export_stream(writer, pages),
         content_type=content_type,
         headers={"Content-Disposition": content_disposition_header(True, filename)},
     )
@@ -267,32 +360,52 @@ def _messages_after(conversation_id: uuid.UUID, after: Message | None) -> list[M
     return list(found.order_by(*serializers.MESSAGE_ORDER)[: serializers.MESSAGE_CHUNK])
 
 
+def _active_path(conversation: Conversation) -> list[uuid.UUID]:
+    tree = serializers.conversation_tree(conversation.id)
+    return serializers.shown_path(conversation, tree).path
+
+
 STREAM_PIECE = 64 * 1024  # characters per piece sent: few sends, little held
 
 # Thread-sensitive: under ASGI that is the request's own thread, and in tests the one that
 # holds the test's transaction. `released` gives the connection back after each page, so a
 # client that downloads slowly holds memory for one page and no connection at all.
 _read_page = sync_to_async(released(_messages_after), thread_sensitive=True)
+_read_path = sync_to_async(released(_active_path), thread_sensitive=True)
+_read_ids = sync_to_async(released(serializers.messages_in_order), thread_sensitive=True)
+
+
+async def _tree_pages(conversation_id: uuid.UUID) -> AsyncIterator[list[Message]]:
+    """Every message of the conversation, every branch, a page at a time, read by key."""
+    after: Message | None = None
+    while True:
+        page = await _read_page(conversation_id, after)
+        yield page
+        if len(page) < serializers.MESSAGE_CHUNK:
+            return
+        after, page = page[-1], []  # let the page go before the next one is read
+
+
+async def _path_pages(conversation: Conversation) -> AsyncIterator[list[Message]]:
+    """The active path, a page of rows at a time, after one read of the tree's skeleton."""
+    path = await _read_path(conversation)
+    for start in range(0, len(path), serializers.MESSAGE_CHUNK):
+        yield await _read_ids(path[start : start + serializers.MESSAGE_CHUNK])
 
 
 async def _export_stream(
-    writer: serializers.Export, conversation_id: uuid.UUID
+    writer: serializers.Export, pages: AsyncIterator[list[Message]]
 ) -> AsyncIterator[bytes]:
     """The export in pieces of about STREAM_PIECE bytes, reading a page of messages at a
     time (an async iterator: under ASGI a sync one would first be read whole into a list)."""
     pieces = [writer.head()]
     size = 0
-    after: Message | None = None
-    while True:
-        page = await _read_page(conversation_id, after)
+    async for page in pages:
         for message in page:
             pieces.append(writer.message(message))
             size += len(pieces[-1])
             if size >= STREAM_PIECE:
                 yield "".join(pieces).encode()
                 pieces, size = [], 0
-        if len(page) < serializers.MESSAGE_CHUNK:
-            break
-        after, page = page[-1], []  # let the page go before the next one is read
     pieces.append(writer.tail())
     yield "".join(pieces).encode()

@@ -1,7 +1,8 @@
-"""POST /api/conversations/<id>/messages/: the non-streaming turn.
+"""POST /api/conversations/<id>/messages/ and /api/messages/<id>/regenerate/: the
+non-streaming turns.
 
-It runs the very same turn as the socket (`turn_start`: the same refusals, the same
-process-owned generation saved by `reply_save`) and answers once the reply is committed.
+They run the very same turn as the socket (`turn_start`: the same refusals, the same
+process-owned generation saved by `reply_save`) and answer once the reply is committed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from django.http import HttpRequest, JsonResponse
 
 from conversations.api import api_view, error_response, json_body, request_user
 from conversations.db import db_call
-from conversations.errors import ChatError
+from conversations.errors import ChatError, NotFound
 from conversations.models import Message
-from conversations.replies.protocol import Send, command_from
+from conversations.replies.protocol import Regenerate, Send, Turn, command_from
 from conversations.replies.registry import registry
 from conversations.replies.start import Started, turn_start
 from conversations.serializers import message_dict
@@ -74,7 +75,7 @@ def _retrieved(task: asyncio.Task[Started]) -> None:
         task.exception()
 
 
-async def _start(user_id: int, command: Send) -> Started:
+async def _start(user_id: int, command: Turn) -> Started:
     """turn_start in a task of the process, shielded from the request.
 
     A client that hangs up cancels the request; cancelled between committing the user
@@ -90,13 +91,7 @@ def _raise_if_error(final: dict[str, Any]) -> None:
         raise ChatError.from_frame(final)
 
 
-@api_view("POST")
-async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
-    user_id = request_user(request).pk  # read by api_view, in db_call
-    try:
-        command = _command(request, conversation_id)
-    except ChatError as error:
-        return chat_error_response(error)
+async def _answer(user_id: int, command: Turn) -> JsonResponse:
     try:
         started = await _start(user_id, command)
         # Here, on another worker or saved before: the same wait. A client that hangs up
@@ -106,3 +101,52 @@ async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> Json
         return chat_error_response(error)
     messages = await db_call(_messages)(started.ctx.user_message_id, started.ctx.message_id)
     return JsonResponse(messages, status=201)
+
+
+@api_view("POST")
+async def post_message(request: HttpRequest, conversation_id: uuid.UUID) -> JsonResponse:
+    user_id = request_user(request).pk  # read by api_view, in db_call
+    try:
+        command = _command(request, conversation_id)
+    except ChatError as error:
+        return chat_error_response(error)
+    return await _answer(user_id, command)
+
+
+def _conversation_of(user_id: int, message_id: uuid.UUID) -> uuid.UUID:
+    """The conversation of one of the user's messages: the frame names it, the URL does not."""
+    found = (
+        Message.objects.filter(id=message_id, conversation__owner_id=user_id)
+        .values_list("conversation_id", flat=True)
+        .first()
+    )
+    if found is None:
+        raise NotFound("No such message.")
+    return found
+
+
+def _regenerate_command(
+    request: HttpRequest, conversation_id: uuid.UUID, message_id: uuid.UUID
+) -> Regenerate:
+    data = json_body(request)
+    frame = {
+        "type": "chat.regenerate",
+        "conversation_id": str(conversation_id),
+        "message_id": str(message_id),
+        "client_id": data.get("client_id") or str(uuid.uuid4()),
+    }
+    command = command_from(frame)
+    assert isinstance(command, Regenerate)
+    return command
+
+
+@api_view("POST")
+async def regenerate(request: HttpRequest, message_id: uuid.UUID) -> JsonResponse:
+    """A new version of a reply, as `chat.regenerate` makes it, answered once it is saved."""
+    user_id = request_user(request).pk
+    try:
+        conversation_id = await db_call(_conversation_of)(user_id, message_id)
+        command = _regenerate_command(request, conversation_id, message_id)
+    except ChatError as error:
+        return chat_error_response(error)
+    return await _answer(user_id, command)

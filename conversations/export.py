@@ -1,7 +1,8 @@
 """Writing conversations out as JSON lines or Markdown (`manage.py export_conversations`).
 
 Unlike the API's export of one conversation, this reads the whole database in a command's own
-process, a chunk of conversations at a time.
+process, a chunk of conversations at a time. As in the API, JSON holds the whole tree (every
+version, each with its parent_id, and the active leaf) and Markdown the active path.
 """
 
 from __future__ import annotations

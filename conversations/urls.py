@@ -17,6 +17,8 @@ urlpatterns = [
         name="api-conversation",
     ),
     path("api/conversations/<uuid:conversation_id>/messages/", api_messages.post_message),
+    path("api/messages/<uuid:message_id>/regenerate/", api_messages.regenerate),
+    path("api/messages/<uuid:message_id>/feedback/", api.feedback, name="api-message-feedback"),
     path(
         "api/conversations/<uuid:conversation_id>/export/",
         api.export,
