@@ -59,6 +59,6 @@ class TurnContext:
     history: tuple[HistoryItem, ...]  # older messages, oldest first, without this one
     duplicate: bool = False  # the client re-sent a client_id we already saved
     existing_reply: ReplyInfo | None = None
-    age: float = 0.0  # seconds since the user message was saved
+    age: float = 0.0  # seconds since the request's row was saved (inf: a regenerate's has none)
     user_parent_id: uuid.UUID | None = None  # the reply the user message follows
     regenerated: bool = False  # a new version of the reply to an earlier message

@@ -7,6 +7,7 @@ await returns.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -402,7 +403,7 @@ def turn_context(
             return None
         question = target.parent
         reply_id = regenerate_id_for(question.id, client_id)
-        return _context_for(
+        ctx = _context_for(
             question,
             persona=question.conversation.persona,
             history_limit=history_limit,
@@ -412,6 +413,9 @@ def turn_context(
             reply_id=reply_id,
             regenerated=True,
         )
+        # The question's age says nothing of this request's (which saves no row until its
+        # reply): no twin of it is waited for here. Twins are found while they stream.
+        return replace(ctx, age=math.inf)
     message = (
         Message.objects.select_related("conversation__persona")
         .filter(owner_id=user_id, role=Message.Role.USER, client_id=client_id)

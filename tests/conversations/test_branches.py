@@ -214,3 +214,24 @@ async def test_a_second_tab_sees_a_regenerate_live(ws, alice, persona, settings)
     assert accepted["user_message_id"] == one["user_message_id"]
     text = "".join(f["text"] for f in frames if f["type"] == "chat.delta")
     assert text == frames[-1]["content"]
+
+
+async def test_two_regenerates_at_once_make_one_version_both_tabs_follow(
+    ws, alice, persona, settings
+):
+    settings.DEMO_TOKEN_DELAY_MS = 5
+    settings.DEMO_REPLY_WORDS = 30
+    one_tab, other_tab = await ws(alice), await ws(alice)
+    first, _ = await turn(one_tab, "Hello")
+    await other_tab.receive_until("chat.done")
+    for tab in (one_tab, other_tab):
+        await tab.regenerate(first["conversation_id"], first["message_id"])
+    refusals, done = [], []
+    for tab in (one_tab, other_tab):
+        frames = await tab.receive_until("chat.done", timeout=10)
+        refusals += [f["code"] for f in frames if f["type"] == "chat.error"]
+        done.append(frames[-1]["message_id"])
+    # One request was refused, and its tab follows the version the other one started.
+    assert refusals == ["busy"]
+    assert done[0] == done[1] != first["message_id"]
+    assert await db_call(Message.objects.filter(role="assistant").count)() == 2
