@@ -470,12 +470,9 @@ async def test_after_an_edit_the_old_branch_never_reaches_the_model(
     await socket.send_message(
         "Where is the treasure?", conversation_id=conversation_id, parent_id=None
     )
-    await socket.receive_until("chat.done")
+    edited = (await socket.receive_until("chat.done"))[-1]
     # Regenerate that reply: the reply being replaced is no history either.
-    edited = await db_call(
-        lambda: Message.objects.filter(role="assistant").order_by("-created_at").first()
-    )()
-    await socket.regenerate(conversation_id, str(edited.id))
+    await socket.regenerate(conversation_id, edited["message_id"])
     regenerated = await socket.receive_until("chat.done")
     assert regenerated[-1]["status"] == "complete"
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True), pyte
 def replies_to(user_message_id: str) -> list[tuple[str, str]]:
     return [
         (str(i), status)
-        for i, status in Message.objects.filter(parent_id=user_message_id)
+        for i, status in Message.objects.filter(parent_id=uuid.UUID(user_message_id))
         .order_by("created_at")
         .values_list("id", "status")
     ]
