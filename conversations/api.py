@@ -22,7 +22,6 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.middleware.csrf import CsrfViewMiddleware
-from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 from django.views.decorators.csrf import csrf_exempt
@@ -317,15 +316,8 @@ def feedback(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
     rating, comment = _rating(body), _comment(body)
     if message.role != Message.Role.ASSISTANT:
         raise ApiError(400, "invalid", "Only replies can be rated.")
-    stored = rating or None
-    fields = {
-        "rating": stored,
-        "rating_comment": comment if stored else "",
-        # Cleared means unrated: no time, so the "rated in the last N days" counts skip it.
-        "rated_at": timezone.now() if stored else None,
-    }
-    Message.objects.filter(id=message.id).update(**fields)
-    return JsonResponse({"rating": stored, "comment": fields["rating_comment"]})
+    stored, kept = services.message_rate(message_id=message.id, rating=rating, comment=comment)
+    return JsonResponse({"rating": stored, "comment": kept})
 
 
 @api_view("GET")

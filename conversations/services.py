@@ -505,3 +505,17 @@ def message_append(
     Conversation.objects.filter(id=conversation.id).update(current_leaf_id=message.id)
     conversation.current_leaf = message
     return message
+
+
+def message_rate(*, message_id: uuid.UUID, rating: int, comment: str) -> tuple[int | None, str]:
+    """The owner's rating of a reply: 1 or -1 with a comment, or 0 to take it back.
+
+    A cleared rating keeps no time and no comment, so "rated in the last N days" counts
+    skip it. Returns the rating and comment as stored.
+    """
+    stored = rating or None
+    kept = comment if stored else ""
+    Message.objects.filter(id=message_id, role=Message.Role.ASSISTANT).update(
+        rating=stored, rating_comment=kept, rated_at=timezone.now() if stored else None
+    )
+    return stored, kept
