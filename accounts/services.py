@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, cast
+
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import BigIntegerField, Case, Q, Sum, Value, When
+from django.db.models.functions import Coalesce, Length
 
 from accounts.models import Profile
+from conversations.models import Message
+
+Period = Literal["day", "week", "month"]
 
 
 @transaction.atomic
@@ -18,3 +27,71 @@ def demo_user_ensure(*, username: str, password: str, display_name: str) -> bool
         defaults={"display_name": display_name, "about": "Trying out the demo on my own machine."},
     )
     return True
+
+
+# --- token usage ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonaUsage:
+    slug: str
+    name: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    tokens: int
+    by_persona: tuple[PersonaUsage, ...]  # most tokens first
+
+
+def period_bounds(period: Period, now: datetime) -> tuple[datetime, datetime]:
+    """The calendar period holding `now`: [start, next start), from 00:00 UTC, weeks on Monday."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return today, today + timedelta(days=1)
+    if period == "week":
+        start = today - timedelta(days=today.weekday())
+        return start, start + timedelta(weeks=1)
+    if period == "month":
+        start = today.replace(day=1)
+        return start, (start + timedelta(days=32)).replace(day=1)
+    raise ValueError(f"unknown period {period!r}")
+
+
+# A reply's tokens: what the provider reported, or, where it reported nothing, an estimate of
+# ceil(characters / 4). Integer division of (n + 3) by 4 is that ceiling in SQL.
+_TOKENS = Case(
+    When(
+        Q(input_tokens__isnull=True) & Q(output_tokens__isnull=True),
+        then=(Length("content") + 3) / 4,
+    ),
+    default=Coalesce("input_tokens", Value(0)) + Coalesce("output_tokens", Value(0)),
+    output_field=BigIntegerField(),
+)
+
+
+def usage_for(*, user_id: int, since: datetime, until: datetime | None = None) -> Usage:
+    """Tokens of the user's replies created in [since, until), in total and per persona.
+
+    One grouped query; the total is the sum of the groups, so the two always agree.
+    """
+    replies = Message.objects.filter(
+        conversation__owner_id=user_id, role=Message.Role.ASSISTANT, created_at__gte=since
+    )
+    if until is not None:
+        replies = replies.filter(created_at__lt=until)
+    rows = (
+        replies.values("conversation__persona__slug", "conversation__persona__name")
+        .annotate(tokens=Sum(_TOKENS))
+        .order_by("-tokens", "conversation__persona__name")
+    )
+    by_persona = tuple(
+        PersonaUsage(
+            slug=cast(str, row["conversation__persona__slug"]),
+            name=cast(str, row["conversation__persona__name"]),
+            tokens=int(row["tokens"] or 0),
+        )
+        for row in rows
+    )
+    return Usage(tokens=sum(p.tokens for p in by_persona), by_persona=by_persona)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -11,12 +12,22 @@ from django.contrib.auth.models import User
 from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from accounts import throttle
 from accounts.forms import ProfileForm
 from accounts.models import Profile
+from accounts.services import Period, period_bounds, usage_for
+
+# What the profile page calls the current period.
+PERIOD_LABELS: dict[str, str] = {
+    "day": "Today (since 00:00 UTC)",
+    "week": "This week (since Monday 00:00 UTC)",
+    "month": "This month (since the 1st, 00:00 UTC)",
+}
+USAGE_WINDOW = timedelta(days=30)
 
 
 class ChatLoginView(LoginView):
@@ -68,4 +79,16 @@ def profile(request: HttpRequest) -> HttpResponse:
         form.save()
         messages.success(request, "Profile saved. Your next reply will use it.")
         return redirect("profile")
-    return render(request, "accounts/profile.html", {"form": form})
+    # Read at request time, so tests (and a later per-user budget) can change the period.
+    period = cast(Period, settings.TOKEN_BUDGET_PERIOD)
+    now = timezone.now()
+    start, resets_at = period_bounds(period, now)
+    user_id = cast(int, request.user.pk)  # signed in: login_required
+    context = {
+        "form": form,
+        "period_label": PERIOD_LABELS[period],
+        "period_tokens": usage_for(user_id=user_id, since=start).tokens,
+        "resets_at": resets_at,
+        "recent_usage": usage_for(user_id=user_id, since=now - USAGE_WINDOW),
+    }
+    return render(request, "accounts/profile.html", context)

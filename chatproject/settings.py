@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -320,6 +321,13 @@ REPLY_LOG_KEEP_SECONDS = envint("REPLY_LOG_KEEP_SECONDS", 7 * 24 * 3600)
 RECOVERY_INTERVAL_SECONDS = envfloat("RECOVERY_INTERVAL_SECONDS", 3.0)
 FOLLOW_GIVE_UP_SECONDS = envfloat("FOLLOW_GIVE_UP_SECONDS", 120.0)
 METRICS_TOKEN = envstr("METRICS_TOKEN")
+# Token usage is counted per calendar period starting 00:00 UTC (weeks on Monday). A typo
+# must stop the server, not silently count per day while the operator believes "per month".
+TOKEN_BUDGET_PERIOD = envstr("TOKEN_BUDGET_PERIOD", "day").strip().lower() or "day"
+if TOKEN_BUDGET_PERIOD not in ("day", "week", "month"):
+    raise ImproperlyConfigured(
+        f"TOKEN_BUDGET_PERIOD={os.environ['TOKEN_BUDGET_PERIOD']!r} is not one of day, week, month."
+    )
 
 # JSON lines in production, readable text in development; both carry turn_id and
 # conversation_id. LOG_LEVEL=DEBUG shows when each turn's database work begins and ends.

@@ -24,7 +24,15 @@ class ReadOnlyMixin:
 class MessageInline(ReadOnlyMixin, admin.TabularInline):
     model = Message
     fk_name = "conversation"
-    fields = readonly_fields = ("created_at", "role", "status", "content", "output_tokens", "error")
+    fields = readonly_fields = (
+        "created_at",
+        "role",
+        "status",
+        "content",
+        "output_tokens",
+        "rating",
+        "error",
+    )
     extra = 0
     can_delete = False
     show_change_link = True
@@ -45,7 +53,15 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
     ]
     search_help_text = "Search by username, display name, title or message text."
     date_hierarchy = "updated_at"
-    fields = readonly_fields = ("id", "owner", "persona", "title", "created_at", "updated_at")
+    fields = readonly_fields = (
+        "id",
+        "owner",
+        "persona",
+        "title",
+        "current_leaf",
+        "created_at",
+        "updated_at",
+    )
     inlines = [MessageInline]
     show_full_result_count = False  # a full COUNT(*) over every conversation on each page
 
@@ -61,13 +77,49 @@ class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return int(getattr(conversation, "messages_total", 0))
 
 
+RATING_SHOWN = {1: "👍", -1: "👎"}
+
+
+class RatingFilter(admin.SimpleListFilter):
+    title = "rating"
+    parameter_name = "rating"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("up", "👍"), ("down", "👎"), ("unrated", "unrated replies")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+        match self.value():
+            case "up":
+                return queryset.filter(rating=1)
+            case "down":
+                return queryset.filter(rating=-1)
+            case "unrated":
+                # Only replies can be rated: user messages are not "unrated", they are n/a.
+                return queryset.filter(role=Message.Role.ASSISTANT, rating__isnull=True)
+        return queryset
+
+
 @admin.register(Message)
 class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ["snippet", "role", "status", "owner", "conversation", "created_at"]
-    list_filter = ["role", "status", "created_at"]
+    list_display = [
+        "snippet",
+        "role",
+        "status",
+        "rating_shown",
+        "comment_snippet",
+        "owner",
+        "conversation",
+        "created_at",
+    ]
+    list_filter = [RatingFilter, "role", "status", "created_at"]
     list_select_related = ["conversation__owner"]
-    search_fields = ["content", "conversation__owner__username", "conversation__title"]
-    search_help_text = "Search by message text, username or conversation title."
+    search_fields = [
+        "content",
+        "rating_comment",
+        "conversation__owner__username",
+        "conversation__title",
+    ]
+    search_help_text = "Search by message text, rating comment, username or conversation title."
     date_hierarchy = "created_at"
     fields = readonly_fields = (
         "id",
@@ -79,10 +131,23 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "client_id",
         "input_tokens",
         "output_tokens",
+        "rating",
+        "rating_comment",
+        "rated_at",
         "error",
         "created_at",
     )
     show_full_result_count = False
+
+    @admin.display(description="rating", ordering="rating")
+    def rating_shown(self, message: Message) -> str:
+        return RATING_SHOWN.get(message.rating or 0, "")
+
+    @admin.display(description="comment")
+    def comment_snippet(self, message: Message) -> str:
+        # Plain text: the admin escapes what a display method returns unless it is marked safe.
+        text = " ".join(message.rating_comment.split())
+        return text[:80] + ("…" if len(text) > 80 else "")
 
     @admin.display(description="message")
     def snippet(self, message: Message) -> str:

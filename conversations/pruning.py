@@ -42,16 +42,27 @@ def conversations_prune(
         # One short transaction per batch: no long lock, no huge rollback, and a run that is
         # interrupted keeps what it already deleted.
         with transaction.atomic():
-            ids = list(old.order_by("pk").values_list("pk", flat=True)[:batch_size])
+            # Locked as turns lock them (turn_begin, reply_save), so a turn on an old chat
+            # (a regenerate, a late reply) either commits first, and PostgreSQL checks the
+            # cutoff again on the row it wrote, leaving the chat out; or waits, and finds
+            # it gone. Unlocked, the turn's new message could land after the delete had
+            # collected the messages, and the batch would fail its foreign-key check.
+            ids = list(
+                old.order_by("pk")
+                .select_for_update(of=("self",))
+                .values_list("pk", flat=True)[:batch_size]
+            )
             if not ids:
                 break
-            # The cutoff is checked again in the delete: a chat that came back to life after
-            # the ids were read is kept.
-            _, per_model = Conversation.objects.filter(pk__in=ids, updated_at__lt=cutoff).delete()
+            # The whole tree goes with its conversation: every message has the conversation
+            # as its foreign key, so `parent` and `current_leaf` between rows that are all
+            # deleted together never hold anything back (Django's constraints are checked
+            # at commit). Per batch a fixed handful of statements, holding only ids in memory.
+            _, per_model = Conversation.objects.filter(pk__in=ids).delete()
         deleted_conversations += per_model.get(Conversation._meta.label, 0)
         deleted_messages += per_model.get(Message._meta.label, 0)
         if progress is not None:
             progress(deleted_conversations, total)
-        if len(ids) < batch_size:
-            break
+        # No early stop on a short batch: rows left out by the re-check shorten a batch
+        # while old ones may remain.
     return PruneResult(deleted_conversations, deleted_messages, dry_run=False)

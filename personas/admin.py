@@ -2,19 +2,24 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.admin.utils import unquote
-from django.db.models import Count, ProtectedError, QuerySet
+from django.db.models import Count, IntegerField, OuterRef, ProtectedError, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
 from conversations.checks import provider_problems
 from conversations.context import PersonaInfo, ProfileInfo, TurnContext
+from conversations.models import Message
 from conversations.prompts import system_instruction
 from personas.models import Persona
 
@@ -76,6 +81,46 @@ class PersonaForm(forms.ModelForm):
         return cleaned
 
 
+# --- ratings ----------------------------------------------------------------------------
+
+RATING_WINDOWS = (7, 30)  # days, by rated_at
+LATEST_COMMENTS = 10
+
+
+def _rating_count(rating: int, since: datetime) -> Coalesce:
+    # A correlated subquery per column rather than a join: joining every rated message into
+    # the list would multiply the conversation counts, and each of these can read its window
+    # from the `message_rated` partial index.
+    rated = (
+        Message.objects.filter(
+            conversation__persona=OuterRef("pk"), rating=rating, rated_at__gte=since
+        )
+        .order_by()
+        .values("conversation__persona")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(rated, output_field=IntegerField()), 0)
+
+
+def ratings_annotate(queryset: QuerySet[Persona], now: datetime) -> QuerySet[Persona]:
+    """Adds `up_7`, `down_7`, `up_30`, `down_30`: 👍 / 👎 counts rated in the last N days."""
+    return queryset.annotate(
+        **{
+            f"{name}_{days}": _rating_count(value, now - timedelta(days=days))
+            for days in RATING_WINDOWS
+            for name, value in (("up", 1), ("down", -1))
+        }
+    )
+
+
+def rating_summary(up: int, down: int) -> str:
+    """Like "3 👍 / 1 👎 · 75% 👍", or "no ratings": a ratio of nothing is not 0%."""
+    if not up + down:
+        return "no ratings"
+    return f"{up} 👍 / {down} 👎 · {round(100 * up / (up + down))}% 👍"
+
+
 def _unused_copy_slug(slug: str) -> str:
     base = f"{slug[:40]}-copy"
     candidate, n = base, 2
@@ -96,29 +141,92 @@ class PersonaAdmin(admin.ModelAdmin):
         "provider_shown",
         "model_shown",
         "conversation_count",
+        "ratings_7",
+        "ratings_30",
         "order",
     ]
     list_display_links = ["avatar", "name"]
     list_editable = ["order"]
     list_filter = ["is_active", "is_default", "provider"]
     search_fields = ["name", "slug", "description", "system_prompt"]
-    readonly_fields = ["prompt_preview", "created_at", "updated_at"]
+    readonly_fields = [
+        "prompt_preview",
+        "created_at",
+        "updated_at",
+        "ratings_7",
+        "ratings_30",
+        "latest_comments",
+    ]
     actions = ["activate", "deactivate", "duplicate", "delete_selected"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "avatar", "description", "order"]}),
         ("Behaviour", {"fields": ["system_prompt", "prompt_preview"]}),
         ("Model", {"fields": ["provider", "model", "temperature"]}),
         ("Availability", {"fields": ["is_active", "is_default", "created_at", "updated_at"]}),
+        ("Ratings", {"fields": ["ratings_7", "ratings_30", "latest_comments"]}),
     ]
     prepopulated_fields = {"slug": ["name"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Persona]:
-        # One query for the list instead of one count per row.
-        return super().get_queryset(request).annotate(conversations_total=Count("conversations"))
+        # One query for the list instead of one count per row; the change page reads its
+        # object through this too, so it gets the same rating counts.
+        queryset = (
+            super().get_queryset(request).annotate(conversations_total=Count("conversations"))
+        )
+        return ratings_annotate(queryset, timezone.now())
 
     @admin.display(description="conversations", ordering="conversations_total")
     def conversation_count(self, persona: Persona) -> int:
         return int(getattr(persona, "conversations_total", 0))
+
+    @admin.display(description="ratings, 7 days")
+    def ratings_7(self, persona: Persona) -> str:
+        return self._ratings(persona, 7)
+
+    @admin.display(description="ratings, 30 days")
+    def ratings_30(self, persona: Persona) -> str:
+        return self._ratings(persona, 30)
+
+    @staticmethod
+    def _ratings(persona: Persona, days: int) -> str:
+        if not persona.pk:
+            return "no ratings"
+        return rating_summary(
+            int(getattr(persona, f"up_{days}", 0)), int(getattr(persona, f"down_{days}", 0))
+        )
+
+    @admin.display(description=f"latest {LATEST_COMMENTS} comments")
+    def latest_comments(self, persona: Persona) -> SafeString | str:
+        if not persona.pk:
+            return "none yet"
+        comments = (
+            Message.objects.filter(conversation__persona=persona, rating__isnull=False)
+            .exclude(rating_comment="")
+            .select_related("conversation")
+            .order_by("-rated_at")[:LATEST_COMMENTS]
+        )
+        # format_html escapes each comment and title: users wrote them.
+        items = format_html_join(
+            "",
+            '<li>{} <q>{}</q> <span class="quiet">{} · <a href="{}">{}</a></span></li>',
+            (
+                (
+                    "👍" if message.rating == 1 else "👎",
+                    message.rating_comment,
+                    timezone.localtime(message.rated_at).strftime("%Y-%m-%d %H:%M")
+                    if message.rated_at
+                    else "",
+                    reverse(
+                        "admin:conversations_conversation_change",
+                        args=[message.conversation_id],
+                        current_app=self.admin_site.name,
+                    ),
+                    message.conversation,
+                )
+                for message in comments
+            ),
+        )
+        return format_html('<ul class="rating-comments">{}</ul>', items) if items else "none yet"
 
     @admin.display(description="provider", ordering="provider")
     def provider_shown(self, persona: Persona) -> str:

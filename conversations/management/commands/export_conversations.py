@@ -12,8 +12,9 @@ from conversations.maintenance import MaintenanceError, ProgressBar
 
 class Command(BaseCommand):
     help = (
-        "Export conversations with their messages as JSON lines (one conversation per line) "
-        "or Markdown, streamed so memory stays flat however many there are."
+        "Export conversations as JSON lines (one conversation per line, with every message "
+        "of its tree, each with its parent_id, and the active path's current_leaf_id) or as "
+        "Markdown (the active path), streamed so memory stays flat however many there are."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

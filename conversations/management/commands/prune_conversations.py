@@ -10,8 +10,8 @@ from conversations.pruning import conversations_prune
 
 class Command(BaseCommand):
     help = (
-        "Delete conversations (with their messages) not updated for longer than --older-than, "
-        "in batches. Try --dry-run first."
+        "Delete conversations (with every message of their trees, all versions) not updated "
+        "for longer than --older-than, in batches. Try --dry-run first."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
