@@ -136,6 +136,7 @@ def test_export_jsonl_round_trips_to_what_the_database_holds(alice, bob, persona
                 "persona_name": persona.name,
                 "created_at": chat.created_at.isoformat(),
                 "updated_at": chat.updated_at.isoformat(),
+                "current_leaf_id": str(chat.current_leaf_id),
                 "messages": [
                     {
                         "id": str(m.id),
@@ -144,6 +145,9 @@ def test_export_jsonl_round_trips_to_what_the_database_holds(alice, bob, persona
                         "status": m.status,
                         "created_at": m.created_at.isoformat(),
                         "error": m.error or None,
+                        "parent_id": str(m.parent_id) if m.parent_id else None,
+                        "feedback": None,
+                        "usage": None,
                     }
                     for m in chat.messages.order_by("created_at")
                 ],
