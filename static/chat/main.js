@@ -192,6 +192,10 @@ ui.input.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     sendMessage();
+  } else if (event.key === "ArrowUp" && !ui.input.value && !event.shiftKey && !event.altKey && !event.ctrlKey && !event.metaKey) {
+    // ↑ in an empty box edits the last message sent, as in other chat apps.
+    const last = chat.lastUserMessage(state);
+    if (last && startEdit(last.key)) event.preventDefault();
   }
 });
 
@@ -201,6 +205,140 @@ ui.stop.addEventListener("click", () => {
   transport.send(frame);
   ui.input.focus();
 });
+
+// ---- Versions and feedback ----------------------------------------------------------------
+
+function startEdit(key) {
+  if (!chat.startEdit(state, key)) return false;
+  render();
+  view.focusEditor(key);
+  return true;
+}
+
+function sendEdit(text) {
+  const { frame, error } = chat.composeEdit(state, { content: text, clientId: uuid4(), maxChars: MAX_CHARS });
+  if (error) view.showError(error);
+  if (!frame) return;
+  view.showError("");
+  render();
+  view.scrollToBottom();
+  ui.input.focus();
+  transport.send(frame);
+}
+
+function regenerate(key) {
+  const { frame, error } = chat.regenerate(state, { key, clientId: uuid4() });
+  if (error) view.showError(error);
+  if (!frame) return;
+  view.showError("");
+  // The reply and its buttons are about to be replaced: the keyboard waits in the composer.
+  ui.input.focus();
+  transport.send(frame);
+}
+
+async function switchVersion(key, step) {
+  const { id, error } = chat.versionStep(state, key, step);
+  if (error) view.showError(error);
+  if (!id) return;
+  const conversationId = state.currentId;
+  const seq = ++loadSeq;
+  let conversation;
+  try {
+    conversation = await api("PATCH", `/api/conversations/${conversationId}/`, { current_leaf_id: id });
+  } catch (failure) {
+    if (seq === loadSeq) view.showError(`Could not switch versions: ${failure.message}`);
+    return;
+  }
+  if (seq !== loadSeq || state.currentId !== conversationId) return;
+  view.showError("");
+  const resume = chat.conversationLoaded(state, conversationId, conversation);
+  render();
+  view.focusAction(id, step < 0 ? "prev" : "next");
+  view.announce("Showing another version.");
+  if (resume) transport.send(resume);
+}
+
+async function saveFeedback(id, body) {
+  try {
+    const saved = await api("PUT", `/api/messages/${id}/feedback/`, body);
+    chat.feedbackSaved(state, id, saved);
+    render();
+    return true;
+  } catch (failure) {
+    view.showError(`Could not save your feedback: ${failure.message}`);
+    return false;
+  }
+}
+
+async function rate(key, rating) {
+  const pressed = chat.feedbackPressed(state, key, rating);
+  if (!pressed) return;
+  render();
+  if (state.commenting === key) view.focusComment(key);
+  await saveFeedback(pressed.id, { rating: pressed.rating });
+}
+
+async function sendComment(key, comment) {
+  const message = state.messages.find((m) => m.key === key);
+  if (!message || !message.id) return;
+  if (await saveFeedback(message.id, { rating: -1, comment: comment.trim() })) {
+    chat.closeComment(state);
+    render();
+    view.focusAction(key, "bad");
+    view.announce("Thanks for the feedback.");
+  }
+}
+
+async function copyReply(key) {
+  const message = state.messages.find((m) => m.key === key);
+  if (!message) return;
+  try {
+    await view.copyText(message.content);
+    view.flash(key, "copy", "Copied");
+  } catch (_error) {
+    view.flash(key, "copy", "Copy failed");
+  }
+}
+
+function onMessageAction(action, key, data) {
+  switch (action) {
+    case "edit":
+      startEdit(key);
+      break;
+    case "cancel-edit":
+      chat.cancelEdit(state);
+      render();
+      view.focusAction(key, "edit");
+      break;
+    case "send-edit":
+      sendEdit(data.text);
+      break;
+    case "regenerate":
+      regenerate(key);
+      break;
+    case "prev":
+    case "next":
+      switchVersion(key, action === "prev" ? -1 : 1);
+      break;
+    case "copy":
+      copyReply(key);
+      break;
+    case "good":
+    case "bad":
+      rate(key, action === "good" ? 1 : -1);
+      break;
+    case "send-comment":
+      sendComment(key, data.comment);
+      break;
+    case "close-comment":
+      chat.closeComment(state);
+      render();
+      view.focusAction(key, "bad");
+      break;
+    default:
+      break;
+  }
+}
 
 // Logging out ends this page's session: the socket's 4401 must not race the form to the
 // login page (it would ask the API, get a 401 and go to login?next=... instead).
@@ -275,6 +413,7 @@ view.init({
   open: (id) => openConversation(id, { push: true }),
   rename: renameConversation,
   remove: deleteConversation,
+  message: onMessageAction,
 });
 
 // Messages are drawn once personas are known, so their headers carry names and avatars.

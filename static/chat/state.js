@@ -1,8 +1,10 @@
 /*
  * What the chat page knows, with no DOM, no window and no network: frames in, state out.
  *
- * The open conversation's messages live here as plain objects, in the order they are shown;
- * the view draws them and nothing else. Functions that change the state return the effects
+ * The open conversation's messages live here as plain objects, in the order they are shown:
+ * the active path of the conversation's tree, from its first message down. Each message
+ * knows its parent and its versions (siblings, oldest first, itself included), so the page
+ * can offer "‹ 2 / 3 ›"; the view draws them and nothing else. Functions that change the state return the effects
  * the page must carry out (frames to send, a conversation to reload, words to announce),
  * so `node --test` can drive every protocol path without a browser.
  */
@@ -25,10 +27,20 @@ export function createState() {
     // The persona of the open conversation (or of the new one being started).
     currentPersona: null,
     title: "",
-    // The open conversation: {key, id, role, content, status, error, seq}, oldest first.
+    // The open conversation's active path, oldest first: {key, id, role, content, status,
+    // error, seq, parentId, siblings, feedback, comment, usage}. `siblings` is null while a
+    // reply's versions are not known (followed after a reload): its chat.done reloads them.
     messages: [],
-    // chat.send frames not yet acknowledged by chat.accepted, by client_id.
+    // The end of the active path as the server last said (a message id), or null.
+    currentLeafId: null,
+    // chat.send and chat.regenerate frames not yet acknowledged by chat.accepted, by
+    // client_id: {frame, message (the user message shown, none for a regenerate), resent,
+    // edit (the edited message's key, for an edit and resend)}.
     pending: new Map(),
+    // The message being edited in place: {key, draft}, or null.
+    editing: null,
+    // The reply whose 👎 comment field is open (its key), or null.
+    commenting: null,
     // The reply being followed: deltas by seq, joined while contiguous.
     stream: null,
     // Replies that are already final on screen: late frames for them are ignored.
@@ -70,8 +82,46 @@ function savedMessage(message) {
     status: message.status,
     error: message.error || null,
     seq: null,
+    // Servers from before branching send none of these: a chain of single versions.
+    parentId: message.parent_id === undefined ? undefined : message.parent_id,
+    siblings: Array.isArray(message.siblings) && message.siblings.length ? [...message.siblings] : [message.id],
+    feedback: message.feedback === 1 || message.feedback === -1 ? message.feedback : null,
+    comment: typeof message.feedback_comment === "string" ? message.feedback_comment : "",
+    usage: usageOf(message.usage),
   };
 }
+
+function usageOf(usage) {
+  if (!usage || typeof usage !== "object") return null;
+  const { input_tokens: input, output_tokens: output } = usage;
+  if (!Number.isInteger(input) && !Number.isInteger(output)) return null;
+  return { input: Number.isInteger(input) ? input : null, output: Number.isInteger(output) ? output : null };
+}
+
+/** Where a message stands among its versions: {index (1-based), count}. */
+export function versionOf(message) {
+  const siblings = message.siblings || [];
+  const index = siblings.indexOf(message.id || message.key) + 1;
+  return { index, count: Math.max(siblings.length, index) };
+}
+
+/** The message a message follows on the path: its parent_id, else the one shown before it. */
+function parentOf(state, message) {
+  if (message.parentId !== undefined) return message.parentId;
+  const index = state.messages.indexOf(message);
+  return index > 0 ? state.messages[index - 1].id : null;
+}
+
+/** Something in the open conversation is on its way: a reply, or a request for one. */
+export function isBusy(state) {
+  if (isGenerating(state)) return true;
+  for (const entry of state.pending.values()) {
+    if (entry.frame.conversation_id === state.currentId && entry.frame.conversation_id) return true;
+  }
+  return false;
+}
+
+const WAIT = "Wait for the reply to finish, or stop it first.";
 
 // ---- Opening conversations ----------------------------------------------------------------
 
@@ -105,14 +155,18 @@ export function conversationLoaded(state, id, conversation) {
   resetView(state);
   state.currentPersona = conversation.persona;
   state.title = conversation.title || "";
+  state.currentLeafId = conversation.current_leaf_id || null;
   for (const message of conversation.messages) {
     state.messages.push(savedMessage(message));
     if (message.role !== "user") state.finalIds.add(message.id);
   }
   // Messages the user sent that the server has not acknowledged yet stay on screen.
   for (const entry of state.pending.values()) {
-    if (entry.frame.conversation_id === id) state.messages.push(entry.message);
+    if (entry.frame.conversation_id === id && entry.message) state.messages.push(entry.message);
   }
+  // An edit or a comment field stays open only while its message is still on the path.
+  if (state.editing && !state.messages.some((m) => m.key === state.editing.key)) state.editing = null;
+  if (state.commenting && !state.messages.some((m) => m.key === state.commenting)) state.commenting = null;
   state.loadedId = id;
   return resumeFrame(state);
 }
@@ -140,7 +194,7 @@ export function compose(state, { content, clientId, persona, maxChars }) {
   if (length > maxChars) {
     return { error: `That message is too long (${length} characters; the limit is ${maxChars}).` };
   }
-  if (isGenerating(state)) return { error: "Wait for the reply to finish, or stop it first." };
+  if (isGenerating(state)) return { error: WAIT };
   const isNew = state.currentId === null;
   if (isNew && state.awaitingNew) return {};
   const frame = {
@@ -154,10 +208,156 @@ export function compose(state, { content, clientId, persona, maxChars }) {
     state.awaitingNew = clientId;
     state.currentPersona = persona;
   }
-  const message = { key: clientId, id: null, role: "user", content: text, status: "sending", error: null, seq: null };
+  const message = userMessage(clientId, text);
   state.messages.push(message);
-  state.pending.set(clientId, { frame, message, resent: false });
+  state.pending.set(clientId, { frame, message, resent: false, edit: null });
   return { frame };
+}
+
+function userMessage(clientId, text) {
+  return {
+    key: clientId, id: null, role: "user", content: text, status: "sending", error: null, seq: null,
+    parentId: undefined, siblings: [clientId], feedback: null, comment: "", usage: null,
+  };
+}
+
+// ---- Versions: edit and resend, regenerate, switch ------------------------------------------
+
+/** The last message the user sent on the path (the one ↑ in an empty composer edits). */
+export function lastUserMessage(state) {
+  for (let i = state.messages.length - 1; i >= 0; i -= 1) {
+    const message = state.messages[i];
+    if (message.role === "user") return message.id ? message : null;
+  }
+  return null;
+}
+
+/** Open the editor on a saved user message; false when it cannot be edited now. */
+export function startEdit(state, key) {
+  const message = state.messages.find((m) => m.key === key);
+  if (!message || message.role !== "user" || !message.id) return false;
+  state.editing = { key, draft: message.content };
+  return true;
+}
+
+export function cancelEdit(state) {
+  state.editing = null;
+}
+
+/**
+ * Send the edited text as a new version of the message being edited: chat.send with that
+ * message's parent_id. The path below it goes at once; the new message shows as sending.
+ * Returns {frame}, {error}, or {} when there is nothing to send.
+ */
+export function composeEdit(state, { content, clientId, maxChars }) {
+  const editing = state.editing;
+  const index = editing ? state.messages.findIndex((m) => m.key === editing.key) : -1;
+  if (index < 0) return {};
+  const edited = state.messages[index];
+  const text = content.trim();
+  if (!text) return { error: "The message is empty." };
+  const length = Array.from(text).length;
+  if (length > maxChars) {
+    return { error: `That message is too long (${length} characters; the limit is ${maxChars}).` };
+  }
+  if (isBusy(state)) return { error: WAIT };
+  const parentId = parentOf(state, edited);
+  const frame = {
+    type: "chat.send",
+    conversation_id: state.currentId,
+    persona: null,
+    content: text,
+    client_id: clientId,
+    parent_id: parentId,
+  };
+  const message = userMessage(clientId, text);
+  message.parentId = parentId;
+  message.siblings = [...versionIds(edited), clientId];
+  state.messages.splice(index);
+  state.messages.push(message);
+  state.pending.set(clientId, { frame, message, resent: false, edit: { key: edited.key, draft: text } });
+  state.editing = null;
+  return { frame };
+}
+
+function versionIds(message) {
+  return message.siblings ? [...message.siblings] : [message.id || message.key];
+}
+
+/** Ask for a new version of the reply `key` (Regenerate, and Retry for a failed reply). */
+export function regenerate(state, { key, clientId }) {
+  const message = state.messages.find((m) => m.key === key);
+  if (!message || message.role !== "assistant" || !message.id || !state.currentId) return {};
+  if (isBusy(state)) return { error: WAIT };
+  const frame = {
+    type: "chat.regenerate",
+    conversation_id: state.currentId,
+    message_id: message.id,
+    client_id: clientId,
+  };
+  state.pending.set(clientId, { frame, message: null, resent: false, edit: null });
+  return { frame };
+}
+
+/**
+ * The version `step` (-1 or +1) away from message `key`: {id} to move the active path to
+ * (PATCH current_leaf_id, then conversationLoaded with the answer), {error}, or {}.
+ */
+export function versionStep(state, key, step) {
+  const message = state.messages.find((m) => m.key === key);
+  if (!message || !message.id) return {};
+  const { index, count } = versionOf(message);
+  const target = index - 1 + step;
+  if (index < 1 || target < 0 || target >= count) return {};
+  if (isBusy(state)) return { error: WAIT };
+  return { id: message.siblings[target] };
+}
+
+// Put `message` on the path right after the message `parentId` (null: first), as a new
+// version beside the one that stood there, which goes with everything below it. False
+// when the parent is not on the path shown (another tab chose another branch).
+function placeAfter(state, parentId, message) {
+  const at = parentId === null ? 0 : state.messages.findIndex((m) => m.id === parentId) + 1;
+  if (parentId !== null && at === 0) return false;
+  if (state.messages[at] === message) return true;
+  const replaced = state.messages[at];
+  state.messages = state.messages.filter((m) => m !== message);
+  state.messages.splice(at);
+  if (replaced && replaced.role === message.role) {
+    const ids = versionIds(replaced);
+    const own = message.id || message.key;
+    message.siblings = ids.includes(own) ? ids : [...ids, own];
+  }
+  if (state.stream && !state.messages.includes(state.stream.message)) state.stream = null;
+  state.messages.push(message);
+  return true;
+}
+
+// ---- Feedback -----------------------------------------------------------------------------
+
+/**
+ * 👍 (1) or 👎 (-1) pressed on reply `key`: the rating to PUT (pressing the active one
+ * again clears it: 0), or null. 👎 opens the comment field.
+ */
+export function feedbackPressed(state, key, rating) {
+  const message = state.messages.find((m) => m.key === key);
+  if (!message || message.role !== "assistant" || !message.id) return null;
+  const next = message.feedback === rating ? 0 : rating;
+  state.commenting = next === -1 ? key : null;
+  return { id: message.id, rating: next };
+}
+
+/** The server saved a rating ({rating, comment} as PUT answered). */
+export function feedbackSaved(state, id, { rating, comment }) {
+  const message = findMessage(state, id);
+  if (!message) return;
+  message.feedback = rating === 1 || rating === -1 ? rating : null;
+  message.comment = typeof comment === "string" ? comment : "";
+  if (message.feedback !== -1 && state.commenting === message.key) state.commenting = null;
+}
+
+export function closeComment(state) {
+  state.commenting = null;
 }
 
 export function stopFrame(state) {
@@ -262,9 +462,15 @@ export function receive(state, frame, now = null) {
   }
 }
 
-function acknowledge(entry, userMessageId) {
-  entry.message.status = "complete";
-  if (userMessageId) entry.message.id = userMessageId;
+function acknowledge(state, entry, userMessageId) {
+  const message = entry.message;
+  if (!message) return;
+  message.status = "complete";
+  if (userMessageId) {
+    message.id = userMessageId;
+    // The versions named it by client_id until now.
+    if (message.siblings) message.siblings = message.siblings.map((id) => (id === message.key ? userMessageId : id));
+  }
 }
 
 // A re-sent message the server had already saved is not accepted again: its reply streaming
@@ -273,7 +479,7 @@ function settleResent(state, conversationId) {
   for (const [clientId, entry] of state.pending) {
     if (entry.frame.conversation_id === conversationId && entry.resent) {
       state.pending.delete(clientId);
-      acknowledge(entry, null);
+      acknowledge(state, entry, null);
     }
   }
 }
@@ -295,18 +501,67 @@ function accepted(state, frame, now) {
   effects.push(...touch(state, frame.conversation_id, changes, { toTop: true, now }));
   if (frame.conversation_id !== state.currentId) return effects;
   if (frame.title) state.title = frame.title;
+  if (entry) acknowledge(state, entry, frame.user_message_id);
+  // Still loading: the loaded path and the chat.resume after it show the reply.
+  if (!showing(state, frame.conversation_id)) return effects;
+  if (frame.regenerate) return [...effects, ...regenerated(state, frame)];
+
+  let message = null;
   if (entry) {
-    acknowledge(entry, frame.user_message_id);
-  } else if (typeof frame.content === "string" && !findMessage(state, frame.user_message_id)) {
-    // Sent from another tab: show the user's message before its reply streams in.
-    state.messages.push(
-      savedMessage({ id: frame.user_message_id, role: "user", content: frame.content, status: "complete" }),
-    );
+    message = entry.message;
+  } else {
+    message = findMessage(state, frame.user_message_id);
+    if (!message && typeof frame.content === "string") {
+      // Sent from another tab: show the user's message before its reply streams in.
+      message = savedMessage({ id: frame.user_message_id, role: "user", content: frame.content, status: "complete" });
+      if (!("parent_id" in frame)) state.messages.push(message);
+    }
+  }
+  let replySiblings = [frame.message_id];
+  if (message && "parent_id" in frame) {
+    // Where the message sits in the tree: an edit (here or in another tab) is a new
+    // version of the message it replaced, and the path below that one goes.
+    message.parentId = frame.parent_id;
+    if (!placeAfter(state, frame.parent_id, message)) {
+      return [...effects, { type: "reload", conversationId: frame.conversation_id }];
+    }
+  } else if (!message) {
+    replySiblings = null;
   }
   if (frame.message_id && !state.finalIds.has(frame.message_id)) {
-    startStream(state, frame.conversation_id, frame.message_id);
+    const known = findMessage(state, frame.message_id);
+    const stream = startStream(state, frame.conversation_id, frame.message_id);
+    if (!known) {
+      // The first reply to a message just saved is its only version.
+      stream.message.siblings = replySiblings;
+      if (message && message.id) stream.message.parentId = message.id;
+    }
   }
   return effects;
+}
+
+// A new version of the reply to an earlier message (Regenerate or Retry, here or in another
+// tab): it takes the place of the reply shown for that message, one more version of it.
+function regenerated(state, frame) {
+  if (state.finalIds.has(frame.message_id) || findMessage(state, frame.message_id)) {
+    if (!state.finalIds.has(frame.message_id)) startStream(state, frame.conversation_id, frame.message_id);
+    return [];
+  }
+  const question = findMessage(state, frame.user_message_id);
+  if (!question || question.role !== "user") {
+    // The other tab regenerated on a branch this one does not show: the path moved there.
+    return [{ type: "reload", conversationId: frame.conversation_id }];
+  }
+  const at = state.messages.indexOf(question) + 1;
+  const replaced = state.messages[at];
+  let siblings = null;
+  if (replaced && replaced.role === "assistant" && replaced.siblings) siblings = [...replaced.siblings, frame.message_id];
+  state.messages.splice(at);
+  if (state.stream && !state.messages.includes(state.stream.message)) state.stream = null;
+  const stream = startStream(state, frame.conversation_id, frame.message_id);
+  stream.message.parentId = question.id;
+  stream.message.siblings = siblings;
+  return [];
 }
 
 function startStream(state, conversationId, messageId) {
@@ -314,6 +569,9 @@ function startStream(state, conversationId, messageId) {
   let message = findMessage(state, messageId);
   if (!message) {
     message = savedMessage({ id: messageId, role: "assistant", content: "", status: "streaming" });
+    // Followed without a chat.accepted (after a reload): how many versions it is, is
+    // learnt from the server once it is saved.
+    message.siblings = null;
     state.messages.push(message);
   }
   message.status = "streaming";
@@ -364,8 +622,12 @@ function done(state, frame, now) {
   message.content = frame.content || "";
   message.status = frame.status;
   message.error = frame.error || null;
+  message.usage = usageOf(frame.usage);
   state.finalIds.add(frame.message_id);
+  state.currentLeafId = frame.message_id;
   effects.push({ type: "announce", text: SPOKEN[frame.status] || "Reply finished." });
+  // A reply followed after a reload: the server knows how many versions it has.
+  if (message.siblings === null) effects.push({ type: "reload", conversationId: frame.conversation_id });
   return effects;
 }
 
@@ -398,10 +660,20 @@ function error(state, frame) {
       ? `${frame.message} Try again in ${Math.ceil(frame.retry_after)} s.`
       : frame.message;
   if (entry) {
-    // A refused message saves nothing: take it off the list and give the text back.
     state.pending.delete(frame.client_id);
+    if (!entry.message) return [{ type: "error", message: reason || "The reply could not be regenerated." }];
+    // A refused message saves nothing: take it off the list and give the text back.
     state.messages = state.messages.filter((message) => message !== entry.message);
     if (state.awaitingNew === frame.client_id) state.awaitingNew = null;
+    if (entry.edit && entry.frame.conversation_id === state.currentId) {
+      // The edit took the path below it off the screen: the saved path comes back, with
+      // the editor open on the text as it was sent.
+      state.editing = { ...entry.edit };
+      return [
+        { type: "reload", conversationId: state.currentId },
+        { type: "error", message: reason || "The message was refused." },
+      ];
+    }
     return [
       { type: "refused", text: entry.frame.content },
       { type: "error", message: reason || "The message was refused." },

@@ -6,7 +6,7 @@
  * marked, DOMPurify and hljs are the vendored classic scripts loaded before the modules.
  */
 
-import { isGenerating, pickerVisible } from "./state.js";
+import { isBusy, isGenerating, pickerVisible, versionOf } from "./state.js";
 
 const { marked, DOMPurify, hljs } = window;
 
@@ -181,7 +181,7 @@ function renderMarkdown(container, text) {
   container.replaceChildren(fragment);
 }
 
-async function copyText(text) {
+export async function copyText(text) {
   if (navigator.clipboard && window.isSecureContext) {
     await navigator.clipboard.writeText(text);
     return;
@@ -455,36 +455,183 @@ function setStatusBadge(node, status, error) {
   }
 }
 
-function messageNode(role, personaSlug) {
+function messageNode(message, personaSlug) {
+  const { role } = message;
   const isUser = role === "user";
   const persona = personaFor(personaSlug);
   const author = isUser ? "You" : persona.name;
   const avatarText = isUser ? (document.querySelector(".user-avatar")?.textContent || "Y") : persona.avatar || "🤖";
   return h(
     "article",
-    { class: `msg msg-${role}`, "data-role": role, "aria-label": isUser ? "Your message" : `Reply from ${persona.name}` },
+    { class: `msg msg-${role}`, "data-role": role, "data-key": message.key, "aria-label": isUser ? "Your message" : `Reply from ${persona.name}` },
     h("div", { class: "msg-avatar", "aria-hidden": "true", text: avatarText }),
     h(
       "div",
       { class: "msg-main" },
       h("div", { class: "msg-meta" }, h("span", { class: "msg-author", text: author }), h("span", { class: "msg-status", hidden: true })),
       h("div", { class: isUser ? "msg-body" : "msg-body markdown" }),
+      h("div", { class: "msg-footer" }),
     ),
   );
+}
+
+// ---- Message controls: versions, edit, regenerate, copy, feedback --------------------------
+
+const FAILED = new Set(["error", "stopped", "interrupted"]);
+
+function actionButton(action, label, text, extra = {}, icon = null) {
+  const attrs = { type: "button", class: "msg-action", "data-action": action, "aria-label": label, title: label, ...extra };
+  if (!icon) return h("button", { ...attrs, text });
+  // The word may give way to the icon on a narrow screen; the aria-label names it anyway.
+  return h("button", attrs, h("span", { "aria-hidden": "true", text: icon }), h("span", { class: "msg-action-text", text }));
+}
+
+function usageText(usage) {
+  if (!usage) return "";
+  const parts = [];
+  if (usage.input !== null) parts.push(`${usage.input} in`);
+  if (usage.output !== null) parts.push(`${usage.output} out`);
+  return parts.length ? `${parts.join(" · ")} tokens` : "";
+}
+
+/** The row under a message: its versions, what can be done with it, its token usage. */
+function footerItems(message) {
+  if (message.status === "sending" || message.status === "streaming" || !message.id) return [];
+  const items = [];
+  const { index, count } = versionOf(message);
+  if (count > 1) {
+    const what = message.role === "user" ? "message" : "reply";
+    items.push(
+      h(
+        "div",
+        { class: "versions", role: "group", "aria-label": `Versions of this ${what}` },
+        actionButton("prev", "Previous version", "‹", { disabled: index <= 1 }),
+        h("span", { class: "version-count", text: `${index} / ${count}`, "aria-label": `Version ${index} of ${count}` }),
+        actionButton("next", "Next version", "›", { disabled: index >= count }),
+      ),
+    );
+  }
+  if (message.role === "user") {
+    items.push(actionButton("edit", "Edit message", "Edit"));
+    return items;
+  }
+  if (FAILED.has(message.status)) {
+    items.push(actionButton("regenerate", "Retry reply", "Retry", { class: "msg-action msg-action-retry" }, "↻"));
+  } else {
+    items.push(actionButton("regenerate", "Regenerate reply", "Regenerate", { class: "msg-action msg-action-regenerate" }, "↻"));
+  }
+  items.push(actionButton("copy", "Copy reply", "Copy"));
+  items.push(actionButton("good", "Good reply", "👍", { "aria-pressed": message.feedback === 1 ? "true" : "false" }));
+  items.push(actionButton("bad", "Bad reply", "👎", { "aria-pressed": message.feedback === -1 ? "true" : "false" }));
+  const usage = usageText(message.usage);
+  if (usage) items.push(h("span", { class: "msg-usage", text: usage }));
+  return items;
+}
+
+function footerSignature(message) {
+  return JSON.stringify([message.id, message.status, message.siblings, message.feedback, message.usage]);
+}
+
+// Redrawing a row must not drop the keyboard's place: the same control keeps the focus.
+function replaceKeepingFocus(container, children) {
+  const focused = container.contains(document.activeElement) ? document.activeElement.dataset.action : null;
+  container.replaceChildren(...children);
+  if (focused) focusIn(container, focused);
+}
+
+function focusIn(container, action) {
+  const fallback = { prev: "next", next: "prev" };
+  const button = container.querySelector(`[data-action="${action}"]:not(:disabled)`)
+    || (fallback[action] && container.querySelector(`[data-action="${fallback[action]}"]:not(:disabled)`));
+  if (button) button.focus();
+  return Boolean(button);
+}
+
+function editorNode(draft) {
+  const area = h("textarea", { class: "msg-edit-input", rows: "3", "aria-label": "Edit your message" });
+  area.value = draft;
+  return h(
+    "form",
+    { class: "msg-editor", "data-form": "edit" },
+    area,
+    h(
+      "div",
+      { class: "msg-editor-actions" },
+      h("button", { type: "button", class: "btn btn-ghost btn-small", "data-action": "cancel-edit", text: "Cancel" }),
+      h("button", { type: "submit", class: "btn btn-primary btn-small", "aria-label": "Send edited message", text: "Send" }),
+    ),
+  );
+}
+
+function commentNode(comment) {
+  const input = h("input", { type: "text", class: "msg-comment-input", maxlength: "2000", "aria-label": "What was wrong with this reply? (optional)", placeholder: "What was wrong? (optional)" });
+  input.value = comment || "";
+  return h(
+    "form",
+    { class: "msg-comment", "data-form": "comment" },
+    input,
+    h(
+      "div",
+      { class: "msg-editor-actions" },
+      h("button", { type: "button", class: "btn btn-ghost btn-small", "data-action": "close-comment", text: "Skip" }),
+      h("button", { type: "submit", class: "btn btn-small", text: "Send feedback" }),
+    ),
+  );
+}
+
+/** Draw a message's editor, comment field and controls; true when any of them changed. */
+function renderExtras(shown, message, state) {
+  let redrawn = false;
+  const node = shown.node;
+  const main = node.querySelector(".msg-main");
+  const editing = Boolean(state.editing && state.editing.key === message.key);
+  if (shown.editing !== editing) {
+    shown.editing = editing;
+    node.classList.toggle("is-editing", editing);
+    node.querySelector(".msg-body").hidden = editing;
+    node.querySelector(".msg-footer").hidden = editing;
+    const old = main.querySelector(".msg-editor");
+    if (old) old.remove();
+    if (editing) main.insertBefore(editorNode(state.editing.draft), node.querySelector(".msg-footer"));
+    redrawn = true;
+  }
+  const commenting = state.commenting === message.key;
+  if (shown.commenting !== commenting) {
+    shown.commenting = commenting;
+    const old = main.querySelector(".msg-comment");
+    if (old) old.remove();
+    if (commenting) main.append(commentNode(message.comment));
+    redrawn = true;
+  }
+  const signature = footerSignature(message);
+  if (shown.footer !== signature) {
+    shown.footer = signature;
+    replaceKeepingFocus(node.querySelector(".msg-footer"), footerItems(message));
+    redrawn = true;
+  }
+  return redrawn;
 }
 
 // What each message node shows, by the message's key, so only what changed is redrawn.
 const drawn = new Map();
 
-/** Bring #messages in line with state.messages; true when text was added or changed. */
-function renderMessages(messages, personaSlug) {
+/**
+ * Bring #messages in line with state.messages: {changed} when text was added or changed,
+ * {redrawn} when only controls were (a reply's buttons appear when it is done).
+ */
+function renderMessages(state, personaSlug) {
+  const { messages } = state;
   let changed = false;
+  let redrawn = false;
   const keys = new Set();
   messages.forEach((message, index) => {
     keys.add(message.key);
     let shown = drawn.get(message.key);
     if (!shown) {
-      shown = { node: messageNode(message.role, personaSlug), id: null, status: null, error: null, content: null, seq: null };
+      shown = {
+        node: messageNode(message, personaSlug), id: null, status: null, error: null, content: null, seq: null,
+        footer: null, editing: false, commenting: false,
+      };
       drawn.set(message.key, shown);
       changed = true;
     }
@@ -510,6 +657,7 @@ function renderMessages(messages, personaSlug) {
       shown.seq = message.seq;
       node.dataset.seq = String(message.seq);
     }
+    if (renderExtras(shown, message, state)) redrawn = true;
     const there = ui.messages.children[index];
     if (there !== node) ui.messages.insertBefore(node, there || null);
   });
@@ -519,7 +667,82 @@ function renderMessages(messages, personaSlug) {
       drawn.delete(key);
     }
   }
-  return changed;
+  ui.messages.classList.toggle("is-busy", isBusy(state));
+  return { changed, redrawn };
+}
+
+function nodeFor(key) {
+  const shown = drawn.get(key);
+  return shown ? shown.node : null;
+}
+
+/** Put the keyboard on control `action` of message `key` (or the message with that id). */
+export function focusAction(keyOrId, action) {
+  let node = nodeFor(keyOrId);
+  if (!node) node = [...drawn.values()].map((s) => s.node).find((n) => n.dataset.id === keyOrId) || null;
+  return node ? focusIn(node, action) : false;
+}
+
+export function focusEditor(key) {
+  const area = nodeFor(key)?.querySelector(".msg-edit-input");
+  if (!area) return;
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+  area.style.height = "auto";
+  area.style.height = `${Math.min(area.scrollHeight + 2, window.innerHeight * 0.5)}px`;
+  area.scrollIntoView({ block: "nearest" });
+}
+
+export function focusComment(key) {
+  nodeFor(key)?.querySelector(".msg-comment-input")?.focus();
+}
+
+/** Say on the button itself that it worked ("Copied"), then put its text back. */
+export function flash(key, action, text) {
+  const button = nodeFor(key)?.querySelector(`[data-action="${action}"]`);
+  if (!button) return;
+  const before = button.textContent;
+  button.textContent = text;
+  setTimeout(() => {
+    if (button.textContent === text) button.textContent = before;
+  }, 1500);
+}
+
+// User actions on messages, delegated: handlers.message(action, key, data).
+function bindMessageActions() {
+  ui.messages.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button || button.disabled || !ui.messages.contains(button)) return;
+    const node = button.closest("article[data-key]");
+    if (node) actions.message(button.dataset.action, node.dataset.key, {});
+  });
+  ui.messages.addEventListener("submit", (event) => {
+    const form = event.target.closest("form[data-form]");
+    if (!form) return;
+    event.preventDefault();
+    const key = form.closest("article[data-key]").dataset.key;
+    if (form.dataset.form === "edit") actions.message("send-edit", key, { text: form.querySelector("textarea").value });
+    else actions.message("send-comment", key, { comment: form.querySelector("input").value });
+  });
+  ui.messages.addEventListener("keydown", (event) => {
+    const form = event.target.closest("form[data-form]");
+    if (!form) return;
+    const key = form.closest("article[data-key]").dataset.key;
+    if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      actions.message(form.dataset.form === "edit" ? "cancel-edit" : "close-comment", key, {});
+    } else if (form.dataset.form === "edit" && event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  ui.messages.addEventListener("input", (event) => {
+    const area = event.target.closest(".msg-edit-input");
+    if (!area) return;
+    area.style.height = "auto";
+    area.style.height = `${Math.min(area.scrollHeight + 2, window.innerHeight * 0.5)}px`;
+  });
 }
 
 // ---- Composer ----------------------------------------------------------------------------
@@ -572,7 +795,10 @@ function setExportLinks(id) {
  * list. `personaSlug` names the persona whose replies new message nodes show.
  */
 export function render(state, personaSlug) {
-  if (renderMessages(state.messages, personaSlug)) contentChanged();
+  const { changed, redrawn } = renderMessages(state, personaSlug);
+  if (changed) contentChanged();
+  // Controls that appear under the newest reply keep a reader at the bottom there.
+  else if (redrawn && stick) scrollToBottom();
   if (state.stream) ui.messages.setAttribute("aria-busy", "true");
   else ui.messages.removeAttribute("aria-busy");
   setGenerating(isGenerating(state));
@@ -596,11 +822,15 @@ export function redrawPersonas() {
 /**
  * Wire the parts of the page that need no protocol state. `handlers.open(id)` opens a
  * conversation from the list, `handlers.rename(conversation, title)` and
- * `handlers.remove(conversation)` carry out what the user confirmed.
+ * `handlers.remove(conversation)` carry out what the user confirmed;
+ * `handlers.message(action, key, data)` hears the controls of message `key` ("edit",
+ * "send-edit" {text}, "cancel-edit", "regenerate", "prev", "next", "copy", "good", "bad",
+ * "send-comment" {comment}, "close-comment").
  */
 export function init(handlers) {
   actions = handlers;
   ui.messages.addEventListener("click", onCopyClick);
+  bindMessageActions();
   ui.input.addEventListener("input", autoGrow);
   bindScrolling();
   bindDrawer();
