@@ -40,9 +40,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     Message.objects.all().delete()
     Conversation.objects.all().delete()
-    Persona.objects.get_or_create(
-        slug="bench", defaults={"name": "Bench", "is_default": True}
-    )
+    Persona.objects.get_or_create(slug="bench", defaults={"name": "Bench", "is_default": True})
     user, _ = get_user_model().objects.get_or_create(username="statements-bench")
 
     rows: list[tuple[str, list[str]]] = []

@@ -30,6 +30,7 @@ from conversations import serializers, services
 from conversations.db import db_call, released
 from conversations.errors import NotFound
 from conversations.models import Conversation, Message
+from conversations.text import UNSTORABLE_MESSAGE, unstorable
 from conversations.tree import Tree, path_through
 from conversations.views import get_conversation_for_user
 from personas.models import Persona
@@ -172,6 +173,8 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         raise ApiError(400, "invalid", "The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid", "The body must be a JSON object.")
+    if unstorable(body):
+        raise ApiError(400, "invalid", UNSTORABLE_MESSAGE)
     return body
 
 

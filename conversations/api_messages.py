@@ -8,6 +8,7 @@ process-owned generation saved by `reply_save`) and answer once the reply is com
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from typing import Any
 
@@ -38,7 +39,8 @@ HTTP_STATUS = {
 def chat_error_response(error: ChatError) -> JsonResponse:
     response = error_response(HTTP_STATUS.get(error.code, 400), error.code, error.message)
     if "retry_after" in error.fields:
-        response["Retry-After"] = str(error.fields["retry_after"])
+        # HTTP counts whole seconds (RFC 9110); the frame's field keeps its fraction.
+        response["Retry-After"] = str(max(1, math.ceil(error.fields["retry_after"])))
     return response
 
 

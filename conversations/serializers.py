@@ -72,7 +72,12 @@ def message_dict(message: Message) -> dict[str, Any]:
 
 def path_message_dict(message: Message, tree: Tree) -> dict[str, Any]:
     """A message as a path shows it: with its versions, so the page can switch between them."""
-    return {**message_dict(message), "siblings": [str(i) for i in siblings(tree, message.id)]}
+    return {
+        **message_dict(message),
+        "siblings": [str(i) for i in siblings(tree, message.id)],
+        # Additive: the owner's own comment on their rating, so a reloaded page can show it.
+        "feedback_comment": message.rating_comment or None,
+    }
 
 
 # --- reading a conversation's tree ------------------------------------------------------

@@ -195,6 +195,10 @@ def turn_regenerate(
     request's client_id, so a repeated request finds it and it is saved once.
     """
     _check_user(user_id, session_key)
+    if Message.objects.filter(
+        owner_id=user_id, role=Message.Role.USER, client_id=client_id
+    ).exists():
+        raise Invalid("This client_id was already used for another message.")
     conversation = _conversation_locked(user_id, conversation_id)
     target = _reply_in(conversation.id, message_id)
     question = target.parent

@@ -17,6 +17,7 @@ from django.conf import settings
 from conversations.context import ReplyInfo, TurnContext
 from conversations.errors import Invalid, TooLarge
 from conversations.llm.base import Usage
+from conversations.text import UNSTORABLE_MESSAGE, unstorable
 
 Frame = dict[str, Any]
 # Hands a frame to a follower without waiting (a socket's outbox); False: it stopped following.
@@ -119,6 +120,8 @@ def parse_frame(text: str | None) -> Command:
         raise Invalid("Frames must be JSON objects.") from None
     if not isinstance(frame, dict):
         raise Invalid("Frames must be JSON objects.")
+    if unstorable(frame):
+        raise Invalid(UNSTORABLE_MESSAGE, **_known_ids(frame))
     return command_from(frame)
 
 

@@ -122,3 +122,30 @@ async def test_the_message_api_refuses_them_with_json_too(
     assert_json_error(answer, status, code)
     assert not await db_call(Message.objects.exists)()
     assert_no_traceback(caplog)
+
+
+# Committed: the message view is async, and reads the session from another thread.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("text", ["a\\u0000b", "a\\ud800b", "\\udfff"])
+def test_text_no_column_can_hold_is_invalid_not_a_server_error(
+    alice_client: Client, alice: Any, persona: Persona, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    chat = Conversation.objects.create(owner=alice, persona=persona, title="Kept")
+    reply = Message.objects.create(
+        conversation=chat,
+        role="assistant",
+        content="A reply",
+        parent=Message.objects.create(conversation=chat, owner=alice, role="user", content="Q"),
+    )
+    bodies = [
+        ("patch", f"/api/conversations/{chat.id}/", f'{{"title": "{text}"}}'),
+        ("post", f"/api/conversations/{chat.id}/messages/", f'{{"content": "{text}"}}'),
+        ("put", f"/api/messages/{reply.id}/feedback/", f'{{"rating": 1, "comment": "{text}"}}'),
+    ]
+    for method, path, body in bodies:
+        response = getattr(alice_client, method)(path, body, content_type="application/json")
+        assert_json_error(response, 400, "invalid")
+    reply.refresh_from_db()
+    assert (reply.rating, Conversation.objects.get(id=chat.id).title) == (None, "Kept")
+    assert Message.objects.count() == 2
+    assert_no_traceback(caplog)

@@ -326,3 +326,16 @@ async def test_the_limit_counts_characters_as_on_the_socket(
     else:
         assert response.json()["error"]["code"] == "too_large"
         assert await db_call(message_count)() == 0
+
+
+async def test_over_the_rate_limit_is_429_with_whole_seconds_to_wait(alice, persona, fast_demo):
+    fast_demo.MESSAGES_PER_MINUTE = 1
+    chat = await db_call(conversation_of)(alice, persona)
+    client = await logged_in(alice)
+    assert (await post(client, chat.id, {"content": "one"})).status_code == 201
+    refused = await post(client, chat.id, {"content": "two"})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    # HTTP's Retry-After is a whole number of seconds (RFC 9110), never "0.4".
+    assert refused["Retry-After"].isdigit() and 1 <= int(refused["Retry-After"]) <= 60
+    assert await db_call(message_count)() == 2

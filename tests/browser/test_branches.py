@@ -3,6 +3,7 @@ feedback and token usage, in Chromium against a real Daphne."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from tests.browser.conftest import ROOT, visible_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
+# UPDATE_SCREENSHOTS=1 rewrites the README's pictures; otherwise they go to test-output/.
+DOCS_SCREENSHOTS = ROOT / (
+    "docs/screenshots" if os.environ.get("UPDATE_SCREENSHOTS") else "test-output/screenshots"
+)
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
 LONG = 20_000

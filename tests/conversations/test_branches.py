@@ -235,3 +235,15 @@ async def test_two_regenerates_at_once_make_one_version_both_tabs_follow(
     assert refusals == ["busy"]
     assert done[0] == done[1] != first["message_id"]
     assert await db_call(Message.objects.filter(role="assistant").count)() == 2
+
+
+async def test_a_regenerate_may_not_reuse_a_sent_message_s_client_id(ws, alice, persona, fast_demo):
+    socket = await ws(alice)
+    first, _ = await turn(socket, "Hello")
+    before = await db_call(rows)()
+    await socket.regenerate(
+        first["conversation_id"], first["message_id"], client_id=first["client_id"]
+    )
+    refusal = await socket.receive_type("chat.error")
+    assert refusal["code"] == "invalid"
+    assert await db_call(rows)() == before

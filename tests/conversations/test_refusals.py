@@ -52,6 +52,10 @@ BAD_FRAMES = [
         "invalid",
         id="negative-after-seq",
     ),
+    # Text no column can hold: PostgreSQL refuses NUL; a lone surrogate is not UTF-8.
+    pytest.param(send_frame(content="a\u0000b"), "invalid", id="nul-in-content"),
+    pytest.param(send_frame(content="a\ud800b"), "invalid", id="lone-surrogate"),
+    pytest.param(send_frame(persona="pi\u0000rate"), "invalid", id="nul-in-persona"),
     pytest.param("[" * 100_000 + "]" * 100_000, "too_large", id="huge-nesting"),
     pytest.param("[" * 5000 + "]" * 5000, "invalid", id="deep-nesting"),
 ]
