@@ -18,3 +18,29 @@ class Profile(models.Model):
 
     def __str__(self) -> str:
         return self.display_name or str(self.user)
+
+
+class GroupTokenBudget(models.Model):
+    """TOKEN_BUDGET for the members of a group; a user gets the most generous of theirs."""
+
+    group = models.OneToOneField("auth.Group", on_delete=models.CASCADE, related_name="budget")
+    tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per period. Empty: no limit."
+    )
+
+    def __str__(self) -> str:
+        return f"{self.group}: {self.tokens if self.tokens is not None else 'no limit'}"
+
+
+class UserTokenBudget(models.Model):
+    """TOKEN_BUDGET for one user: it wins over the user's groups and the default."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_budget"
+    )
+    tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per period. Empty: no limit."
+    )
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.tokens if self.tokens is not None else 'no limit'}"

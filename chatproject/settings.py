@@ -321,6 +321,11 @@ REPLY_LOG_KEEP_SECONDS = envint("REPLY_LOG_KEEP_SECONDS", 7 * 24 * 3600)
 RECOVERY_INTERVAL_SECONDS = envfloat("RECOVERY_INTERVAL_SECONDS", 3.0)
 FOLLOW_GIVE_UP_SECONDS = envfloat("FOLLOW_GIVE_UP_SECONDS", 120.0)
 METRICS_TOKEN = envstr("METRICS_TOKEN")
+# Tokens per user per period (input + output of saved replies); unset: no limit, unless an
+# override in admin (per group, per user) sets one.
+TOKEN_BUDGET: int | None = envint("TOKEN_BUDGET", 0) if envstr("TOKEN_BUDGET").strip() else None
+if TOKEN_BUDGET is not None and TOKEN_BUDGET < 0:
+    raise ImproperlyConfigured("TOKEN_BUDGET must be a number of tokens, 0 or more.")
 # Token usage is counted per calendar period starting 00:00 UTC (weeks on Monday). A typo
 # must stop the server, not silently count per day while the operator believes "per month".
 TOKEN_BUDGET_PERIOD = envstr("TOKEN_BUDGET_PERIOD", "day").strip().lower() or "day"

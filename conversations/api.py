@@ -178,11 +178,11 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     return body
 
 
-def _persona_for_new_conversation(slug: Any) -> Persona:
+def _persona_for_new_conversation(slug: Any, user_id: int) -> Persona:
     if slug is not None and not isinstance(slug, str):
         raise ApiError(400, "invalid", "persona must be a slug or null.")
     try:
-        return services.persona_for_new_conversation(slug)
+        return services.persona_for_new_conversation(slug, user_id)
     except NotFound as exc:
         raise ApiError(404, "not_found", exc.message) from None
 
@@ -207,7 +207,9 @@ def personas(request: HttpRequest) -> HttpResponse:
 @api_view("GET", "POST")
 def conversations(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        persona = _persona_for_new_conversation(json_body(request).get("persona"))
+        persona = _persona_for_new_conversation(
+            json_body(request).get("persona"), request_user(request).pk
+        )
         conversation = Conversation.objects.create(owner=request_user(request), persona=persona)
         return JsonResponse(serializers.conversation_dict(conversation), status=201)
 

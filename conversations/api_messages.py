@@ -33,6 +33,8 @@ HTTP_STATUS = {
     "provider_error": 502,
     "save_failed": 500,
     "unauthorized": 401,
+    "forbidden": 403,
+    "quota_exceeded": 429,
 }
 
 

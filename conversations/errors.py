@@ -65,3 +65,15 @@ class SessionEnded(ChatError):
     """The socket's session was logged out, or its user deactivated, deleted or re-keyed."""
 
     code = "unauthorized"
+
+
+class Forbidden(ChatError):
+    """The conversation is the user's, but its persona is no longer theirs to use."""
+
+    code = "forbidden"
+
+
+class QuotaExceeded(ChatError):
+    """The user's token budget for this period is used up (`retry_after`: to the next)."""
+
+    code = "quota_exceeded"

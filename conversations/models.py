@@ -104,3 +104,24 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class TokenUsage(models.Model):
+    """Tokens of a user's saved replies per persona and UTC day, counted in the reply's own
+    transaction: the budget check sums a period's rows in one indexed statement, exact
+    whatever worker saved them."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    persona = models.ForeignKey(Persona, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "persona", "day"], name="token_usage_unique")
+        ]
+        indexes = [models.Index(fields=["user", "day"], name="token_usage_user_day")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.day}: {self.tokens}"

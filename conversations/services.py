@@ -10,18 +10,35 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from importlib import import_module
-from typing import Any
+from typing import Any, cast
 
 from channels.auth import get_user
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import (
+    BigIntegerField,
+    BooleanField,
+    Case,
+    Exists,
+    ExpressionWrapper,
+    F,
+    Max,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.models import Profile
+from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
+from accounts.services import Period, period_bounds
 from conversations.context import (
     HistoryItem,
     PersonaInfo,
@@ -29,10 +46,10 @@ from conversations.context import (
     ReplyInfo,
     TurnContext,
 )
-from conversations.errors import Invalid, NotFound, SessionEnded
-from conversations.models import Conversation, Message
+from conversations.errors import Forbidden, Invalid, NotFound, QuotaExceeded, SessionEnded
+from conversations.models import Conversation, Message, TokenUsage
 from conversations.prompts import title_from_message
-from personas.models import Persona
+from personas.models import Persona, usable_expression
 
 
 def _persona_info(persona: Persona) -> PersonaInfo:
@@ -59,12 +76,14 @@ def _reply_info(message: Message) -> ReplyInfo:
     )
 
 
-def persona_for_new_conversation(slug: str | None) -> Persona:
-    personas = Persona.objects.filter(is_active=True)
+def persona_for_new_conversation(slug: str | None, user_id: int) -> Persona:
+    """The persona named, or the default; only those the user may use exist for them."""
+    personas = Persona.objects.usable_by(user_id)
     persona = (
         personas.filter(slug=slug).first()
         if slug is not None
-        else (personas.filter(is_default=True).first() or personas.first())
+        # The default first, else the first the user may use.
+        else personas.order_by("-is_default", "order", "name").first()
     )
     if persona is None:
         raise NotFound(f"No persona {slug!r}." if slug is not None else "No persona is set up yet.")
@@ -126,13 +145,14 @@ def turn_begin(
     if conversation_id is None:
         if parent_given and parent_id is not None:
             raise NotFound("No such message in this conversation.")
-        persona = persona_for_new_conversation(persona_slug)
+        persona = persona_for_new_conversation(persona_slug, user_id)
         conversation = None
         parent: uuid.UUID | None = None
     else:
         conversation = _conversation_locked(user_id, conversation_id)
         persona = conversation.persona
         parent = _parent_for(conversation, parent_id, parent_given)
+    budget_check(user_id=user_id)
     if check_persona is not None:
         check_persona(_persona_info(persona))
     # Chosen here so that a new conversation is created already pointing at it (the
@@ -205,6 +225,8 @@ def turn_regenerate(
     assert question is not None  # a database constraint: every reply has a parent
     reply_id = regenerate_id_for(question.id, client_id)
     saved = Message.objects.filter(id=reply_id).first()
+    if saved is None:
+        budget_check(user_id=user_id)
     if saved is not None:
         return _context_for(
             question,
@@ -235,16 +257,116 @@ def turn_regenerate(
 
 
 def _conversation_locked(user_id: int, conversation_id: uuid.UUID) -> Conversation:
-    # The row lock serialises concurrent turns on one conversation across workers.
+    # The row lock serialises concurrent turns on one conversation across workers. Whether
+    # the user may still use its persona is read in the same statement.
     conversation = (
         Conversation.objects.select_for_update(of=("self",))
         .select_related("persona", "current_leaf")
         .filter(id=conversation_id, owner_id=user_id)
+        .annotate(
+            usable=ExpressionWrapper(
+                usable_expression(user_id, "persona_id") & Q(persona__is_active=True),
+                output_field=BooleanField(),
+            )
+        )
         .first()
     )
     if conversation is None:
         raise NotFound("No such conversation.")
+    if not conversation.usable:
+        raise Forbidden(
+            f"You can no longer chat with {conversation.persona.name}: this conversation "
+            "stays readable. Start a new chat to go on."
+        )
     return conversation
+
+
+@dataclass(frozen=True)
+class Budget:
+    period: str
+    period_start: datetime
+    resets_at: datetime
+    used_tokens: int
+    limit_tokens: int | None  # None: no limit
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit_tokens is not None and self.used_tokens >= self.limit_tokens
+
+
+def budget_for(*, user_id: int) -> Budget:
+    """The user's tokens this period and their limit, in one statement: the period's
+    counters summed, and the overrides (a user override wins; else the most generous of
+    the user's groups; else TOKEN_BUDGET)."""
+    start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), timezone.now())
+    mine = UserTokenBudget.objects.filter(user_id=OuterRef("pk"))
+    groups = GroupTokenBudget.objects.filter(group__user=OuterRef("pk")).order_by()
+    row = (
+        get_user_model()
+        .objects.filter(pk=user_id)
+        .annotate(
+            used=Coalesce(
+                Subquery(
+                    TokenUsage.objects.filter(user_id=OuterRef("pk"), day__gte=start.date())
+                    .order_by()
+                    .values("user_id")
+                    .annotate(total=Sum("tokens"))
+                    .values("total")
+                ),
+                Value(0),
+                output_field=BigIntegerField(),
+            ),
+            has_own=Exists(mine),
+            own=Subquery(mine.values("tokens")),
+            has_group=Exists(groups),
+            group_unlimited=Exists(groups.filter(tokens__isnull=True)),
+            group_most=Subquery(
+                groups.values("group__user").annotate(most=Max("tokens")).values("most")
+            ),
+        )
+        .values("used", "has_own", "own", "has_group", "group_unlimited", "group_most")
+        .first()
+    )
+    if row is None:
+        raise SessionEnded("Your session has ended; sign in again.")
+    limit: int | None
+    if row["has_own"]:
+        limit = row["own"]
+    elif row["has_group"]:
+        limit = None if row["group_unlimited"] else row["group_most"]
+    else:
+        limit = settings.TOKEN_BUDGET
+    return Budget(
+        period=settings.TOKEN_BUDGET_PERIOD,
+        period_start=start,
+        resets_at=resets,
+        used_tokens=int(row["used"]),
+        limit_tokens=limit,
+    )
+
+
+def budget_check(*, user_id: int) -> None:
+    """Refuse a turn once the user's tokens for this period are used up. A reply that
+    started is never cut short: only turns that have not begun are refused."""
+    budget = budget_for(user_id=user_id)
+    if budget.exhausted:
+        wait = max(1, math.ceil((budget.resets_at - timezone.now()).total_seconds()))
+        raise QuotaExceeded(
+            f"You have used your tokens for this {budget.period}; they renew at "
+            f"{budget.resets_at:%H:%M} UTC (in {wait // 3600} h {wait % 3600 // 60} min).",
+            retry_after=wait,
+        )
+
+
+def usage_by_persona(*, user_id: int, since: datetime) -> list[tuple[str, int]]:
+    """(persona slug, tokens) of the user's counters since `since`, most tokens first."""
+    rows = (
+        TokenUsage.objects.filter(user_id=user_id, day__gte=since.date())
+        .values("persona__slug")
+        .annotate(tokens=Sum("tokens"))
+        .order_by("-tokens", "persona__slug")
+    )
+    return [(row["persona__slug"], int(row["tokens"])) for row in rows]
 
 
 def _reply_in(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Message:
@@ -466,7 +588,7 @@ def reply_save(
     )
     if not moved:
         return None
-    reply, _ = Message.objects.get_or_create(
+    reply, created = Message.objects.get_or_create(
         id=message_id,
         defaults={
             "conversation_id": conversation_id,
@@ -479,7 +601,44 @@ def reply_save(
             "error": error[:500],
         },
     )
+    if created:
+        usage_count(
+            conversation_id=conversation_id,
+            tokens=reply_tokens(input_tokens, output_tokens, content),
+        )
     return _reply_info(reply)
+
+
+def reply_tokens(input_tokens: int | None, output_tokens: int | None, content: str) -> int:
+    """What a reply costs: the provider's usage, or characters / 4 where it reported none."""
+    if input_tokens is None and output_tokens is None:
+        return math.ceil(len(content) / 4)
+    return (input_tokens or 0) + (output_tokens or 0)
+
+
+def usage_count(*, conversation_id: uuid.UUID, tokens: int) -> None:
+    """Add a saved reply's tokens to its owner's counter for this UTC day, in the caller's
+    transaction: one upsert, so two workers saving at once both count."""
+    table = connection.ops.quote_name(TokenUsage._meta.db_table)
+    conversations = connection.ops.quote_name(Conversation._meta.db_table)
+    pk = Conversation._meta.pk
+    assert pk is not None
+    sql = f"""
+        INSERT INTO {table} (user_id, persona_id, day, tokens)
+        SELECT owner_id, persona_id, %s, %s FROM {conversations} WHERE id = %s
+        ON CONFLICT (user_id, persona_id, day)
+        DO UPDATE SET tokens = {table}.tokens + excluded.tokens
+    """  # the table names are the models' own, never user input
+    day = timezone.now().astimezone(UTC).date()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [
+                connection.ops.adapt_datefield_value(day),
+                tokens,
+                pk.get_db_prep_value(conversation_id, connection),
+            ],
+        )
 
 
 def reply_find(*, message_id: uuid.UUID) -> ReplyInfo | None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 
 
 class Provider(models.TextChoices):
@@ -10,6 +10,21 @@ class Provider(models.TextChoices):
     DEMO = "demo", "Demo (offline)"
     GEMINI = "gemini", "Google Gemini"
     OPENAI = "openai", "OpenAI-compatible"
+
+
+class PersonaQuerySet(models.QuerySet["Persona"]):
+    def usable_by(self, user_id: int) -> PersonaQuerySet:
+        """Active personas open to everyone (no groups) or to one of the user's groups."""
+        return self.filter(is_active=True).filter(usable_expression(user_id))
+
+
+def usable_expression(user_id: int, persona: str = "pk") -> Q:
+    """True where the persona at `persona` (a path from the queried model) has no groups, or
+    one the user belongs to: one expression, so a check costs no round trip of its own."""
+    through = Persona.groups.through
+    limited = Exists(through.objects.filter(persona_id=OuterRef(persona)))
+    member = Exists(through.objects.filter(persona_id=OuterRef(persona), group__user__id=user_id))
+    return ~Q(limited) | Q(member)
 
 
 class Persona(models.Model):
@@ -25,9 +40,17 @@ class Persona(models.Model):
     )
     is_active = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False)
+    groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="personas",
+        help_text="Only members of these groups may use this persona. None: everyone.",
+    )
     order = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PersonaQuerySet.as_manager()
 
     class Meta:
         ordering = ["order", "name"]
