@@ -24,6 +24,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--history", type=int, default=40, help="messages in the long chat")
     parser.add_argument("--sql", action="store_true", help="print each statement too")
+    parser.add_argument(
+        "--time",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N turn_begin + reply_save pairs in the long conversation, 5 repeats",
+    )
     args = parser.parse_args()
     ensure_database(os.environ["DATABASE_URL"])
     django_setup()
@@ -97,6 +104,8 @@ def main() -> None:
                 history_limit=50,
             ),
         )
+    if args.time:
+        timed(args.time, lambda content: begin(first.conversation_id, content), save)
     width = max(len(label) for label, _ in rows)
     print(f"{'transaction':<{width}}  statements")
     for label, statements in rows:
@@ -104,6 +113,27 @@ def main() -> None:
         if args.sql:
             for statement in statements:
                 print(f"    {statement[:160]}")
+
+
+def timed(count: int, begin: Any, save: Any) -> None:
+    """turn_begin's wall time per call, on a warm connection: median of each repeat, and the
+    median and min-max of those. Each pair saves its reply, so the history keeps growing."""
+    import statistics
+    import time
+
+    repeats = []
+    for repeat in range(5):
+        times = []
+        for index in range(count):
+            started = time.perf_counter()
+            ctx = begin(f"timed {repeat}.{index}")
+            times.append(time.perf_counter() - started)
+            save(ctx)
+        repeats.append(statistics.median(times) * 1e6)
+    print(
+        f"turn_begin: median {statistics.median(repeats):.0f} µs per call "
+        f"(repeats {min(repeats):.0f}-{max(repeats):.0f} µs, {count} calls each)"
+    )
 
 
 if __name__ == "__main__":
