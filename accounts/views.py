@@ -9,7 +9,7 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
-from django.contrib.auth.views import LoginView
+from django.contrib.auth.views import LoginView, LogoutView
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -19,6 +19,8 @@ from django.views.decorators.http import require_http_methods
 from accounts import throttle
 from accounts.forms import ProfileForm
 from accounts.models import Profile
+from accounts.oidc import oidc_enabled
+from accounts.oidc.views import provider_logout_url
 from accounts.services import Period, period_bounds, usage_for
 
 # What the profile page calls the current period.
@@ -30,21 +32,49 @@ PERIOD_LABELS: dict[str, str] = {
 USAGE_WINDOW = timedelta(days=30)
 
 
+def signup_open() -> bool:
+    # Read at request time, not import time, so the settings can change under tests.
+    return bool(settings.ALLOW_SIGNUP and settings.PASSWORD_LOGIN)
+
+
 class ChatLoginView(LoginView):
     template_name = "registration/login.html"
     redirect_authenticated_user = True
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        # Read at request time, not import time, so ALLOW_SIGNUP can change under tests.
         context = super().get_context_data(**kwargs)
-        context["allow_signup"] = settings.ALLOW_SIGNUP
+        context["allow_signup"] = signup_open()
+        context["password_login_off"] = not settings.PASSWORD_LOGIN
+        context["oidc_enabled"] = oidc_enabled()
+        context["oidc_name"] = settings.OIDC_NAME
         return context
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # CSRF is still checked first (LoginView's dispatch), whatever the answer.
+        if not settings.PASSWORD_LOGIN:
+            context = self.get_context_data(password_refused=True)
+            return self.render_to_response(context, status=403)
+        return super().post(request, *args, **kwargs)
+
+
+class ChatLogoutView(LogoutView):
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Read before logout() flushes the session that holds the ID token. logout() itself
+        # still runs here, so the session's sockets close as before (conversations.signals).
+        provider_logout = provider_logout_url(request)
+        response = super().post(request, *args, **kwargs)
+        return redirect(provider_logout) if provider_logout else response
 
 
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
-    if not settings.ALLOW_SIGNUP:
-        return render(request, "accounts/signup.html", {"closed": True}, status=404)
+    if not signup_open():
+        context: dict[str, Any] = {
+            "closed": True,
+            "password_login": settings.PASSWORD_LOGIN,
+            "oidc_name": settings.OIDC_NAME if oidc_enabled() else "",
+        }
+        return render(request, "accounts/signup.html", context, status=404)
     if request.user.is_authenticated:
         return redirect("chat")
     form: UserCreationForm[User] = UserCreationForm(

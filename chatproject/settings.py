@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "accounts",
+    "accounts.oidc",  # sign-in with OpenID Connect (issue 13): identities by (issuer, sub)
     "personas",
     "conversations",
     "axes",  # login throttling (issue 10); its admin lists and clears lockouts
@@ -169,6 +170,31 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 ALLOW_SIGNUP = envbool("ALLOW_SIGNUP", True)
 
+# --- Sign-in with OpenID Connect (issue 13), through mozilla-django-oidc -----------------
+# On when the issuer, client id and secret are all set. The endpoints come from
+# <OIDC_ISSUER>/.well-known/openid-configuration, fetched when a sign-in first needs them
+# (never at startup: a provider that is away must not stop the site) and cached.
+OIDC_ISSUER = envstr("OIDC_ISSUER").strip().rstrip("/")
+OIDC_CLIENT_ID = envstr("OIDC_CLIENT_ID").strip()
+OIDC_CLIENT_SECRET = envstr("OIDC_CLIENT_SECRET")
+OIDC_NAME = envstr("OIDC_NAME").strip() or "your organisation's account"
+# A claim whose values become the user's Django groups at each sign-in; unset: groups are
+# left as admin sets them.
+OIDC_GROUPS_CLAIM = envstr("OIDC_GROUPS_CLAIM").strip()
+OIDC_RP_SCOPES = envstr("OIDC_SCOPES").strip() or "openid email profile"
+# Seconds for each request to the provider (discovery, token, userinfo, JWKS).
+OIDC_TIMEOUT = envfloat("OIDC_TIMEOUT", 5.0)
+OIDC_DISCOVERY_CACHE_SECONDS = envfloat("OIDC_DISCOVERY_CACHE_SECONDS", 3600.0)
+# RS256 ID tokens checked against the provider's JWKS; nonce and PKCE on; the ID token is
+# kept in the session for the provider's end-session endpoint (id_token_hint).
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_USE_NONCE = True
+OIDC_USE_PKCE = True
+OIDC_STORE_ID_TOKEN = True
+# false: no password form, no signup (a POST answers 403 / 404). /admin/ keeps Django's own
+# login, so accounts made with createsuperuser still get in.
+PASSWORD_LOGIN = envbool("PASSWORD_LOGIN", True)
+
 # --- Behind nginx (deploy/): HTTPS only, HSTS. All driven by env, all off in development.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
@@ -198,6 +224,8 @@ SECURE_REFERRER_POLICY = "same-origin"
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesBackend",
     "django.contrib.auth.backends.ModelBackend",
+    # Answers only the OpenID Connect callback; idle unless OIDC_ISSUER etc. are set.
+    "accounts.oidc.backend.OIDCBackend",
 ]
 LOGIN_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
 LOGIN_COOLOFF_MINUTES = envint("LOGIN_COOLOFF_MINUTES", 15)

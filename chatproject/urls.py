@@ -8,6 +8,8 @@ from chatproject.ops import health, metrics
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
+    # Sign-in with OpenID Connect: the redirect URI to register is <site>/oidc/callback/.
+    path("oidc/", include("accounts.oidc.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics, name="metrics"),
