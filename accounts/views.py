@@ -22,6 +22,7 @@ from accounts.models import Profile
 from accounts.oidc import oidc_enabled
 from accounts.oidc.views import provider_logout_url
 from accounts.services import Period, period_bounds, usage_for
+from conversations.services import budget_for
 
 # What the profile page calls the current period.
 PERIOD_LABELS: dict[str, str] = {
@@ -114,11 +115,27 @@ def profile(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     start, resets_at = period_bounds(period, now)
     user_id = cast(int, request.user.pk)  # signed in: login_required
+    # The budget is the one the turn checks, read from the same counters.
+    budget = budget_for(user_id=user_id)
     context = {
         "form": form,
         "period_label": PERIOD_LABELS[period],
         "period_tokens": usage_for(user_id=user_id, since=start).tokens,
         "resets_at": resets_at,
+        "resets_in": duration_text((budget.resets_at - now).total_seconds()),
+        "budget": budget,
+        "budget_left": max(0, budget.limit_tokens - budget.used_tokens)
+        if budget.limit_tokens is not None
+        else None,
         "recent_usage": usage_for(user_id=user_id, since=now - USAGE_WINDOW),
     }
     return render(request, "accounts/profile.html", context)
+
+
+def duration_text(seconds: float) -> str:
+    """Like "5 h 12 min", "2 d 3 h" or "4 min": how long until the budget renews."""
+    minutes = max(1, int(seconds + 59) // 60)
+    days, hours, mins = minutes // 1440, minutes % 1440 // 60, minutes % 60
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {mins} min" if hours else f"{mins} min"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.http import content_disposition_header
 
-from conversations.models import Conversation, Message
+from conversations.models import Conversation, Message, TokenUsage
+from conversations.reports import PERIODS, parse_period, usage_report, usage_report_csv
 
 
 class ReadOnlyMixin:
@@ -157,3 +162,47 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="user", ordering="conversation__owner__username")
     def owner(self, message: Message) -> str:
         return str(message.conversation.owner)
+
+
+# Rows the page shows; the CSV download has them all.
+REPORT_ROWS_SHOWN = 500
+
+
+@admin.register(TokenUsage)
+class TokenUsageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """The usage report: tokens per user, per persona, per day this period, and the top
+    users, from the counters the budget check reads. ?period=day|week|month, ?format=csv."""
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            return super().changelist_view(request, extra_context)  # its own 403
+        try:
+            period = parse_period(request.GET.get("period"), settings.TOKEN_BUDGET_PERIOD)
+        except ValueError:
+            period = parse_period(None, settings.TOKEN_BUDGET_PERIOD)
+        report = usage_report(period=period)
+        if request.GET.get("format") == "csv":
+            out = io.StringIO()
+            usage_report_csv(report, out)
+            filename = f"token-usage-{period}-{report.start:%Y-%m-%d}.csv"
+            return HttpResponse(
+                out.getvalue(),
+                content_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": content_disposition_header(True, filename)},
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Token usage",
+            "opts": self.model._meta,
+            "report": report,
+            "periods": PERIODS,
+            "rows": report.rows[:REPORT_ROWS_SHOWN],
+            "rows_left_out": max(0, len(report.rows) - REPORT_ROWS_SHOWN),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/conversations/usage_report.html", context)

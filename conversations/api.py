@@ -200,8 +200,27 @@ def _clean_title(value: Any) -> str:
 
 @api_view("GET")
 def personas(request: HttpRequest) -> HttpResponse:
-    active = Persona.objects.filter(is_active=True)
-    return JsonResponse([serializers.persona_dict(p) for p in active], safe=False)
+    # Only what the user may use: any other persona does not exist for them.
+    usable = Persona.objects.usable_by(request_user(request).pk)
+    return JsonResponse([serializers.persona_dict(p) for p in usable], safe=False)
+
+
+@api_view("GET")
+def usage(request: HttpRequest) -> HttpResponse:
+    """This period's tokens against the user's limit (null: none), and per persona."""
+    user_id = request_user(request).pk
+    budget = services.budget_for(user_id=user_id)
+    by_persona = services.usage_by_persona(user_id=user_id, since=budget.period_start)
+    return JsonResponse(
+        {
+            "period": budget.period,
+            "period_start": budget.period_start.isoformat(),
+            "resets_at": budget.resets_at.isoformat(),
+            "used_tokens": budget.used_tokens,
+            "limit_tokens": budget.limit_tokens,
+            "by_persona": [{"persona": slug, "tokens": tokens} for slug, tokens in by_persona],
+        }
+    )
 
 
 @api_view("GET", "POST")

@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.chat, name="chat"),
     path("c/<uuid:conversation_id>/", views.chat, name="chat-conversation"),
     path("api/personas/", api.personas, name="api-personas"),
+    path("api/usage/", api.usage, name="api-usage"),
     path("api/conversations/", api.conversations, name="api-conversations"),
     path(
         "api/conversations/<uuid:conversation_id>/",

@@ -140,6 +140,7 @@ class PersonaAdmin(admin.ModelAdmin):
         "is_default",
         "provider_shown",
         "model_shown",
+        "groups_shown",
         "conversation_count",
         "ratings_7",
         "ratings_30",
@@ -147,7 +148,7 @@ class PersonaAdmin(admin.ModelAdmin):
     ]
     list_display_links = ["avatar", "name"]
     list_editable = ["order"]
-    list_filter = ["is_active", "is_default", "provider"]
+    list_filter = ["is_active", "is_default", "provider", "groups"]
     search_fields = ["name", "slug", "description", "system_prompt"]
     readonly_fields = [
         "prompt_preview",
@@ -162,16 +163,27 @@ class PersonaAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "slug", "avatar", "description", "order"]}),
         ("Behaviour", {"fields": ["system_prompt", "prompt_preview"]}),
         ("Model", {"fields": ["provider", "model", "temperature"]}),
-        ("Availability", {"fields": ["is_active", "is_default", "created_at", "updated_at"]}),
+        (
+            "Availability",
+            {
+                "fields": ["is_active", "is_default", "groups", "created_at", "updated_at"],
+                "description": "Limit the persona to groups: only their members see it and may "
+                "chat with it. No groups: everyone may.",
+            },
+        ),
         ("Ratings", {"fields": ["ratings_7", "ratings_30", "latest_comments"]}),
     ]
     prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["groups"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Persona]:
         # One query for the list instead of one count per row; the change page reads its
         # object through this too, so it gets the same rating counts.
         queryset = (
-            super().get_queryset(request).annotate(conversations_total=Count("conversations"))
+            super()
+            .get_queryset(request)
+            .annotate(conversations_total=Count("conversations"))
+            .prefetch_related("groups")
         )
         return ratings_annotate(queryset, timezone.now())
 
@@ -228,6 +240,11 @@ class PersonaAdmin(admin.ModelAdmin):
         )
         return format_html('<ul class="rating-comments">{}</ul>', items) if items else "none yet"
 
+    @admin.display(description="available to")
+    def groups_shown(self, persona: Persona) -> str:
+        names = sorted(group.name for group in persona.groups.all())
+        return ", ".join(names) if names else "everyone"
+
     @admin.display(description="provider", ordering="provider")
     def provider_shown(self, persona: Persona) -> str:
         return persona.provider or "default"
@@ -282,7 +299,10 @@ class PersonaAdmin(admin.ModelAdmin):
     @admin.action(description="Duplicate selected personas", permissions=["add"])
     def duplicate(self, request: HttpRequest, queryset: QuerySet[Persona]) -> None:
         copies = []
-        for persona in queryset.order_by("pk"):
+        for persona in queryset.order_by("pk").prefetch_related("groups"):
+            # A copy of a persona limited to groups stays limited to them: activating it
+            # must not open it to everyone.
+            groups = list(persona.groups.all())
             persona.pk = None
             persona._state.adding = True
             persona.slug = _unused_copy_slug(persona.slug)
@@ -291,6 +311,8 @@ class PersonaAdmin(admin.ModelAdmin):
             persona.is_default = False
             persona.is_active = False
             persona.save()
+            # add(), not set(): set() would compare with the original's prefetched groups.
+            persona.groups.add(*groups)
             copies.append(persona.slug)
         self.message_user(
             request,
