@@ -64,7 +64,12 @@ class ChatLogoutView(LogoutView):
         # still runs here, so the session's sockets close as before (conversations.signals).
         provider_logout = provider_logout_url(request)
         response = super().post(request, *args, **kwargs)
-        return redirect(provider_logout) if provider_logout else response
+        if provider_logout is None:
+            return response
+        # A page that moves on by itself, not a redirect: the CSP's form-action 'self' also
+        # covers where a form's answer redirects, and this form was posted from our page.
+        context = {"provider_logout": provider_logout, "oidc_name": settings.OIDC_NAME}
+        return render(request, "accounts/oidc_logout.html", context)
 
 
 @require_http_methods(["GET", "POST"])

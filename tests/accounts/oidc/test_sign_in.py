@@ -238,8 +238,12 @@ def test_logout_ends_the_provider_session(oidc: Provider) -> None:
     sign_in(client, "alice")
     id_token = client.session["oidc_id_token"]
     response = client.post("/accounts/logout/")
-    assert response.status_code == 302
-    url = urlsplit(response["Location"])
+    # A page that moves on to the provider (see ChatLogoutView), with a link as well.
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert '<meta http-equiv="refresh" content="0;url=' in html
+    assert 'id="provider-logout"' in html
+    url = urlsplit(response.context["provider_logout"])
     assert f"{url.scheme}://{url.netloc}{url.path}" == f"{oidc.issuer}/logout/"
     query = parse_qs(url.query)
     assert query["id_token_hint"] == [id_token]
