@@ -39,6 +39,19 @@ function currentPersonaSlug() {
 
 function render() {
   view.render(state, currentPersonaSlug());
+  scheduleQuotaTick();
+}
+
+// While the tokens are used up, the notice counts down and the composer opens again on time.
+let quotaTimer = null;
+function scheduleQuotaTick() {
+  const reason = chat.blocked(state, Date.now());
+  if (quotaTimer || !reason || reason.kind !== "quota") return;
+  const wait = Math.min(30_000, Math.max(50, reason.until - Date.now() + 50));
+  quotaTimer = setTimeout(() => {
+    quotaTimer = null;
+    render();
+  }, wait);
 }
 
 let renderRequested = false;
@@ -162,6 +175,8 @@ ui.newChat.addEventListener("click", () => {
   newChat({ push: true });
   view.closeSidebar();
 });
+
+ui.noticeNewChat.addEventListener("click", () => newChat({ push: true }));
 
 // ---- Sending ------------------------------------------------------------------------------
 
@@ -402,6 +417,7 @@ async function deleteConversation(conversation) {
 
 async function loadPersonas() {
   const personas = await api("GET", "/api/personas/");
+  chat.personasLoaded(state, personas);
   const preferred = personas.find((p) => p.is_default) || personas[0];
   selectedPersona = preferred ? preferred.slug : null;
   view.showPersonas(personas, selectedPersona, (slug) => {
@@ -431,3 +447,10 @@ personasReady.then(() => {
   view.redrawPersonas();
   render();
 });
+// The budget's period words the quota notice; tokens already used up disable sending now.
+api("GET", "/api/usage/")
+  .then((usage) => {
+    chat.usageLoaded(state, usage, Date.now());
+    render();
+  })
+  .catch(() => {});

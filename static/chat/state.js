@@ -51,6 +51,14 @@ export function createState() {
     conversations: [],
     query: "",
     listVersion: 0,
+    // Access and quotas. Conversations whose sends answered `forbidden`, with the reason.
+    forbidden: new Map(),
+    // The slugs of the personas the user may use (GET /api/personas/), once known.
+    usablePersonas: null,
+    // The budget period ("day", "week", "month") and, while the tokens are used up, when
+    // sending may start again: {until} in ms since the epoch.
+    period: "day",
+    quota: null,
   };
 }
 
@@ -123,6 +131,79 @@ export function isBusy(state) {
 
 const WAIT = "Wait for the reply to finish, or stop it first.";
 
+// ---- Access and quotas --------------------------------------------------------------------
+
+const PERIOD_WORDS = { day: "today", week: "this week", month: "this month" };
+const NO_LONGER =
+  "You can no longer chat with this persona: this conversation stays readable. Start a new chat to go on.";
+
+/** "5 h 12 min", "2 d 3 h" or "4 min": a wait in seconds, rounded up to the minute. */
+export function durationText(seconds) {
+  const minutes = Math.max(1, Math.ceil(seconds / 60));
+  const days = Math.floor(minutes / 1440);
+  const hours = Math.floor((minutes % 1440) / 60);
+  const mins = minutes % 60;
+  if (days) return `${days} d ${hours} h`;
+  return hours ? `${hours} h ${mins} min` : `${mins} min`;
+}
+
+const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/**
+ * "You have used your tokens for today; they renew at 00:00 UTC (in 5 h 12 min)", for a
+ * wait of `retryAfter` seconds from `now` (ms). Periods start at 00:00 UTC; a week's or a
+ * month's renewal also names its day.
+ */
+export function quotaMessage(period, retryAfter, now) {
+  // retry_after is rounded up to whole seconds: the renewal is on the minute before.
+  const renews = new Date(Math.floor((now + retryAfter * 1000) / 60000) * 60000);
+  const time = `${String(renews.getUTCHours()).padStart(2, "0")}:${String(renews.getUTCMinutes()).padStart(2, "0")} UTC`;
+  const when =
+    period === "week" || period === "month"
+      ? `on ${WEEKDAYS[renews.getUTCDay()]} ${renews.getUTCDate()} ${MONTHS[renews.getUTCMonth()]}, ${time}`
+      : `at ${time}`;
+  const words = PERIOD_WORDS[period] || "this period";
+  return `You have used your tokens for ${words}; they renew ${when} (in ${durationText(retryAfter)})`;
+}
+
+/** GET /api/personas/ answered: only these may start or continue a chat. */
+export function personasLoaded(state, personas) {
+  state.usablePersonas = new Set(personas.map((p) => p.slug));
+}
+
+/** GET /api/usage/ answered: the period, and whether the tokens are used up already. */
+export function usageLoaded(state, usage, now) {
+  if (usage && typeof usage.period === "string") state.period = usage.period;
+  if (!usage || usage.limit_tokens === null || usage.limit_tokens === undefined) return;
+  const until = Date.parse(usage.resets_at);
+  if (usage.used_tokens >= usage.limit_tokens && until > now) state.quota = { until };
+}
+
+/**
+ * Why nothing can be sent now, or null: {kind: "forbidden", message} in a conversation whose
+ * persona the user may no longer use (it stays readable), else {kind: "quota", message,
+ * until} while the tokens are used up.
+ */
+export function blocked(state, now) {
+  const id = state.currentId;
+  if (id && state.forbidden.has(id)) return { kind: "forbidden", message: state.forbidden.get(id) || NO_LONGER };
+  const persona = id && state.loadedId === id ? state.currentPersona : null;
+  if (persona && state.usablePersonas && !state.usablePersonas.has(persona)) {
+    return { kind: "forbidden", message: NO_LONGER };
+  }
+  if (state.quota && now < state.quota.until) {
+    const wait = Math.ceil((state.quota.until - now) / 1000);
+    return { kind: "quota", message: quotaMessage(state.period, wait, now), until: state.quota.until };
+  }
+  return null;
+}
+
+function refusedNow(state, now) {
+  const reason = blocked(state, now === undefined ? Date.now() : now);
+  return reason ? { error: reason.message } : null;
+}
+
 // ---- Opening conversations ----------------------------------------------------------------
 
 function resetView(state) {
@@ -186,9 +267,11 @@ export function resumeFrame(state) {
  * The user pressed Send. Returns {frame} to send, {error} to show, or {} when there is
  * nothing to do (an empty box, or the first message of a new chat is still on its way).
  */
-export function compose(state, { content, clientId, persona, maxChars }) {
+export function compose(state, { content, clientId, persona, maxChars, now }) {
   const text = content.trim();
   if (!text) return {};
+  const refused = refusedNow(state, now);
+  if (refused) return refused;
   // Characters as the server counts them (code points): an emoji is one, not two.
   const length = Array.from(text).length;
   if (length > maxChars) {
@@ -249,10 +332,12 @@ export function cancelEdit(state) {
  * message's parent_id. The path below it goes at once; the new message shows as sending.
  * Returns {frame}, {error}, or {} when there is nothing to send.
  */
-export function composeEdit(state, { content, clientId, maxChars }) {
+export function composeEdit(state, { content, clientId, maxChars, now }) {
   const editing = state.editing;
   const index = editing ? state.messages.findIndex((m) => m.key === editing.key) : -1;
   if (index < 0) return {};
+  const refused = refusedNow(state, now);
+  if (refused) return refused;
   const edited = state.messages[index];
   const text = content.trim();
   if (!text) return { error: "The message is empty." };
@@ -285,9 +370,11 @@ function versionIds(message) {
 }
 
 /** Ask for a new version of the reply `key` (Regenerate, and Retry for a failed reply). */
-export function regenerate(state, { key, clientId }) {
+export function regenerate(state, { key, clientId, now }) {
   const message = state.messages.find((m) => m.key === key);
   if (!message || message.role !== "assistant" || !message.id || !state.currentId) return {};
+  const refused = refusedNow(state, now);
+  if (refused) return refused;
   if (isBusy(state)) return { error: WAIT };
   const frame = {
     type: "chat.regenerate",
@@ -451,7 +538,7 @@ export function receive(state, frame, now = null) {
     case "chat.idle":
       return idle(state, frame);
     case "chat.error":
-      return error(state, frame);
+      return error(state, frame, now);
     case "conversation.updated": {
       const effects = touch(state, frame.conversation_id, { title: frame.title || "" });
       if (frame.conversation_id === state.currentId) state.title = frame.title || "";
@@ -486,6 +573,8 @@ function settleResent(state, conversationId) {
 
 function accepted(state, frame, now) {
   const effects = [];
+  // A turn was accepted (here or in another tab): the tokens are not used up after all.
+  state.quota = null;
   const entry = state.pending.get(frame.client_id);
   state.pending.delete(frame.client_id);
   if (state.awaitingNew && state.awaitingNew === frame.client_id) {
@@ -653,15 +742,18 @@ function idle(state, frame) {
   return [{ type: "reload", conversationId: frame.conversation_id, afterIdle: true }];
 }
 
-function error(state, frame) {
+function error(state, frame, now) {
   const entry = frame.client_id ? state.pending.get(frame.client_id) : null;
-  const reason =
+  // Refusals the page shows as a notice in the conversation rather than under the box.
+  const notice = accessRefusal(state, frame, entry, now);
+  let reason =
     frame.code === "rate_limited" && frame.retry_after
       ? `${frame.message} Try again in ${Math.ceil(frame.retry_after)} s.`
       : frame.message;
+  if (notice) reason = "";
   if (entry) {
     state.pending.delete(frame.client_id);
-    if (!entry.message) return [{ type: "error", message: reason || "The reply could not be regenerated." }];
+    if (!entry.message) return reason ? [{ type: "error", message: reason }] : [];
     // A refused message saves nothing: take it off the list and give the text back.
     state.messages = state.messages.filter((message) => message !== entry.message);
     if (state.awaitingNew === frame.client_id) state.awaitingNew = null;
@@ -669,19 +761,32 @@ function error(state, frame) {
       // The edit took the path below it off the screen: the saved path comes back, with
       // the editor open on the text as it was sent.
       state.editing = { ...entry.edit };
-      return [
-        { type: "reload", conversationId: state.currentId },
-        { type: "error", message: reason || "The message was refused." },
-      ];
+      const reload = { type: "reload", conversationId: state.currentId };
+      return notice ? [reload] : [reload, { type: "error", message: reason || "The message was refused." }];
     }
-    return [
-      { type: "refused", text: entry.frame.content },
-      { type: "error", message: reason || "The message was refused." },
-    ];
+    const refused = { type: "refused", text: entry.frame.content };
+    return notice ? [refused] : [refused, { type: "error", message: reason || "The message was refused." }];
   }
+  if (notice) return [];
   if (frame.conversation_id && frame.conversation_id !== state.currentId) return [];
   if (frame.code === "not_found" && frame.conversation_id) {
     return [{ type: "error", message: "That conversation does not exist or was deleted." }];
   }
   return [{ type: "error", message: reason || "Something went wrong." }];
+}
+
+// forbidden and quota_exceeded: remembered, so the page shows why and stops offering to send.
+function accessRefusal(state, frame, entry, now) {
+  if (frame.code === "forbidden") {
+    const id = frame.conversation_id || (entry && entry.frame.conversation_id) || state.currentId;
+    if (!id) return false;
+    state.forbidden.set(id, frame.message || NO_LONGER);
+    return true;
+  }
+  if (frame.code === "quota_exceeded" && Number(frame.retry_after) > 0) {
+    const at = typeof now === "string" ? Date.parse(now) : Number.isFinite(now) ? now : Date.now();
+    state.quota = { until: at + Number(frame.retry_after) * 1000 };
+    return true;
+  }
+  return false;
 }

@@ -6,7 +6,7 @@
  * marked, DOMPurify and hljs are the vendored classic scripts loaded before the modules.
  */
 
-import { isBusy, isGenerating, pickerVisible, versionOf } from "./state.js";
+import { blocked, isBusy, isGenerating, pickerVisible, versionOf } from "./state.js";
 
 const { marked, DOMPurify, hljs } = window;
 
@@ -32,6 +32,9 @@ export const ui = {
   picker: $("#persona-picker"),
   personaOptions: $("#persona-options"),
   messages: $("#messages"),
+  notice: $("#chat-notice"),
+  noticeText: $("#chat-notice-text"),
+  noticeNewChat: $("#notice-new-chat"),
   jump: $("#jump"),
   composer: $("#composer"),
   input: $("#input"),
@@ -761,6 +764,25 @@ function setGenerating(generating) {
   if ((focused === ui.stop && !generating) || (focused === ui.send && generating)) ui.input.focus();
 }
 
+/**
+ * Why nothing can be sent now (a persona no longer the user's, or tokens used up), shown in
+ * the conversation; the composer stays disabled until it passes.
+ */
+function setBlocked(reason) {
+  const text = reason ? reason.message : "";
+  const kind = reason ? reason.kind : "";
+  if (ui.notice.dataset.kind !== kind || ui.noticeText.textContent !== text) {
+    const appearing = ui.notice.hidden && Boolean(reason);
+    ui.notice.hidden = !reason;
+    ui.notice.dataset.kind = kind;
+    ui.noticeText.textContent = text;
+    ui.noticeNewChat.hidden = kind !== "forbidden";
+    if (appearing) scrollToBottom();
+  }
+  ui.input.disabled = Boolean(reason);
+  ui.send.disabled = Boolean(reason);
+}
+
 // ---- The whole page ----------------------------------------------------------------------
 
 // What the last render drew, so that only what changed is drawn again.
@@ -802,6 +824,7 @@ export function render(state, personaSlug) {
   if (state.stream) ui.messages.setAttribute("aria-busy", "true");
   else ui.messages.removeAttribute("aria-busy");
   setGenerating(isGenerating(state));
+  setBlocked(blocked(state, Date.now()));
   ui.picker.hidden = !pickerVisible(state);
   if (state.title !== last.title) setTitle(state.title);
   setPersonaChip(state.currentPersona);
