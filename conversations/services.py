@@ -7,6 +7,7 @@ await returns.
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Callable
@@ -20,15 +21,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.db.models import (
-    BooleanField,
     Case,
-    ExpressionWrapper,
     F,
-    Q,
     Sum,
     Value,
     When,
 )
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
@@ -43,7 +42,7 @@ from conversations.context import (
 from conversations.errors import Forbidden, Invalid, NotFound, QuotaExceeded, SessionEnded
 from conversations.models import Conversation, Message, TokenUsage
 from conversations.prompts import title_from_message
-from personas.models import Persona, usable_expression
+from personas.models import Persona
 
 
 def _persona_info(persona: Persona) -> PersonaInfo:
@@ -250,6 +249,22 @@ def turn_regenerate(
     return replace(ctx, age=0.0)
 
 
+@functools.cache
+def _may_use_persona_sql() -> str:
+    """Whether the user may use the locked conversation's persona (its groups, if any, hold
+    them), as SQL: the ORM's two Exists subqueries cost more to compile each turn than to
+    run."""
+    quote = connection.ops.quote_name
+    through = quote(Persona.groups.through._meta.db_table)
+    members = quote(get_user_model().groups.through._meta.db_table)
+    persona = f"{quote(Conversation._meta.db_table)}.{quote('persona_id')}"
+    return (
+        f"(NOT EXISTS (SELECT 1 FROM {through} t WHERE t.persona_id = {persona}) OR EXISTS ("
+        f"SELECT 1 FROM {through} t JOIN {members} m ON m.group_id = t.group_id "
+        f"WHERE t.persona_id = {persona} AND m.user_id = %s))"
+    )
+
+
 def _conversation_locked(user_id: int, conversation_id: uuid.UUID) -> Conversation:
     # The row lock serialises concurrent turns on one conversation across workers. Whether
     # the user may still use its persona is read in the same statement.
@@ -257,17 +272,12 @@ def _conversation_locked(user_id: int, conversation_id: uuid.UUID) -> Conversati
         Conversation.objects.select_for_update(of=("self",))
         .select_related("persona", "current_leaf")
         .filter(id=conversation_id, owner_id=user_id)
-        .annotate(
-            usable=ExpressionWrapper(
-                usable_expression(user_id, "persona_id") & Q(persona__is_active=True),
-                output_field=BooleanField(),
-            )
-        )
+        .annotate(member=RawSQL(_may_use_persona_sql(), [user_id]))
         .first()
     )
     if conversation is None:
         raise NotFound("No such conversation.")
-    if not conversation.usable:
+    if not (conversation.member and conversation.persona.is_active):
         raise Forbidden(
             f"You can no longer chat with {conversation.persona.name}: this conversation "
             "stays readable. Start a new chat to go on."
