@@ -10,6 +10,7 @@ import jwt
 import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import SuspiciousOperation
 from django.db import IntegrityError, transaction
@@ -59,6 +60,10 @@ class OIDCBackend(OIDCAuthenticationBackend):
     @property
     def OIDC_RP_CLIENT_SECRET(self) -> str:
         return str(settings.OIDC_CLIENT_SECRET)
+
+    def get_user(self, user_id: Any) -> Any:
+        # ModelBackend's, not mozilla-django-oidc's: a deactivated user's sessions must end.
+        return ModelBackend.get_user(self, user_id)
 
     def authenticate(self, request: HttpRequest | None, **kwargs: Any) -> Any:
         # Only the callback passes a nonce; a password login never reaches the provider.

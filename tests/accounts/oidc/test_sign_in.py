@@ -204,6 +204,14 @@ def test_an_inactive_user_is_refused(oidc: Provider) -> None:
     assert signed_in_as(client) is None
 
 
+def test_deactivating_a_user_ends_their_oidc_sessions(oidc: Provider) -> None:
+    client = Client()
+    sign_in(client, "alice")
+    assert client.get("/").status_code == 200
+    User.objects.filter(username="alice").update(is_active=False)
+    assert client.get("/")["Location"].startswith("/accounts/login/")
+
+
 def test_a_provider_that_is_down_leaves_the_login_page_working(
     use_provider: Callable[[Provider], None], provider: Provider, settings: Any
 ) -> None:
@@ -326,3 +334,12 @@ def test_admin_login_is_djangos_own_whatever_password_login_says(settings: Any) 
     response = client.post("/admin/login/", {"username": "root", "password": PASSWORD})
     assert response.status_code == 302
     assert signed_in_as(client) == "root"
+
+
+def test_admin_lists_identities(oidc: Provider) -> None:
+    sign_in(Client(), "alice")
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", password=PASSWORD))
+    page = admin.get("/admin/oidc/oidcidentity/")
+    assert page.status_code == 200
+    assert OIDCIdentity.objects.get().subject in page.content.decode()
