@@ -368,6 +368,6 @@ class PersonaAdmin(admin.ModelAdmin):
     def _in_use_message(what: str) -> str:
         return (
             f"Cannot delete {what}: conversations use it, and deleting it would lose their "
-            "history. Deactivate it instead: new chats stop offering it, existing chats "
-            "keep working."
+            "history. Deactivate it instead: new chats stop offering it, and its "
+            "conversations stay readable but can no longer go on."
         )
