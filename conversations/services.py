@@ -353,8 +353,9 @@ def budget_check(*, user_id: int) -> None:
     budget = budget_for(user_id=user_id)
     if budget.exhausted:
         wait = max(1, math.ceil((budget.resets_at - timezone.now()).total_seconds()))
+        when = {"day": "today", "week": "this week", "month": "this month"}[budget.period]
         raise QuotaExceeded(
-            f"You have used your tokens for this {budget.period}; they renew at "
+            f"You have used your tokens for {when}; they renew at "
             f"{budget.resets_at:%H:%M} UTC (in {wait // 3600} h {wait % 3600 // 60} min).",
             retry_after=wait,
         )
