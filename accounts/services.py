@@ -59,6 +59,15 @@ def period_bounds(period: Period, now: datetime) -> tuple[datetime, datetime]:
     raise ValueError(f"unknown period {period!r}")
 
 
+def duration_text(seconds: float) -> str:
+    """Like "5 h 12 min", "2 d 3 h" or "4 min": how long until the budget renews."""
+    minutes = max(1, int(seconds + 59) // 60)
+    days, hours, mins = minutes // 1440, minutes % 1440 // 60, minutes % 60
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {mins} min" if hours else f"{mins} min"
+
+
 # A reply's tokens: what the provider reported, or, where it reported nothing, an estimate of
 # ceil(characters / 4). Integer division of (n + 3) by 4 is that ceiling in SQL.
 _TOKENS = Case(

@@ -21,7 +21,7 @@ from accounts.forms import ProfileForm
 from accounts.models import Profile
 from accounts.oidc import oidc_enabled
 from accounts.oidc.views import provider_logout_url
-from accounts.services import Period, period_bounds, usage_for
+from accounts.services import Period, duration_text, period_bounds, usage_for
 from conversations.services import budget_for
 
 # What the profile page calls the current period.
@@ -135,12 +135,3 @@ def profile(request: HttpRequest) -> HttpResponse:
         "recent_usage": usage_for(user_id=user_id, since=now - USAGE_WINDOW),
     }
     return render(request, "accounts/profile.html", context)
-
-
-def duration_text(seconds: float) -> str:
-    """Like "5 h 12 min", "2 d 3 h" or "4 min": how long until the budget renews."""
-    minutes = max(1, int(seconds + 59) // 60)
-    days, hours, mins = minutes // 1440, minutes % 1440 // 60, minutes % 60
-    if days:
-        return f"{days} d {hours} h"
-    return f"{hours} h {mins} min" if hours else f"{mins} min"

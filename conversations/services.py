@@ -31,7 +31,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
-from accounts.services import Period, period_bounds
+from accounts.services import Period, duration_text, period_bounds
 from conversations.context import (
     HistoryItem,
     PersonaInfo,
@@ -356,7 +356,7 @@ def budget_check(*, user_id: int) -> None:
         when = {"day": "today", "week": "this week", "month": "this month"}[budget.period]
         raise QuotaExceeded(
             f"You have used your tokens for {when}; they renew at "
-            f"{budget.resets_at:%H:%M} UTC (in {wait // 3600} h {wait % 3600 // 60} min).",
+            f"{budget.resets_at:%H:%M} UTC (in {duration_text(wait)}).",
             retry_after=wait,
         )
 
