@@ -71,6 +71,8 @@ INSTALLED_APPS = [
     "accounts.oidc",  # sign-in with OpenID Connect (issue 13): identities by (issuer, sub)
     "personas",
     "conversations",
+    "attachments",  # uploads on messages (issue 15)
+    "sharing",  # read-only share links (issue 15)
     "axes",  # login throttling (issue 10); its admin lists and clears lockouts
     "csp",  # django-csp's system checks
 ]
@@ -368,6 +370,17 @@ from chatproject.ops.logging import logging_config  # noqa: E402
 
 LOG_FORMAT = envstr("LOG_FORMAT", "text" if DEBUG else "json")
 LOGGING: dict[str, Any] = logging_config(log_format=LOG_FORMAT, level=envstr("LOG_LEVEL", "INFO"))
+
+# --- Sharing and attachments (issue 15) ------------------------------------------------
+# Share links open to signed-in users of this site only, unless this says anyone with it.
+SHARE_PUBLIC = envbool("SHARE_PUBLIC", False)
+# The largest file accepted, counted while the body streams in (attachments/limits.py).
+MAX_UPLOAD_BYTES = envint("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+MAX_ATTACHMENTS_PER_MESSAGE = 4
+# Where uploads live with the default (file system) storage; never served by the web server
+# itself: files go out only through the authenticated views in attachments/views.py.
+MEDIA_ROOT = Path(envstr("MEDIA_ROOT") or BASE_DIR / "media")
+MEDIA_URL = "/media-not-served/"
 
 # Daphne serves /static/ itself unless a reverse proxy does (SERVE_STATIC=false).
 SERVE_STATIC = envbool("SERVE_STATIC", True)

@@ -38,6 +38,11 @@ class Persona(models.Model):
     temperature = models.FloatField(
         default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
     )
+    accepts_images = models.BooleanField(
+        default=True,
+        help_text="Whether this persona's model can read images. Off: messages with images "
+        "are refused before the turn starts, with a clear reason.",
+    )
     is_active = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False)
     groups = models.ManyToManyField(
