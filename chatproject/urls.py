@@ -13,6 +13,8 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics, name="metrics"),
+    path("", include("attachments.urls")),
+    path("", include("sharing.urls")),
     path("", include("conversations.urls")),
 ]
 
