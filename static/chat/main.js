@@ -5,7 +5,7 @@
  * The open conversation lives in the URL: "/" is a new chat, "/c/<uuid>/" an existing one,
  * so a reload or a shared link reopens it and picks up a reply still being generated.
  */
-import { api, signedIn } from "./api.js";
+import { api, signedIn, uploadFile } from "./api.js";
 import * as chat from "./state.js";
 import { createTransport } from "./transport.js";
 import * as view from "./view.js";
@@ -221,6 +221,146 @@ ui.stop.addEventListener("click", () => {
   ui.input.focus();
 });
 
+// ---- Attachments --------------------------------------------------------------------------
+
+// Uploads in flight by composer key: how to abort each.
+const uploads = new Map();
+
+function attachFiles(files) {
+  const byKey = new Map();
+  const described = files.map((file) => {
+    const key = uuid4();
+    byKey.set(key, file);
+    return { key, name: file.name || "pasted-image.png", size: file.size, type: file.type };
+  });
+  const { added, error } = chat.attachmentsAdd(state, described);
+  view.showError(error || "");
+  for (const item of added) startUpload(item, byKey.get(item.key));
+  render();
+  if (added.length) view.announce(added.length === 1 ? `Uploading ${added[0].name}.` : `Uploading ${added.length} files.`);
+}
+
+function startUpload(item, file) {
+  const { key } = item;
+  if (item.kind === "image") {
+    view.thumbnail(file).then((picture) => {
+      if (!picture) return;
+      chat.attachmentPreviewed(state, key, picture);
+      render();
+    });
+  }
+  const { promise, abort } = uploadFile(file, {
+    onProgress(loaded, total) {
+      chat.attachmentProgress(state, key, loaded, total);
+      renderSoon();
+    },
+  });
+  uploads.set(key, abort);
+  promise.then(
+    (upload) => {
+      uploads.delete(key);
+      // Removed while it uploaded: nobody wants the file the server kept.
+      if (!chat.attachmentUploaded(state, key, upload)) discardUpload(upload.id);
+      render();
+    },
+    (error) => {
+      uploads.delete(key);
+      if (error.code === "aborted") return;
+      chat.attachmentFailed(state, key, error.message);
+      render();
+      view.announce(`${item.name} was not attached: ${error.message}`);
+    },
+  );
+}
+
+function discardUpload(id) {
+  // 404 (gone already) and 409 (a message uses it after all) both leave nothing to do.
+  if (id) api("DELETE", `/api/uploads/${id}/`).catch(() => {});
+}
+
+function removeAttachment(key, index) {
+  const item = chat.attachmentRemove(state, key);
+  if (!item) return;
+  const abort = uploads.get(key);
+  if (abort) {
+    uploads.delete(key);
+    abort();
+  } else if (item.status === "done") {
+    discardUpload(item.id);
+  }
+  render();
+  view.focusAfterRemoval(index);
+  view.announce(`Removed ${item.name}.`);
+}
+
+// ---- Sharing ------------------------------------------------------------------------------
+
+function sharePath(id) {
+  return `/api/conversations/${id}/share/`;
+}
+
+async function openShare() {
+  const id = chat.shareOpened(state);
+  if (!id) return;
+  view.openShareDialog(state.share);
+  let answer = null;
+  try {
+    answer = await api("GET", sharePath(id));
+  } catch (error) {
+    if (error.status !== 404) {
+      chat.shareFailed(state, id, `Could not read the link: ${error.message}`);
+      view.renderShare(state.share);
+      return;
+    }
+  }
+  if (!chat.shareLoaded(state, id, answer)) return;
+  view.renderShare(state.share);
+  view.focusShare(state.share.status === "shared" ? "copy" : "create");
+}
+
+async function createShare() {
+  if (!chat.shareBusy(state, "create")) return;
+  const id = state.share.conversationId;
+  const updating = state.share.status === "shared";
+  view.renderShare(state.share);
+  try {
+    const answer = await api("POST", sharePath(id));
+    if (!chat.shareLoaded(state, id, answer)) return;
+    view.announce(updating ? "Snapshot updated." : "Link created.");
+    view.renderShare(state.share);
+    view.focusShare("copy");
+  } catch (error) {
+    chat.shareFailed(state, id, `Could not share: ${error.message}`);
+    view.renderShare(state.share);
+  }
+}
+
+async function revokeShare() {
+  if (!chat.shareBusy(state, "revoke")) return;
+  const id = state.share.conversationId;
+  view.renderShare(state.share);
+  try {
+    await api("DELETE", sharePath(id));
+  } catch (error) {
+    if (error.status !== 404) {
+      chat.shareFailed(state, id, `Could not revoke the link: ${error.message}`);
+      view.renderShare(state.share);
+      return;
+    }
+  }
+  if (!chat.shareLoaded(state, id, null)) return;
+  view.announce("Link revoked: it no longer works.");
+  view.renderShare(state.share);
+  view.focusShare("create");
+}
+
+function onShare(what) {
+  if (what === "open") openShare();
+  else if (what === "create") createShare();
+  else if (what === "revoke") revokeShare();
+  else if (what === "closed") chat.shareClosed(state);
+}
+
 // ---- Versions and feedback ----------------------------------------------------------------
 
 function startEdit(key) {
@@ -430,6 +570,9 @@ view.init({
   rename: renameConversation,
   remove: deleteConversation,
   message: onMessageAction,
+  attach: attachFiles,
+  removeAttachment,
+  share: onShare,
 });
 
 // Messages are drawn once personas are known, so their headers carry names and avatars.

@@ -59,6 +59,15 @@ export function createState() {
     // sending may start again: {until} in ms since the epoch.
     period: "day",
     quota: null,
+    // What each usable persona can read: slug -> {name, acceptsImages}.
+    personaInfo: new Map(),
+    // Files in the composer, in the order attached: {key, name, size, type, kind, preview,
+    // width, height, status ("uploading", "done", "error"), progress (0 to 1), id, url,
+    // contentType, error}. Only "done" ones go with the next message.
+    attachments: [],
+    // The Share dialog of the open conversation: {conversationId, status ("loading",
+    // "none", "shared", "error"), url, createdAt, busy ("create", "revoke" or null), error}.
+    share: null,
   };
 }
 
@@ -96,7 +105,31 @@ function savedMessage(message) {
     feedback: message.feedback === 1 || message.feedback === -1 ? message.feedback : null,
     comment: typeof message.feedback_comment === "string" ? message.feedback_comment : "",
     usage: usageOf(message.usage),
+    attachments: Array.isArray(message.attachments) ? message.attachments.map(attachmentOf) : [],
   };
+}
+
+// An attachment as the JSON API lists it on a message (or as the composer held it).
+function attachmentOf(a) {
+  const kind = a.kind || kindOf(a.content_type || a.contentType || "");
+  return {
+    id: a.id || null,
+    name: String(a.name || "file"),
+    size: Number.isFinite(a.size) ? a.size : null,
+    contentType: a.content_type || a.contentType || "",
+    kind,
+    width: Number.isInteger(a.width) && a.width > 0 ? a.width : null,
+    height: Number.isInteger(a.height) && a.height > 0 ? a.height : null,
+    url: typeof a.url === "string" ? a.url : a.id ? `/api/uploads/${a.id}/` : null,
+    // The composer's local thumbnail, shown until a reload brings the server's copy.
+    preview: typeof a.preview === "string" ? a.preview : null,
+  };
+}
+
+function kindOf(type) {
+  if (type.startsWith("image/")) return "image";
+  if (type === "application/pdf") return "pdf";
+  return "text";
 }
 
 function usageOf(usage) {
@@ -170,6 +203,10 @@ export function quotaMessage(period, retryAfter, now) {
 /** GET /api/personas/ answered: only these may start or continue a chat. */
 export function personasLoaded(state, personas) {
   state.usablePersonas = new Set(personas.map((p) => p.slug));
+  // A server from before attachments says nothing: let it be the judge.
+  state.personaInfo = new Map(
+    personas.map((p) => [p.slug, { name: p.name || p.slug, acceptsImages: p.accepts_images !== false }]),
+  );
 }
 
 /** GET /api/usage/ answered: the period, and whether the tokens are used up already. */
@@ -269,7 +306,10 @@ export function resumeFrame(state) {
  */
 export function compose(state, { content, clientId, persona, maxChars, now }) {
   const text = content.trim();
-  if (!text) return {};
+  const files = readyAttachments(state);
+  if (!text && !files.length) {
+    return uploading(state) ? { error: UPLOADING } : {};
+  }
   const refused = refusedNow(state, now);
   if (refused) return refused;
   // Characters as the server counts them (code points): an emoji is one, not two.
@@ -278,6 +318,7 @@ export function compose(state, { content, clientId, persona, maxChars, now }) {
     return { error: `That message is too long (${length} characters; the limit is ${maxChars}).` };
   }
   if (isGenerating(state)) return { error: WAIT };
+  if (uploading(state)) return { error: UPLOADING };
   const isNew = state.currentId === null;
   if (isNew && state.awaitingNew) return {};
   const frame = {
@@ -287,21 +328,225 @@ export function compose(state, { content, clientId, persona, maxChars, now }) {
     content: text,
     client_id: clientId,
   };
+  // Servers from before attachments never see the field unless files are attached.
+  if (files.length) frame.attachments = files.map((file) => file.id);
   if (isNew) {
     state.awaitingNew = clientId;
     state.currentPersona = persona;
   }
   const message = userMessage(clientId, text);
+  message.attachments = files.map(attachmentOf);
   state.messages.push(message);
-  state.pending.set(clientId, { frame, message, resent: false, edit: null });
+  // The composer's files went with the message (those that failed go too: they were shown
+  // as failed, and were never going to be sent); a refusal gives the sent ones back.
+  state.pending.set(clientId, { frame, message, resent: false, edit: null, attachments: files });
+  state.attachments = [];
   return { frame };
 }
 
 function userMessage(clientId, text) {
   return {
     key: clientId, id: null, role: "user", content: text, status: "sending", error: null, seq: null,
-    parentId: undefined, siblings: [clientId], feedback: null, comment: "", usage: null,
+    parentId: undefined, siblings: [clientId], feedback: null, comment: "", usage: null, attachments: [],
   };
+}
+
+// ---- Attachments in the composer ---------------------------------------------------------
+
+export const MAX_ATTACHMENTS = 4;
+const UPLOADING = "Wait for the files to finish uploading.";
+
+/** The composer's files that count against the limit: uploading or uploaded. */
+function liveAttachments(state) {
+  return state.attachments.filter((a) => a.status !== "error");
+}
+
+function readyAttachments(state) {
+  return state.attachments.filter((a) => a.status === "done" && a.id);
+}
+
+function findAttachment(state, key) {
+  return state.attachments.find((a) => a.key === key) || null;
+}
+
+/** Whether a file is still on its way to the server (Send waits for it). */
+export function uploading(state) {
+  return state.attachments.some((a) => a.status === "uploading");
+}
+
+/**
+ * The user chose, dropped or pasted files: each is {key, name, size, type}. Returns {added}
+ * (the composer items to upload, in order) and {refused}: the names past the limit of
+ * MAX_ATTACHMENTS, with {error} saying so.
+ */
+export function attachmentsAdd(state, files) {
+  const added = [];
+  const refused = [];
+  for (const file of files) {
+    if (liveAttachments(state).length >= MAX_ATTACHMENTS) {
+      refused.push(file.name);
+      continue;
+    }
+    const item = {
+      key: file.key,
+      name: String(file.name || "file"),
+      size: Number.isFinite(file.size) ? file.size : null,
+      type: file.type || "",
+      // A guess from the browser's type until the server, which reads the content, says.
+      kind: kindOf(file.type || ""),
+      preview: null,
+      width: null,
+      height: null,
+      status: "uploading",
+      progress: 0,
+      id: null,
+      url: null,
+      contentType: file.type || "",
+      error: null,
+    };
+    state.attachments.push(item);
+    added.push(item);
+  }
+  if (!refused.length) return { added, refused, error: null };
+  const names = refused.map((name) => `“${name}”`).join(", ");
+  const error = `You can attach up to ${MAX_ATTACHMENTS} files to a message: ${names} ${refused.length === 1 ? "was" : "were"} not added.`;
+  return { added, refused, error };
+}
+
+/** The browser drew a local thumbnail of an image (its size in pixels too). */
+export function attachmentPreviewed(state, key, { preview, width, height }) {
+  const item = findAttachment(state, key);
+  if (!item) return;
+  item.preview = preview;
+  if (item.status !== "done") {
+    item.width = width;
+    item.height = height;
+  }
+}
+
+export function attachmentProgress(state, key, loaded, total) {
+  const item = findAttachment(state, key);
+  if (!item || item.status !== "uploading" || !(total > 0)) return;
+  item.progress = Math.max(item.progress, Math.min(1, loaded / total));
+}
+
+/**
+ * POST /api/uploads/ answered 201. Returns false when the file was removed meanwhile: the
+ * page then deletes the upload nobody wants.
+ */
+export function attachmentUploaded(state, key, upload) {
+  const item = findAttachment(state, key);
+  if (!item) return false;
+  const judged = attachmentOf(upload);
+  item.status = "done";
+  item.progress = 1;
+  item.id = judged.id;
+  item.url = judged.url;
+  item.name = judged.name;
+  item.size = judged.size;
+  item.contentType = judged.contentType;
+  item.kind = judged.kind;
+  if (judged.width && judged.height) {
+    item.width = judged.width;
+    item.height = judged.height;
+  }
+  if (item.kind !== "image") item.preview = null;
+  return true;
+}
+
+/** The upload was refused (the server's message) or failed: the file stays, marked. */
+export function attachmentFailed(state, key, message) {
+  const item = findAttachment(state, key);
+  if (!item) return;
+  item.status = "error";
+  item.error = message || "The upload failed.";
+}
+
+/**
+ * The user removed a file (×). Returns the item removed, or null: an uploading one is for
+ * the page to abort, an uploaded one for it to DELETE.
+ */
+export function attachmentRemove(state, key) {
+  const item = findAttachment(state, key);
+  if (!item) return null;
+  state.attachments = state.attachments.filter((a) => a !== item);
+  return item;
+}
+
+/** The composer emptied (a new chat, another conversation): what the page must clean up. */
+export function attachmentsClear(state) {
+  const removed = state.attachments;
+  state.attachments = [];
+  return removed;
+}
+
+/**
+ * A warning before sending: images in the composer for a persona whose model cannot read
+ * them (the server would refuse the message). Null when there is nothing to say.
+ */
+export function imageWarning(state, personaSlug) {
+  const info = personaSlug ? state.personaInfo.get(personaSlug) : null;
+  if (!info || info.acceptsImages) return null;
+  if (!state.attachments.some((a) => a.kind === "image" && a.status !== "error")) return null;
+  return `${info.name} cannot read images: remove them before sending (text and PDF files are fine).`;
+}
+
+// ---- Sharing ------------------------------------------------------------------------------
+
+/** The Share dialog opened on the open conversation: GET its share next (or null). */
+export function shareOpened(state) {
+  // Only a saved conversation has a link to share.
+  if (!state.currentId) return null;
+  const previous = state.share && state.share.conversationId === state.currentId ? state.share : null;
+  state.share = {
+    conversationId: state.currentId,
+    status: previous && previous.status === "shared" ? "shared" : "loading",
+    url: previous ? previous.url : null,
+    createdAt: previous ? previous.createdAt : null,
+    busy: null,
+    error: null,
+  };
+  return state.currentId;
+}
+
+/** The share API answered for `conversationId`: {token, url, created_at}, or null for none. */
+export function shareLoaded(state, conversationId, answer) {
+  const share = state.share;
+  if (!share || share.conversationId !== conversationId) return false;
+  share.busy = null;
+  share.error = null;
+  if (answer && typeof answer.url === "string") {
+    share.status = "shared";
+    share.url = answer.url;
+    share.createdAt = answer.created_at || null;
+  } else {
+    share.status = "none";
+    share.url = null;
+    share.createdAt = null;
+  }
+  return true;
+}
+
+/** Create link / Update snapshot ("create") or Revoke ("revoke") pressed: false if busy. */
+export function shareBusy(state, what) {
+  const share = state.share;
+  if (!share || share.busy || share.status === "loading") return false;
+  if (what === "revoke" && share.status !== "shared") return false;
+  share.busy = what;
+  share.error = null;
+  return true;
+}
+
+export function shareFailed(state, conversationId, message) {
+  const share = state.share;
+  if (!share || share.conversationId !== conversationId) return;
+  if (share.status === "loading") share.status = "error";
+  share.busy = null;
+  share.error = message;
+}
+
+export function shareClosed(state) {
+  if (state.share) state.share.busy = null;
 }
 
 // ---- Versions: edit and resend, regenerate, switch ------------------------------------------
@@ -340,7 +585,9 @@ export function composeEdit(state, { content, clientId, maxChars, now }) {
   if (refused) return refused;
   const edited = state.messages[index];
   const text = content.trim();
-  if (!text) return { error: "The message is empty." };
+  // An edit keeps the files of the message it replaces: only the words change.
+  const kept = (edited.attachments || []).filter((a) => a.id);
+  if (!text && !kept.length) return { error: "The message is empty." };
   const length = Array.from(text).length;
   if (length > maxChars) {
     return { error: `That message is too long (${length} characters; the limit is ${maxChars}).` };
@@ -355,7 +602,9 @@ export function composeEdit(state, { content, clientId, maxChars, now }) {
     client_id: clientId,
     parent_id: parentId,
   };
+  if (kept.length) frame.attachments = kept.map((a) => a.id);
   const message = userMessage(clientId, text);
+  message.attachments = kept.map((a) => ({ ...a }));
   message.parentId = parentId;
   message.siblings = [...versionIds(edited), clientId];
   state.messages.splice(index);
@@ -757,6 +1006,10 @@ function error(state, frame, now) {
     // A refused message saves nothing: take it off the list and give the text back.
     state.messages = state.messages.filter((message) => message !== entry.message);
     if (state.awaitingNew === frame.client_id) state.awaitingNew = null;
+    // ...and its files, still uploaded, unless the composer holds others by now.
+    if (entry.attachments && entry.attachments.length && !state.attachments.length) {
+      state.attachments = entry.attachments;
+    }
     if (entry.edit && entry.frame.conversation_id === state.currentId) {
       // The edit took the path below it off the screen: the saved path comes back, with
       // the editor open on the text as it was sent.

@@ -6,7 +6,7 @@
  * marked, DOMPurify and hljs are the vendored classic scripts loaded before the modules.
  */
 
-import { blocked, isBusy, isGenerating, pickerVisible, versionOf } from "./state.js";
+import { blocked, imageWarning, isBusy, isGenerating, pickerVisible, uploading, versionOf } from "./state.js";
 
 const { marked, DOMPurify, hljs } = window;
 
@@ -45,6 +45,25 @@ export const ui = {
   confirmText: $("#confirm-text"),
   confirmCancel: $("#confirm-cancel"),
   announcer: $("#announcer"),
+  main: $("#main"),
+  attach: $("#attach"),
+  fileInput: $("#file-input"),
+  attachments: $("#attachments"),
+  composerWarning: $("#composer-warning"),
+  dropHint: $("#drop-hint"),
+  shareOpen: $("#share-open"),
+  shareDialog: $("#share-dialog"),
+  shareStatus: $("#share-status"),
+  shareLinkRow: $("#share-link-row"),
+  shareLink: $("#share-link"),
+  shareCopy: $("#share-copy"),
+  shareCreate: $("#share-create"),
+  shareRevoke: $("#share-revoke"),
+  shareClose: $("#share-close"),
+  lightbox: $("#lightbox"),
+  lightboxName: $("#lightbox-name"),
+  lightboxImage: $("#lightbox-image"),
+  lightboxClose: $("#lightbox-close"),
 };
 
 const STATUS_LABELS = {
@@ -633,7 +652,7 @@ function renderMessages(state, personaSlug) {
     if (!shown) {
       shown = {
         node: messageNode(message, personaSlug), id: null, status: null, error: null, content: null, seq: null,
-        footer: null, editing: false, commenting: false,
+        footer: null, editing: false, commenting: false, attachments: "[]",
       };
       drawn.set(message.key, shown);
       changed = true;
@@ -654,6 +673,12 @@ function renderMessages(state, personaSlug) {
       const body = node.querySelector(".msg-body");
       if (message.role === "user") body.textContent = message.content;
       else renderMarkdown(body, message.content);
+      changed = true;
+    }
+    const files = attachmentsSignature(message.attachments);
+    if (shown.attachments !== files) {
+      shown.attachments = files;
+      drawMessageAttachments(node, message.attachments || []);
       changed = true;
     }
     if (message.seq !== null && shown.seq !== message.seq) {
@@ -748,6 +773,406 @@ function bindMessageActions() {
   });
 }
 
+// ---- Attachments -------------------------------------------------------------------------
+
+/** "830 B", "12 KB", "1.4 MB": a file size as people read it. */
+export function sizeText(bytes) {
+  if (!Number.isFinite(bytes) || bytes < 0) return "";
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KB`;
+  return `${(bytes / (1024 * 1024)).toFixed(1).replace(/\.0$/, "")} MB`;
+}
+
+// What the icon of a file that is not an image says: its kind, or its extension.
+function fileBadge(attachment) {
+  if (attachment.kind === "pdf") return "PDF";
+  const match = /\.([a-z0-9]{1,4})$/i.exec(attachment.name || "");
+  return match ? match[1].toUpperCase() : "FILE";
+}
+
+// Width and height attributes that fit `box` px and keep the image's proportions, so the
+// space is held before the image arrives (no jump as the page loads).
+function fitted(width, height, box) {
+  if (!width || !height) return { width: null, height: null };
+  const scale = Math.min(1, box / width, box / height);
+  return { width: Math.max(1, Math.round(width * scale)), height: Math.max(1, Math.round(height * scale)) };
+}
+
+/**
+ * A small local picture of an image file for the composer and the message just sent:
+ * drawn on a canvas into a data: URL (the CSP allows data: images, not blob: ones), with
+ * the image's own size. Null when the browser cannot decode it (the server judges anyway).
+ */
+export async function thumbnail(file, box = 320) {
+  if (typeof createImageBitmap !== "function") return null;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch (_error) {
+    return null;
+  }
+  const { width, height } = bitmap;
+  const size = fitted(width, height, box);
+  const canvas = document.createElement("canvas");
+  canvas.width = size.width;
+  canvas.height = size.height;
+  canvas.getContext("2d").drawImage(bitmap, 0, 0, size.width, size.height);
+  bitmap.close();
+  return { preview: canvas.toDataURL("image/png"), width, height };
+}
+
+function attachmentsSignature(list) {
+  return JSON.stringify((list || []).map((a) => [a.id, a.name, a.kind, a.url, Boolean(a.preview)]));
+}
+
+function messageAttachmentNode(attachment) {
+  const src = attachment.preview || attachment.url;
+  if (attachment.kind === "image" && src) {
+    const { width, height } = fitted(attachment.width, attachment.height, 240);
+    const image = h("img", { src, alt: attachment.name, loading: "lazy", decoding: "async", width, height });
+    return h(
+      "button",
+      {
+        type: "button",
+        class: "msg-image",
+        "data-url": attachment.url || src,
+        "data-name": attachment.name,
+        "aria-label": `Enlarge ${attachment.name}`,
+        title: attachment.name,
+      },
+      image,
+    );
+  }
+  const parts = [
+    h("span", { class: "file-badge", "aria-hidden": "true", text: fileBadge(attachment) }),
+    h("span", { class: "msg-file-name", text: attachment.name }),
+    h("span", { class: "msg-file-size", text: sizeText(attachment.size) }),
+  ];
+  if (!attachment.url) return h("span", { class: "msg-file" }, ...parts);
+  return h(
+    "a",
+    { class: "msg-file", href: attachment.url, download: attachment.name, title: `Download ${attachment.name}`, "aria-label": `Download ${attachment.name} (${sizeText(attachment.size)})` },
+    ...parts,
+  );
+}
+
+function drawMessageAttachments(node, list) {
+  const main = node.querySelector(".msg-main");
+  let box = main.querySelector(".msg-attachments");
+  if (!list.length) {
+    if (box) box.remove();
+    return;
+  }
+  if (!box) {
+    box = h("div", { class: "msg-attachments", role: "group", "aria-label": "Attached files" });
+    main.insertBefore(box, main.querySelector(".msg-body"));
+  }
+  box.replaceChildren(...list.map(messageAttachmentNode));
+}
+
+export function openLightbox(url, name) {
+  ui.lightboxImage.src = url;
+  ui.lightboxImage.alt = name;
+  ui.lightboxName.textContent = name;
+  ui.lightboxName.href = url;
+  ui.lightboxName.setAttribute("download", name);
+  ui.lightbox.showModal();
+  ui.lightboxClose.focus();
+}
+
+function bindLightbox() {
+  ui.messages.addEventListener("click", (event) => {
+    const button = event.target.closest(".msg-image");
+    if (!button || !ui.messages.contains(button)) return;
+    openLightbox(button.dataset.url, button.dataset.name);
+  });
+  ui.lightboxClose.addEventListener("click", () => ui.lightbox.close());
+  // A click on the dark backdrop (the dialog itself, outside its content) closes it too.
+  ui.lightbox.addEventListener("click", (event) => {
+    if (event.target === ui.lightbox) ui.lightbox.close();
+  });
+  ui.lightbox.addEventListener("close", () => {
+    ui.lightboxImage.removeAttribute("src");
+  });
+}
+
+// The composer's files by key, drawn once and then updated in place (progress moves often).
+const composerDrawn = new Map();
+
+function composerItemNode(item) {
+  const remove = h("button", { type: "button", class: "attachment-remove", "data-key": item.key, text: "×" });
+  const progress = h("progress", { class: "attachment-progress", max: "1", value: "0" });
+  return h(
+    "li",
+    { class: "attachment", "data-key": item.key },
+    h("div", { class: "attachment-thumb" }),
+    h(
+      "div",
+      { class: "attachment-info" },
+      h("span", { class: "attachment-name" }),
+      h("span", { class: "attachment-detail" }),
+      progress,
+    ),
+    remove,
+  );
+}
+
+function updateComposerItem(shown, item) {
+  const { node } = shown;
+  node.dataset.status = item.status;
+  node.dataset.kind = item.kind || "";
+  const thumbSignature = `${item.preview ? "p" : "-"}:${item.kind}:${item.name}`;
+  if (shown.thumb !== thumbSignature) {
+    shown.thumb = thumbSignature;
+    const thumb = node.querySelector(".attachment-thumb");
+    if (item.preview) {
+      thumb.replaceChildren(h("img", { src: item.preview, alt: "" }));
+    } else {
+      thumb.replaceChildren(h("span", { class: "file-badge", text: fileBadge(item) }));
+    }
+  }
+  node.querySelector(".attachment-name").textContent = item.name;
+  node.querySelector(".attachment-name").title = item.name;
+  const detail = node.querySelector(".attachment-detail");
+  if (item.status === "error") {
+    detail.textContent = item.error;
+    detail.setAttribute("role", "alert");
+  } else {
+    detail.textContent = item.status === "uploading" ? `${sizeText(item.size)} · uploading ${Math.round(item.progress * 100)}%` : sizeText(item.size);
+    detail.removeAttribute("role");
+  }
+  const progress = node.querySelector(".attachment-progress");
+  progress.hidden = item.status !== "uploading";
+  progress.value = item.progress;
+  progress.setAttribute("aria-label", `Uploading ${item.name}`);
+  node.querySelector(".attachment-remove").setAttribute("aria-label", `Remove ${item.name}`);
+  node.setAttribute("aria-label", item.status === "error" ? `${item.name}: ${item.error}` : item.name);
+}
+
+function renderComposerAttachments(state, personaSlug) {
+  const keys = new Set();
+  state.attachments.forEach((item, index) => {
+    keys.add(item.key);
+    let shown = composerDrawn.get(item.key);
+    if (!shown) {
+      shown = { node: composerItemNode(item), thumb: null };
+      composerDrawn.set(item.key, shown);
+    }
+    updateComposerItem(shown, item);
+    const there = ui.attachments.children[index];
+    if (there !== shown.node) ui.attachments.insertBefore(shown.node, there || null);
+  });
+  for (const [key, shown] of composerDrawn) {
+    if (!keys.has(key)) {
+      shown.node.remove();
+      composerDrawn.delete(key);
+    }
+  }
+  ui.attachments.hidden = state.attachments.length === 0;
+  const warning = imageWarning(state, personaSlug) || "";
+  if (ui.composerWarning.textContent !== warning) ui.composerWarning.textContent = warning;
+  ui.composerWarning.hidden = !warning;
+}
+
+/** After file `index` was removed: the keyboard goes to the next file's ×, else the box. */
+export function focusAfterRemoval(index) {
+  const buttons = ui.attachments.querySelectorAll(".attachment-remove");
+  const next = buttons[Math.min(index, buttons.length - 1)];
+  if (next) next.focus();
+  else ui.input.focus();
+}
+
+function filesOf(dataTransfer) {
+  if (!dataTransfer) return [];
+  if (dataTransfer.files && dataTransfer.files.length) return [...dataTransfer.files];
+  const files = [];
+  for (const item of dataTransfer.items || []) {
+    if (item.kind === "file") {
+      const file = item.getAsFile();
+      if (file) files.push(file);
+    }
+  }
+  return files;
+}
+
+function carriesFiles(event) {
+  return Boolean(event.dataTransfer && [...event.dataTransfer.types].includes("Files"));
+}
+
+function bindAttachments() {
+  ui.attach.addEventListener("click", () => ui.fileInput.click());
+  ui.fileInput.addEventListener("change", () => {
+    const files = [...ui.fileInput.files];
+    // Choosing the same file again must fire change again.
+    ui.fileInput.value = "";
+    if (files.length) actions.attach(files);
+    ui.input.focus();
+  });
+  ui.attachments.addEventListener("click", (event) => {
+    const button = event.target.closest(".attachment-remove");
+    if (!button) return;
+    const index = [...ui.attachments.children].indexOf(button.closest("li"));
+    actions.removeAttachment(button.dataset.key, index);
+  });
+  // A screenshot pasted into the box becomes an attachment; a paste that carries text (a
+  // spreadsheet's cells come with a picture of them too) stays text.
+  ui.input.addEventListener("paste", (event) => {
+    const data = event.clipboardData;
+    const files = filesOf(data);
+    if (!files.length || (data.getData && data.getData("text/plain"))) return;
+    event.preventDefault();
+    actions.attach(files);
+  });
+  // Dragging files over the chat shows where to drop them; dropping anywhere else in the
+  // window must not navigate away to the file.
+  let depth = 0;
+  const hide = () => {
+    depth = 0;
+    ui.dropHint.hidden = true;
+    ui.main.classList.remove("is-dropping");
+  };
+  ui.main.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    depth += 1;
+    ui.dropHint.hidden = false;
+    ui.main.classList.add("is-dropping");
+  });
+  ui.main.addEventListener("dragleave", (event) => {
+    if (!carriesFiles(event)) return;
+    depth = Math.max(0, depth - 1);
+    if (!depth) hide();
+  });
+  ui.main.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  ui.main.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    hide();
+    const files = filesOf(event.dataTransfer);
+    if (files.length) actions.attach(files);
+  });
+  window.addEventListener("dragover", (event) => {
+    if (carriesFiles(event)) event.preventDefault();
+  });
+  window.addEventListener("drop", (event) => {
+    if (carriesFiles(event)) event.preventDefault();
+    hide();
+  });
+}
+
+// ---- Share dialog ------------------------------------------------------------------------
+
+function shareDate(iso) {
+  const date = iso ? new Date(iso) : null;
+  if (!date || Number.isNaN(date.getTime())) return "";
+  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+function shareStatusText(share) {
+  if (share.busy === "create") return share.status === "shared" ? "Updating the snapshot…" : "Creating the link…";
+  if (share.busy === "revoke") return "Revoking the link…";
+  if (share.error) return share.error;
+  switch (share.status) {
+    case "loading":
+      return "Checking whether this conversation is shared…";
+    case "shared": {
+      const when = shareDate(share.createdAt);
+      return `Shared${when ? ` on ${when}` : ""}: the link shows the conversation as it was then. Update the snapshot to include newer messages.`;
+    }
+    case "none":
+      return "Not shared. Create a link to share a snapshot of this conversation.";
+    default:
+      return "";
+  }
+}
+
+/** Draw the Share dialog for state.share. */
+export function renderShare(share) {
+  if (!share) return;
+  const shared = share.status === "shared";
+  ui.shareDialog.dataset.status = share.status;
+  ui.shareStatus.textContent = shareStatusText(share);
+  ui.shareStatus.classList.toggle("is-error", Boolean(share.error));
+  ui.shareLinkRow.hidden = !shared;
+  const link = shared ? new URL(share.url, window.location.origin).href : "";
+  if (ui.shareLink.value !== link) ui.shareLink.value = link;
+  ui.shareCreate.textContent = shared ? "Update snapshot" : "Create link";
+  ui.shareCreate.disabled = Boolean(share.busy) || share.status === "loading";
+  ui.shareRevoke.hidden = !shared;
+  ui.shareRevoke.disabled = Boolean(share.busy);
+  ui.shareCopy.disabled = Boolean(share.busy);
+}
+
+export function openShareDialog(share) {
+  renderShare(share);
+  if (!ui.shareDialog.open) ui.shareDialog.showModal();
+  ui.shareClose.focus();
+}
+
+/** Once the state is known, the keyboard goes to what comes next, unless it moved already. */
+export function focusShare(what) {
+  const target = { copy: ui.shareCopy, create: ui.shareCreate }[what];
+  const here = document.activeElement;
+  if (!ui.shareDialog.open || !target || target.disabled || target.closest("[hidden]")) return;
+  if (here === ui.shareClose || here === document.body || here === ui.shareDialog || (here && here.disabled) || what === "copy") target.focus();
+}
+
+export function shareIsOpen() {
+  return ui.shareDialog.open;
+}
+
+async function copyShareLink() {
+  const link = ui.shareLink.value;
+  if (!link) return;
+  let copied = false;
+  try {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(link);
+      copied = true;
+    }
+  } catch (_error) {
+    copied = false;
+  }
+  if (!copied) {
+    // No clipboard (plain http on a LAN address) or no permission: select the link so
+    // Ctrl+C copies it, and try the old command on it.
+    ui.shareLink.focus();
+    ui.shareLink.select();
+    try {
+      copied = document.execCommand("copy");
+    } catch (_error) {
+      copied = false;
+    }
+  }
+  if (copied) {
+    ui.shareCopy.textContent = "Copied";
+    announce("Link copied.");
+    setTimeout(() => {
+      ui.shareCopy.textContent = "Copy link";
+    }, 1500);
+  } else {
+    ui.shareStatus.textContent = "The link is selected: press Ctrl+C (⌘C on a Mac) to copy it.";
+  }
+}
+
+function bindShare() {
+  ui.shareOpen.addEventListener("click", () => actions.share("open"));
+  ui.shareCreate.addEventListener("click", () => actions.share("create"));
+  ui.shareRevoke.addEventListener("click", () => actions.share("revoke"));
+  ui.shareClose.addEventListener("click", () => ui.shareDialog.close());
+  ui.shareCopy.addEventListener("click", copyShareLink);
+  // Clicking the field selects the whole link, ready to copy by hand.
+  ui.shareLink.addEventListener("focus", () => ui.shareLink.select());
+  ui.shareDialog.addEventListener("close", () => {
+    actions.share("closed");
+    ui.shareOpen.focus();
+  });
+}
+
 // ---- Composer ----------------------------------------------------------------------------
 
 export function autoGrow() {
@@ -781,6 +1206,7 @@ function setBlocked(reason) {
   }
   ui.input.disabled = Boolean(reason);
   ui.send.disabled = Boolean(reason);
+  ui.attach.disabled = Boolean(reason);
 }
 
 // ---- The whole page ----------------------------------------------------------------------
@@ -805,6 +1231,8 @@ function setPersonaChip(slug) {
 }
 
 function setExportLinks(id) {
+  ui.shareOpen.hidden = !id;
+  if (!id && ui.shareDialog.open) ui.shareDialog.close();
   ui.exportMenu.hidden = !id;
   ui.exportMenu.open = false;
   if (!id) return;
@@ -825,6 +1253,11 @@ export function render(state, personaSlug) {
   else ui.messages.removeAttribute("aria-busy");
   setGenerating(isGenerating(state));
   setBlocked(blocked(state, Date.now()));
+  renderComposerAttachments(state, personaSlug);
+  // A file still on its way holds Send back: the message would go without it.
+  const waiting = uploading(state);
+  if (waiting) ui.send.disabled = true;
+  ui.send.title = waiting ? "Wait for the files to finish uploading" : "";
   ui.picker.hidden = !pickerVisible(state);
   if (state.title !== last.title) setTitle(state.title);
   setPersonaChip(state.currentPersona);
@@ -848,7 +1281,9 @@ export function redrawPersonas() {
  * `handlers.remove(conversation)` carry out what the user confirmed;
  * `handlers.message(action, key, data)` hears the controls of message `key` ("edit",
  * "send-edit" {text}, "cancel-edit", "regenerate", "prev", "next", "copy", "good", "bad",
- * "send-comment" {comment}, "close-comment").
+ * "send-comment" {comment}, "close-comment"); `handlers.attach(files)` hears files chosen,
+ * dropped or pasted, `handlers.removeAttachment(key, index)` a file's ×, and
+ * `handlers.share(what)` the Share dialog ("open", "create", "revoke", "closed").
  */
 export function init(handlers) {
   actions = handlers;
@@ -857,4 +1292,7 @@ export function init(handlers) {
   ui.input.addEventListener("input", autoGrow);
   bindScrolling();
   bindDrawer();
+  bindLightbox();
+  bindAttachments();
+  bindShare();
 }
