@@ -268,7 +268,8 @@ function startUpload(item, file) {
       if (error.code === "aborted") return;
       chat.attachmentFailed(state, key, error.message);
       render();
-      view.announce(`${item.name} was not attached: ${error.message}`);
+      // Said in full where everyone sees it; the file's chip keeps it too, in short.
+      view.showError(`${item.name} was not attached: ${error.message}`);
     },
   );
 }

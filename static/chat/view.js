@@ -936,10 +936,12 @@ function updateComposerItem(shown, item) {
   const detail = node.querySelector(".attachment-detail");
   if (item.status === "error") {
     detail.textContent = item.error;
+    detail.title = item.error;
     detail.setAttribute("role", "alert");
   } else {
     detail.textContent = item.status === "uploading" ? `${sizeText(item.size)} · uploading ${Math.round(item.progress * 100)}%` : sizeText(item.size);
     detail.removeAttribute("role");
+    detail.removeAttribute("title");
   }
   const progress = node.querySelector(".attachment-progress");
   progress.hidden = item.status !== "uploading";
