@@ -14,11 +14,15 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from attachments.limits import UploadSizeLimit  # noqa: E402
 from conversations.auth import AuthMiddlewareStack, SameOriginValidator  # noqa: E402
 from conversations.replies.outbox import remember_server  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
-http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
+django_http = ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
+# Outermost: an upload past MAX_UPLOAD_BYTES is refused as it streams in, before Django
+# (which reads every body whole before the view runs) has spooled it to disk.
+http_app = UploadSizeLimit(django_http)
 
 application = ProtocolTypeRouter(
     {

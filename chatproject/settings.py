@@ -382,5 +382,68 @@ MAX_ATTACHMENTS_PER_MESSAGE = 4
 MEDIA_ROOT = Path(envstr("MEDIA_ROOT") or BASE_DIR / "media")
 MEDIA_URL = "/media-not-served/"
 
+# --- Upload storage and limits (issue 15; docs/attachments.md) ---------------------------
+# Through Django's storage API: the file system under MEDIA_ROOT, or S3-compatible object
+# storage (AWS, MinIO, Ceph, ...) through django-storages. Fails closed: an unknown backend,
+# or s3 without a bucket, stops the server rather than writing files somewhere unexpected.
+STORAGE_BACKEND = envstr("STORAGE_BACKEND", "filesystem").strip().lower() or "filesystem"
+_upload_storage: dict[str, Any]
+if STORAGE_BACKEND == "filesystem":
+    _upload_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {
+            "location": MEDIA_ROOT,
+            "base_url": MEDIA_URL,
+            "file_permissions_mode": 0o640,
+            "directory_permissions_mode": 0o750,
+        },
+    }
+elif STORAGE_BACKEND == "s3":
+    if not envstr("AWS_STORAGE_BUCKET_NAME").strip():
+        raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME.")
+    _upload_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": envstr("AWS_STORAGE_BUCKET_NAME").strip(),
+            # Unset: AWS itself; set: any S3-compatible server.
+            "endpoint_url": envstr("AWS_S3_ENDPOINT_URL").strip() or None,
+            "region_name": envstr("AWS_S3_REGION_NAME").strip() or None,
+            # Unset: boto3 finds credentials itself (instance role, ~/.aws, ...).
+            "access_key": envstr("AWS_ACCESS_KEY_ID") or None,
+            "secret_key": envstr("AWS_SECRET_ACCESS_KEY") or None,
+            "location": envstr("AWS_LOCATION").strip().strip("/"),
+            # Private objects: files leave only through the views, never by a bucket URL.
+            "default_acl": None,
+            "querystring_auth": True,
+            # Names are generated UUIDs: no need to ask the bucket whether one is taken.
+            "file_overwrite": True,
+        },
+    }
+else:
+    raise ImproperlyConfigured(f"STORAGE_BACKEND={STORAGE_BACKEND!r} is not one of filesystem, s3.")
+STORAGES = {
+    "default": _upload_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Uploads per user per minute (every attempt counts), and the bytes a user may keep (0: no
+# cap). 500 MiB is fifty files at the largest size.
+UPLOADS_PER_MINUTE = envint("UPLOADS_PER_MINUTE", 30)
+UPLOAD_QUOTA_BYTES = envint("UPLOAD_QUOTA_BYTES", 500 * 1024 * 1024)
+# Images: refused beyond this many pixels before anything is decoded, kept at most this
+# long on their longest side; an animation larger than the budget keeps its first frame.
+UPLOAD_MAX_IMAGE_PIXELS = 40_000_000
+UPLOAD_MAX_IMAGE_SIDE = 2048
+UPLOAD_MAX_ANIMATION_PIXELS = 60_000_000
+# Text files are refused beyond this many characters; a PDF's text is cut there.
+UPLOAD_MAX_TEXT_CHARS = 200_000
+# A PDF's text is read from its first pages only; no stream may decompress beyond this.
+UPLOAD_MAX_PDF_PAGES = 100
+UPLOAD_PDF_MAX_STREAM_BYTES = 20 * 1024 * 1024
+# Each image or PDF is decoded in a child process with these limits, at most this many at
+# once per server process (attachments/decode.py).
+UPLOAD_DECODE_SECONDS = envfloat("UPLOAD_DECODE_SECONDS", 15.0)
+UPLOAD_DECODE_MEMORY_BYTES = envint("UPLOAD_DECODE_MEMORY_BYTES", 1024 * 1024 * 1024)
+UPLOAD_DECODERS = envint("UPLOAD_DECODERS", 2)
+
 # Daphne serves /static/ itself unless a reverse proxy does (SERVE_STATIC=false).
 SERVE_STATIC = envbool("SERVE_STATIC", True)

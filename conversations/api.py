@@ -373,7 +373,8 @@ def _messages_after(conversation_id: uuid.UUID, after: Message | None) -> list[M
         found = found.filter(
             Q(created_at__gt=after.created_at) | Q(created_at=after.created_at, id__gt=after.id)
         )
-    return list(found.order_by(*serializers.MESSAGE_ORDER)[: serializers.MESSAGE_CHUNK])
+    page = found.order_by(*serializers.MESSAGE_ORDER)[: serializers.MESSAGE_CHUNK]
+    return list(serializers.with_attachments(page))
 
 
 def _active_path(conversation: Conversation) -> list[uuid.UUID]:

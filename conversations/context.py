@@ -16,6 +16,22 @@ class PersonaInfo:
     provider: str
     model: str
     temperature: float
+    accepts_images: bool = True
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    """An upload on a user message: its text is here, an image's bytes are read from
+    storage (by `file`) after the transaction, before streaming."""
+
+    id: uuid.UUID
+    name: str
+    kind: str  # "image", "text" or "pdf"
+    content_type: str
+    file: str  # the storage name
+    text: str = ""
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,7 @@ class ProfileInfo:
 class HistoryItem:
     role: str
     content: str
+    attachments: tuple[AttachmentInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,3 +79,4 @@ class TurnContext:
     age: float = 0.0  # seconds since the request's row was saved (inf: a regenerate's has none)
     user_parent_id: uuid.UUID | None = None  # the reply the user message follows
     regenerated: bool = False  # a new version of the reply to an earlier message
+    attachments: tuple[AttachmentInfo, ...] = ()  # on this turn's user message

@@ -15,7 +15,11 @@ from django.db.models import Prefetch, QuerySet
 
 from conversations.maintenance import Progress, owner_filter
 from conversations.models import Conversation, Message
-from conversations.serializers import conversation_export_dict, conversation_markdown
+from conversations.serializers import (
+    conversation_export_dict,
+    conversation_markdown,
+    with_attachments,
+)
 
 ExportFormat = Literal["jsonl", "md"]
 
@@ -24,7 +28,9 @@ def _export_queryset(username: str | None) -> QuerySet[Conversation]:
     return (
         Conversation.objects.filter(owner_filter(username))
         .select_related("owner", "persona")
-        .prefetch_related(Prefetch("messages", queryset=Message.objects.order_by("created_at")))
+        .prefetch_related(
+            Prefetch("messages", queryset=with_attachments(Message.objects.order_by("created_at")))
+        )
         .order_by("created_at", "id")
     )
 

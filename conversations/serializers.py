@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Prefetch, QuerySet
 
+from attachments.models import Attachment
+from attachments.serve import attachment_dict, owner_url
 from conversations.models import Conversation, Message
 from conversations.tree import (
     Node,
@@ -37,6 +40,8 @@ def persona_dict(persona: Persona) -> dict[str, Any]:
         "description": persona.description,
         "avatar": persona.avatar,
         "is_default": persona.is_default,
+        # Additive: the page warns before sending images to a persona that cannot read them.
+        "accepts_images": persona.accepts_images,
     }
 
 
@@ -55,6 +60,22 @@ def _usage(message: Message) -> dict[str, int | None] | None:
     return {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens}
 
 
+def with_attachments(messages: QuerySet[Message]) -> QuerySet[Message]:
+    """The messages with their attachments read in one more query, for message_dict."""
+    rows = Attachment.objects.select_related("upload").order_by("position")
+    return messages.prefetch_related(Prefetch("attachments", queryset=rows, to_attr="attached"))
+
+
+def _attachments(message: Message) -> list[dict[str, Any]]:
+    if message.role != Message.Role.USER:
+        return []
+    # Read with with_attachments(); a lone message (the HTTP API's answer) reads its own.
+    rows = getattr(message, "attached", None)
+    if rows is None:
+        rows = list(message.attachments.select_related("upload").order_by("position"))
+    return [attachment_dict(row.upload, owner_url(row.upload_id)) for row in rows]
+
+
 def message_dict(message: Message) -> dict[str, Any]:
     return {
         "id": str(message.id),
@@ -67,6 +88,7 @@ def message_dict(message: Message) -> dict[str, Any]:
         "parent_id": str(message.parent_id) if message.parent_id else None,
         "feedback": message.rating,
         "usage": _usage(message),
+        "attachments": _attachments(message),
     }
 
 
@@ -94,7 +116,7 @@ def conversation_tree(conversation_id: uuid.UUID) -> Tree:
 
 def messages_in_order(ids: list[uuid.UUID]) -> list[Message]:
     """The full rows of `ids` (at most a chunk of them), in the order given."""
-    found = {m.id: m for m in Message.objects.filter(id__in=ids)}
+    found = {m.id: m for m in with_attachments(Message.objects.filter(id__in=ids))}
     return [found[i] for i in ids if i in found]
 
 

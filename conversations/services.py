@@ -32,7 +32,9 @@ from django.utils import timezone
 
 from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
 from accounts.services import Period, duration_text, period_bounds
+from attachments.models import Attachment, Upload
 from conversations.context import (
+    AttachmentInfo,
     HistoryItem,
     PersonaInfo,
     ProfileInfo,
@@ -55,6 +57,7 @@ def _persona_info(persona: Persona) -> PersonaInfo:
         provider=persona.provider,
         model=persona.model,
         temperature=persona.temperature,
+        accepts_images=persona.accepts_images,
     )
 
 
@@ -117,6 +120,7 @@ def turn_begin(
     history_limit: int,
     parent_id: uuid.UUID | None = None,
     parent_given: bool = False,
+    attachment_ids: tuple[uuid.UUID, ...] = (),
     check_persona: Callable[[PersonaInfo], object] | None = None,
     session_key: str | None = None,
 ) -> TurnContext:
@@ -145,6 +149,7 @@ def turn_begin(
         conversation = _conversation_locked(user_id, conversation_id)
         persona = conversation.persona
         parent = _parent_for(conversation, parent_id, parent_given)
+    uploads = _uploads_for_send(user_id, attachment_ids, persona)
     budget_check(user_id=user_id)
     if check_persona is not None:
         check_persona(_persona_info(persona))
@@ -157,7 +162,7 @@ def turn_begin(
                 conversation = Conversation.objects.create(
                     owner_id=user_id,
                     persona=persona,
-                    title=title_from_message(content),
+                    title=title_from_message(content or uploads[0].name),
                     current_leaf_id=message_id,
                 )
             message = Message.objects.create(
@@ -169,6 +174,11 @@ def turn_begin(
                 client_id=client_id,
                 parent_id=parent,
             )
+            if uploads:
+                Attachment.objects.bulk_create(
+                    Attachment(message_id=message_id, upload=upload, position=position)
+                    for position, upload in enumerate(uploads)
+                )
     except IntegrityError:
         # A concurrent send of the same client_id (another socket, worker or the HTTP API)
         # committed first; the savepoint took back our conversation, if we made one.
@@ -247,6 +257,25 @@ def turn_regenerate(
         regenerated=True,
     )
     return replace(ctx, age=0.0)
+
+
+def _uploads_for_send(
+    user_id: int, attachment_ids: tuple[uuid.UUID, ...], persona: Persona
+) -> list[Upload]:
+    """The sender's own uploads, in the order given; any other id is not found (whether it
+    is someone else's or nobody's is not told). Images need a persona that reads them."""
+    if not attachment_ids:
+        return []
+    found = {u.id: u for u in Upload.objects.filter(owner_id=user_id, id__in=attachment_ids)}
+    if len(found) != len(set(attachment_ids)):
+        raise NotFound("No such attachment: upload the file again.")
+    uploads = [found[upload_id] for upload_id in attachment_ids]
+    if not persona.accepts_images and any(u.kind == Upload.Kind.IMAGE for u in uploads):
+        raise Invalid(
+            f"{persona.name} cannot read images. Remove them, or start a new chat with a "
+            "persona that can."
+        )
+    return uploads
 
 
 @functools.cache
@@ -438,9 +467,18 @@ def path_history(*, leaf_id: uuid.UUID | None, limit: int) -> list[HistoryItem]:
     One recursive query, whatever the path's length: the prompt never sees another branch.
     Empty messages (a reply cut off before its first word) are left out.
     """
+    return [item for _, item in _path_items(leaf_id, limit)]
+
+
+def _path_items(leaf_id: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, HistoryItem]]:
+    """(message id, item) along the path, with each message's attachments joined in the
+    same statement: attachments cost a turn no round trip of its own."""
     if leaf_id is None or limit <= 0:
         return []
-    table = connection.ops.quote_name(Message._meta.db_table)
+    quote = connection.ops.quote_name
+    table = quote(Message._meta.db_table)
+    attachments = quote(Attachment._meta.db_table)
+    uploads = quote(Upload._meta.db_table)
     pk = Message._meta.pk
     assert pk is not None
     sql = f"""
@@ -451,12 +489,44 @@ def path_history(*, leaf_id: uuid.UUID | None, limit: int) -> list[HistoryItem]:
             FROM {table} m JOIN path ON m.id = path.parent_id
             WHERE path.depth + 1 < %s
         )
-        SELECT role, content FROM path ORDER BY depth DESC
-    """  # the table name is the model's own, never user input
+        SELECT path.id, path.role, path.content, u.id, u.name, u.kind, u.content_type,
+            u.file, u.text, u.width, u.height
+        FROM path
+        LEFT JOIN {attachments} a ON a.message_id = path.id
+        LEFT JOIN {uploads} u ON u.id = a.upload_id
+        ORDER BY path.depth DESC, a.position
+    """  # the table names are the models' own, never user input
     with connection.cursor() as cursor:
         cursor.execute(sql, [pk.get_db_prep_value(leaf_id, connection), limit])
         rows = cursor.fetchall()
-    return [HistoryItem(role=role, content=content) for role, content in rows if content]
+    items: dict[uuid.UUID, tuple[str, str, list[AttachmentInfo]]] = {}
+    for message_id, role, content, upload_id, *upload in rows:
+        message_id = _as_uuid(message_id)
+        _, _, found = items.setdefault(message_id, (role, content, []))
+        if upload_id is not None:
+            name, kind, content_type, file, text, width, height = upload
+            found.append(
+                AttachmentInfo(
+                    id=_as_uuid(upload_id),
+                    name=name,
+                    kind=kind,
+                    content_type=content_type,
+                    file=file,
+                    text=text,
+                    width=width,
+                    height=height,
+                )
+            )
+    return [
+        (message_id, HistoryItem(role=role, content=content, attachments=tuple(found)))
+        for message_id, (role, content, found) in items.items()
+        if content or found
+    ]
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    # PostgreSQL hands back UUIDs; SQLite, the hex text Django stores there.
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
 def _context_for(
@@ -476,6 +546,12 @@ def _context_for(
     is generated under `reply_id` (the first reply's derived id unless given)."""
     owner_id = message.owner_id or message.conversation.owner_id
     profile, _ = Profile.objects.get_or_create(user_id=owner_id)
+    # The path through the message itself: its own attachments come in the same statement.
+    path = _path_items(message.id, history_limit + 1)
+    attachments: tuple[AttachmentInfo, ...] = ()
+    if path and path[-1][0] == message.id:
+        attachments = path.pop()[1].attachments
+    history = tuple(item for _, item in path[-history_limit:]) if history_limit > 0 else ()
     return TurnContext(
         user_id=owner_id,
         conversation_id=message.conversation_id,
@@ -487,12 +563,13 @@ def _context_for(
         content=message.content,
         persona=_persona_info(persona),
         profile=ProfileInfo(display_name=profile.display_name, about=profile.about),
-        history=tuple(path_history(leaf_id=message.parent_id, limit=history_limit)),
+        history=history,
         duplicate=duplicate,
         existing_reply=_reply_info(reply) if reply else None,
         age=(timezone.now() - message.created_at).total_seconds(),
         user_parent_id=message.parent_id,
         regenerated=regenerated,
+        attachments=attachments,
     )
 
 

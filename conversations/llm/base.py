@@ -28,9 +28,23 @@ class ProviderError(Exception):
 
 
 @dataclass(frozen=True)
+class ImagePart:
+    """An image the user attached, as stored (re-encoded at upload)."""
+
+    name: str
+    mime_type: str
+    data: bytes
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: str  # "user" or "assistant"
+    # Text files and PDFs attached to the message are already in the content, by name.
     content: str
+    images: tuple[ImagePart, ...] = ()
+    file_names: tuple[str, ...] = ()  # the files whose text the content holds
 
 
 @dataclass(frozen=True)

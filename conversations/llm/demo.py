@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator
 
 from django.conf import settings
 
-from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
+from conversations.llm.base import ChatMessage, Provider, ProviderError, ProviderRequest, Usage
 from conversations.titles_heuristic import title_from_message
 
 _FILLER = (
@@ -41,9 +41,11 @@ def _brief(text: str, limit: int) -> str:
 
 def demo_reply_tokens(request: ProviderRequest, reply_words: int | None = None) -> list[str]:
     """The reply as tokens, each one word with the whitespace that follows it."""
-    question = next(
-        (m.content for m in reversed(request.messages) if m.role == "user"), "your message"
-    )
+    last = next((m for m in reversed(request.messages) if m.role == "user"), None)
+    question = last.content if last is not None else "your message"
+    if last is not None and last.file_names:
+        # The files' text came first in the content; the question is what follows.
+        question = question.rsplit("</file>", 1)[-1].strip() or "about your files"
     name = request.user_name or "there"
     persona = request.persona_name or "your assistant"
     style = request.persona_description or "plain and helpful"
@@ -52,6 +54,7 @@ def demo_reply_tokens(request: ProviderRequest, reply_words: int | None = None) 
     blocks = [
         f"Hello {name}! This is {persona}, answering in my usual style ({_brief(style, 12)}).",
         f'You asked: "{_brief(question, 16)}"',
+        *([_seen(last)] if last is not None and (last.images or last.file_names) else []),
         " ".join(_FILLER[: 20 + digest % 20]),
         "\n".join(f"- **{head}** {tail}" for head, tail in tips),
         f"That is my take, {name}. Ask me to go deeper on any part.",
@@ -80,6 +83,20 @@ def demo_reply_tokens(request: ProviderRequest, reply_words: int | None = None) 
         tokens = tokens[:reply_words]
         tokens[-1] = tokens[-1].rstrip()
     return tokens
+
+
+def _seen(message: ChatMessage) -> str:
+    """What the demo "sees" of the attachments, so a user (and a test) can tell they
+    arrived: each image's name and pixel size, each file's name."""
+    seen = []
+    if message.images:
+        count = len(message.images)
+        shown = ", ".join(f"{i.name}, {i.width}×{i.height}" for i in message.images)
+        seen.append(f"{count} image{'s' if count > 1 else ''} ({shown})")
+    if message.file_names:
+        count = len(message.file_names)
+        seen.append(f"{count} file{'s' if count > 1 else ''} ({', '.join(message.file_names)})")
+    return "I see " + " and ".join(seen) + "."
 
 
 class DemoProvider(Provider):

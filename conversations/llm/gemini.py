@@ -98,7 +98,14 @@ def _contents(request: ProviderRequest) -> list[types.Content]:
     return [
         types.Content(
             role="model" if message.role == "assistant" else "user",
-            parts=[types.Part(text=message.content)],
+            # Images as inline data parts after the text, as Gemini's docs place them.
+            parts=[
+                types.Part(text=message.content),
+                *(
+                    types.Part.from_bytes(data=image.data, mime_type=image.mime_type)
+                    for image in message.images
+                ),
+            ],
         )
         for message in request.messages
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
@@ -10,9 +11,13 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 from django.conf import settings
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionContentPartParam,
+    ChatCompletionMessageParam,
+)
 
-from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
+from conversations.llm.base import ImagePart, Provider, ProviderError, ProviderRequest, Usage
 from conversations.llm.resilience import (
     Event,
     Limits,
@@ -83,9 +88,24 @@ def _messages(request: ProviderRequest) -> list[ChatCompletionMessageParam]:
     for message in request.messages:
         if message.role == "assistant":
             messages.append({"role": "assistant", "content": message.content})
+        elif message.images:
+            # The Chat Completions vision form: text and images as parts, images as data
+            # URLs, which every OpenAI-compatible server that reads images accepts.
+            parts: list[ChatCompletionContentPartParam] = [
+                {"type": "text", "text": message.content}
+            ]
+            parts.extend(
+                {"type": "image_url", "image_url": {"url": _data_url(image)}}
+                for image in message.images
+            )
+            messages.append({"role": "user", "content": parts})
         else:
             messages.append({"role": "user", "content": message.content})
     return messages
+
+
+def _data_url(image: ImagePart) -> str:
+    return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode('ascii')}"
 
 
 async def _attempt(

@@ -37,6 +37,7 @@ class Send:
     # without, the message continues the active path.
     parent_id: uuid.UUID | None = None
     parent_given: bool = False
+    attachments: tuple[uuid.UUID, ...] = ()  # the sender's upload ids, in order
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ def _send(frame: dict[str, Any]) -> Send:
     if not isinstance(content, str):
         raise Invalid("Field 'content' must be a string.")
     content = content.strip()
-    if not content:
+    attachments = _attachments(frame)
+    if not content and not attachments:
         raise Invalid("The message is empty.")
     if len(content) > settings.MAX_MESSAGE_CHARS:
         raise TooLarge(f"Messages are limited to {settings.MAX_MESSAGE_CHARS} characters.")
@@ -183,7 +185,30 @@ def _send(frame: dict[str, Any]) -> Send:
         client_id=client_id,
         parent_id=parent_id,
         parent_given=parent_given,
+        attachments=attachments,
     )
+
+
+def _attachments(frame: dict[str, Any]) -> tuple[uuid.UUID, ...]:
+    value = frame.get("attachments")
+    if value is None:
+        return ()
+    limit = settings.MAX_ATTACHMENTS_PER_MESSAGE
+    if not isinstance(value, list):
+        raise Invalid("Field 'attachments' must be a list of upload ids.")
+    if len(value) > limit:
+        raise Invalid(f"A message takes at most {limit} attachments.")
+    ids = []
+    for item in value:
+        try:
+            ids.append(uuid.UUID(item) if isinstance(item, str) else None)
+        except ValueError:
+            ids.append(None)
+    if None in ids:
+        raise Invalid("Field 'attachments' must hold upload ids (UUID strings).")
+    if len(set(ids)) != len(ids):
+        raise Invalid("The same file is attached twice.")
+    return tuple(i for i in ids if i is not None)
 
 
 def _regenerate(frame: dict[str, Any]) -> Regenerate:

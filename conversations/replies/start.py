@@ -10,13 +10,14 @@ from dataclasses import dataclass, replace
 
 from django.conf import settings
 
+from attachments.messages import images_for_prompt
 from conversations import logctx, metrics, services
 from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.errors import Busy, ChatError, NotFound, ProviderFailed, RateLimited
 from conversations.llm import Provider, ProviderError, get_provider
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
-from conversations.prompts import build_request
+from conversations.prompts import build_request, prompt_images
 from conversations.replies import replylog, worker
 from conversations.replies.protocol import Regenerate, Turn
 from conversations.replies.registry import Reservation, registry, user_busy
@@ -257,11 +258,12 @@ async def _begin(
             claimed = True
             reservation.claim = claim
         provider = provider_for(ctx.persona.provider)
+        images = await images_for_prompt(prompt_images(ctx))
     except BaseException:
         held = ctx.conversation_id if ctx is not None else command.conversation_id
         await _release(reservation, held, claim if claimed else None)
         raise
-    generation = registry.start(ctx, provider, build_request(ctx), reservation)
+    generation = registry.start(ctx, provider, build_request(ctx, images), reservation)
     generation.received_at = received_at
     if ctx.conversation_created:
         # The heuristic title first, so a generated one can only ever replace it.
@@ -291,6 +293,7 @@ async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> T
         history_limit=settings.HISTORY_MAX_MESSAGES,
         parent_id=command.parent_id,
         parent_given=command.parent_given,
+        attachment_ids=command.attachments,
         check_persona=lambda persona: provider_for(persona.provider),
         session_key=session_key,
     )

@@ -101,6 +101,7 @@ def test_personas_lists_active_ones_in_order(alice: Any, persona: Persona, pirat
             "description": "Clear and friendly.",
             "avatar": "💬",
             "is_default": True,
+            "accepts_images": True,
         },
         {
             "slug": "pirate",
@@ -108,6 +109,7 @@ def test_personas_lists_active_ones_in_order(alice: Any, persona: Persona, pirat
             "description": "Answers in pirate speak.",
             "avatar": "🏴‍☠️",
             "is_default": False,
+            "accepts_images": True,
         },
     ]
 

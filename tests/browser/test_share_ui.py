@@ -1,0 +1,130 @@
+"""Sharing from the page: Alice shares a conversation with an image from the Share dialog
+(keyboard throughout) and copies the link; Bob, in another browser, reads the snapshot
+without learning who Alice is, continues it as his own chat; Alice revokes and the link is
+gone. Chromium against a real Daphne."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from accounts.models import Profile
+from conversations.models import Conversation, Message
+from sharing.models import Share
+from tests.browser.conftest import ROOT
+from tests.browser.test_attachments_ui import loaded, png
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+DOCS_SCREENSHOTS = ROOT / (
+    "docs/screenshots" if os.environ.get("UPDATE_SCREENSHOTS") else "test-output/screenshots"
+)
+LONG = 20_000
+EXPLAINED = (
+    "Signed-in people with the link will see the messages of this version of the chat as they"
+    " are now, the persona and the title — not your name or profile. Later messages are not"
+    " included until you share again."
+)
+
+
+def test_share_read_continue_and_revoke(
+    open_page: Callable[..., Page], alice: Any, bob: Any, persona: Any, tmp_path: Path
+) -> None:
+    # The demo greets users by their display name; with none, only the account could say
+    # who Alice is, and the shared page must not.
+    Profile.objects.filter(user=alice).update(display_name="", about="Lives at 12 Elm Street.")
+    page = open_page(alice, permissions=["clipboard-read", "clipboard-write"])
+    photo = tmp_path / "garden.png"
+    photo.write_bytes(png(480, 360))
+    page.locator("#file-input").set_input_files(photo)
+    expect(page.locator("#attachments .attachment[data-status=done]")).to_have_count(1)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Which flowers are these?")
+    box.press("Enter")
+    reply = page.locator("article[data-role=assistant]")
+    expect(reply).to_have_attribute("data-status", "complete", timeout=LONG)
+    chat = Conversation.objects.get(owner=alice)
+    expect(page).to_have_url(re.compile(rf"/c/{chat.id}/$"))
+
+    # The dialog says what others will see, and the way through it is the keyboard's.
+    share_button = page.get_by_role("button", name="Share")
+    share_button.focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Share this conversation")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text(EXPLAINED)
+    expect(dialog.get_by_role("status")).to_contain_text("Not shared")
+    create = dialog.get_by_role("button", name="Create link")
+    expect(create).to_be_focused()
+    page.keyboard.press("Enter")
+    link_field = dialog.get_by_label("Link to the shared conversation")
+    expect(link_field).to_have_value(re.compile(r"^http://127\.0\.0\.1:\d+/s/[^/]+/$"))
+    share = Share.objects.get(conversation=chat)
+    link = link_field.input_value()
+    assert link.endswith(f"/s/{share.token}/")
+    expect(dialog.get_by_role("status")).to_contain_text("Shared on")
+    expect(dialog.get_by_role("button", name="Update snapshot")).to_be_visible()
+    copy = dialog.get_by_role("button", name="Copy link")
+    expect(copy).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == link
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(share_button).to_be_focused()
+
+    # Bob, signed in elsewhere, reads the snapshot: the messages and the image, not Alice.
+    reader = open_page(bob, path=None)
+    response = reader.goto(link)
+    assert response is not None and response.status == 200
+    expect(reader.get_by_text("Which flowers are these?")).to_be_visible()
+    expect(reader.locator("body")).to_contain_text(visible_reply_start(chat))
+    image = reader.locator("img[alt='garden.png']")
+    expect(image).to_be_visible()
+    assert loaded(image) == 480
+    html = reader.content().lower()
+    for secret in ("alice", "12 elm street", alice.email.lower() or "alice@"):
+        assert secret not in html, secret
+    reader.evaluate("window.scrollTo(0, 0)")
+    DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    picture = DOCS_SCREENSHOTS / "shared-conversation.png"
+    reader.screenshot(path=str(picture), animations="disabled")
+    assert picture.stat().st_size > 10_000
+
+    # "Continue this chat": Bob's own copy, in his chat page, with the image.
+    reader.get_by_role("button", name="Continue this chat").click()
+    expect(reader).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    copy_id = reader.url.rstrip("/").rsplit("/", 1)[-1]
+    mine = Conversation.objects.get(id=copy_id)
+    assert mine.owner_id == bob.id and mine.id != chat.id
+    expect(reader.locator("article[data-role=user] .msg-body")).to_have_text(
+        "Which flowers are these?"
+    )
+    copied = reader.locator("article[data-role=user] .msg-image img")
+    expect(copied).to_have_count(1)
+    assert loaded(copied) == 480
+    assert Message.objects.filter(conversation=chat).count() == 2, "Alice's chat is untouched"
+
+    # Alice revokes; the link answers not found from then on.
+    share_button.click()
+    expect(dialog.get_by_role("status")).to_contain_text("Shared on")
+    dialog.get_by_role("button", name="Revoke link").click()
+    expect(dialog.get_by_role("status")).to_contain_text("Not shared")
+    expect(dialog.get_by_role("button", name="Create link")).to_be_focused()
+    expect(link_field).to_be_hidden()
+    assert not Share.objects.filter(conversation=chat).exists()
+    gone = reader.goto(link)
+    assert gone is not None and gone.status == 404
+    expect(reader.locator("body")).not_to_contain_text("Which flowers are these?")
+
+
+def visible_reply_start(chat: Conversation) -> str:
+    """The first words of the saved reply, as the shared page shows them."""
+    reply = Message.objects.get(conversation=chat, role=Message.Role.ASSISTANT)
+    return " ".join(reply.content.split()[:4])
