@@ -26,11 +26,16 @@ TITLE_MAX_CHARS = 80
 def title_request(ctx: TurnContext) -> ProviderRequest:
     return ProviderRequest(
         system=TITLE_INSTRUCTION,
-        messages=(ChatMessage(role="user", content=ctx.content[:2000]),),
+        # A message of files alone is named by its files, as its first title was.
+        messages=(ChatMessage(role="user", content=_about(ctx)[:2000]),),
         model=ctx.persona.model,
         temperature=0.2,
         purpose="title",
     )
+
+
+def _about(ctx: TurnContext) -> str:
+    return ctx.content or ", ".join(attachment.name for attachment in ctx.attachments)
 
 
 def clean_title(text: str) -> str:

@@ -98,9 +98,14 @@ def _contents(request: ProviderRequest) -> list[types.Content]:
     return [
         types.Content(
             role="model" if message.role == "assistant" else "user",
-            # Images as inline data parts after the text, as Gemini's docs place them.
+            # Images as inline data parts after the text, as Gemini's docs place them; a
+            # message of images alone has no text part (Gemini refuses an empty one).
             parts=[
-                types.Part(text=message.content),
+                *(
+                    [types.Part(text=message.content)]
+                    if message.content or not message.images
+                    else []
+                ),
                 *(
                     types.Part.from_bytes(data=image.data, mime_type=image.mime_type)
                     for image in message.images

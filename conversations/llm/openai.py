@@ -91,9 +91,9 @@ def _messages(request: ProviderRequest) -> list[ChatCompletionMessageParam]:
         elif message.images:
             # The Chat Completions vision form: text and images as parts, images as data
             # URLs, which every OpenAI-compatible server that reads images accepts.
-            parts: list[ChatCompletionContentPartParam] = [
-                {"type": "text", "text": message.content}
-            ]
+            parts: list[ChatCompletionContentPartParam] = []
+            if message.content:
+                parts.append({"type": "text", "text": message.content})
             parts.extend(
                 {"type": "image_url", "image_url": {"url": _data_url(image)}}
                 for image in message.images
