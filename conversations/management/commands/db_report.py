@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from attachments.pruning import DEFAULT_GRACE, size_text, uploads_summary
 from chatproject.ops.db_report import Thresholds, db_report, report_lines
 from conversations.maintenance import MaintenanceError
 
@@ -14,7 +15,8 @@ class Command(BaseCommand):
     help = (
         "Report PostgreSQL connections by state, the longest open transaction, any idle in "
         "transaction, and the workers' pool statistics. Exits 1 when something is wrong "
-        "(for cron and monitors), 2 when the database cannot be read."
+        "(for cron and monitors), 2 when the database cannot be read. Also the uploads' "
+        "count and size, and those no message has used for a day."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -61,6 +63,7 @@ class Command(BaseCommand):
                 worker_urls=tuple(options["worker"]),
                 token=settings.METRICS_TOKEN,
             )
+            uploads = uploads_summary(grace=DEFAULT_GRACE)
         except MaintenanceError as exc:
             raise CommandError(str(exc), returncode=2) from None
         except DatabaseError as exc:
@@ -69,6 +72,12 @@ class Command(BaseCommand):
             ) from None
         for line in report_lines(report):
             self.stdout.write(line)
+        # Not a problem to flag: prune_conversations removes the unused ones.
+        self.stdout.write(
+            f"uploads: {uploads.uploads} file(s), {size_text(uploads.upload_bytes)}; "
+            f"{uploads.unused} unused for over a day ({size_text(uploads.unused_bytes)}), "
+            "which prune_conversations removes"
+        )
         if report.ok:
             self.stdout.write(
                 f"db_report: OK, {sum(report.states.values())} connection(s), "
