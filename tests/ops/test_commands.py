@@ -148,6 +148,7 @@ def test_export_jsonl_round_trips_to_what_the_database_holds(alice, bob, persona
                         "parent_id": str(m.parent_id) if m.parent_id else None,
                         "feedback": None,
                         "usage": None,
+                        "attachments": [],
                     }
                     for m in chat.messages.order_by("created_at")
                 ],
