@@ -26,7 +26,7 @@ class UploadAdmin(admin.ModelAdmin):
         "kind",
         "content_type",
         "size",
-        "file",
+        "stored_as",
         "width",
         "height",
         "created_at",
@@ -34,6 +34,12 @@ class UploadAdmin(admin.ModelAdmin):
     )
     # The owner's account page is not for opening from here; the text can be long.
     fields = readonly_fields
+
+    @admin.display(description="stored as")
+    def stored_as(self, upload: Upload) -> str:
+        # The name only: a link would be the storage's own URL (nothing under MEDIA_URL is
+        # served; an S3 one bypasses the download's nosniff and sandbox).
+        return upload.file.name
 
     @admin.display(description="size", ordering="size")
     def size_shown(self, upload: Upload) -> str:
