@@ -374,6 +374,8 @@ LOGGING: dict[str, Any] = logging_config(log_format=LOG_FORMAT, level=envstr("LO
 # --- Sharing and attachments (issue 15) ------------------------------------------------
 # Share links open to signed-in users of this site only, unless this says anyone with it.
 SHARE_PUBLIC = envbool("SHARE_PUBLIC", False)
+# Copies of shared conversations ("Continue this chat") a user may make per minute.
+SHARE_FORKS_PER_MINUTE = envint("SHARE_FORKS_PER_MINUTE", 20)
 # The largest file accepted, counted while the body streams in (attachments/limits.py).
 MAX_UPLOAD_BYTES = envint("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 MAX_ATTACHMENTS_PER_MESSAGE = 4
