@@ -148,6 +148,9 @@ def share_fork(request: HttpRequest, token: str) -> HttpResponse:
     return JsonResponse(conversation_dict(conversation), status=201)
 
 
+# Exempt: the page only reads, and a POST gets the 405 below, noindex like every answer
+# here, rather than CSRF's own page without it.
+@csrf_exempt
 @private
 def share_page(request: HttpRequest, token: str) -> HttpResponseBase:
     """The snapshot as a read-only page; the messages are drawn by static/sharing/share.js

@@ -202,8 +202,10 @@ def test_sharing_and_revoking_need_the_csrf_header(alice: Any, branched: Branche
     assert Share.objects.exists()
 
     client.get("/")  # the page sets the CSRF cookie, as a browser gets it
-    header = {"HTTP_X_CSRFTOKEN": client.cookies["csrftoken"].value}
-    assert client.delete(share_path(branched.chat), **header).status_code == 204
+    csrf = client.cookies["csrftoken"].value
+    assert (
+        client.delete(share_path(branched.chat), headers={"X-CSRFToken": csrf}).status_code == 204
+    )
 
 
 # --- what a reader gets ---------------------------------------------------------------------
@@ -253,7 +255,7 @@ def test_the_snapshot_has_the_protocols_shape_and_nothing_of_the_owner(
 def test_a_reply_that_never_got_a_word_is_left_out(alice: Any, bob: Any, persona: Any) -> None:
     chat = Conversation.objects.create(owner=alice, persona=persona, title="Cut off")
     message_append(conversation=chat, role="user", content="Hello?")
-    message_append(conversation=chat, role="assistant", content="", status="failed")
+    message_append(conversation=chat, role="assistant", content="", status="error")
 
     token = shared(logged_in(alice), chat)["token"]
 
@@ -324,6 +326,25 @@ def test_unknown_revoked_and_malformed_tokens_all_answer_the_same_404(
         assert answer.content == expected.content, bad
         assert "noindex" in answer["X-Robots-Tag"], bad
     assert read(reader, token).status_code == 200
+
+
+def test_paths_no_token_could_make_answer_as_an_unknown_token_does(
+    alice: Any, bob: Any, branched: Branched
+) -> None:
+    token = shared(logged_in(alice), branched.chat)["token"]
+    reader = logged_in(bob)
+    expected = read(reader, "x" * 43)
+
+    for path in (
+        f"/api/shares/{token[:20]}%2F{token[20:]}/",  # a percent-encoded slash
+        "/api/shares//",
+        f"/api/shares/{token}/extra/",
+        f"/api/shares/{token}/files/",
+        f"/api/shares/{token}/files/not-a-uuid/",
+    ):
+        answer = reader.get(path)
+        assert (answer.status_code, answer.content) == (404, expected.content), path
+        assert "noindex" in answer["X-Robots-Tag"], path
 
 
 def test_a_token_is_looked_up_by_its_digest_never_by_itself(

@@ -167,7 +167,10 @@ def test_unknown_revoked_and_malformed_links_show_the_same_not_found_page(
     unknown = page(reader, "x" * 43)
     client.delete(share_path(branched.chat))
 
-    answers = [page(reader, t) for t in (token, token[:42], token + "A", "%2e%2e", "é" * 43)]
+    answers = [
+        page(reader, t)
+        for t in (token, token[:42], token + "A", "%2e%2e", "é" * 43, "", "a%2Fb", f"{token}/x")
+    ]
 
     assert unknown.status_code == 404
     assert "This link does not work" in unknown.content.decode()
@@ -176,6 +179,18 @@ def test_unknown_revoked_and_malformed_links_show_the_same_not_found_page(
         assert answer.status_code == 404
         # The same page, but for the CSRF token the base template carries.
         assert strip_csrf(answer.content) == strip_csrf(unknown.content)
+
+
+def test_the_page_answers_only_get_and_that_too_is_noindex(
+    alice: Any, bob: Any, branched: Branched
+) -> None:
+    token = shared_token(alice, branched.chat)
+
+    answer = logged_in(bob, csrf=True).post(f"/s/{token}/")
+
+    assert answer.status_code == 405
+    assert answer["Allow"] == "GET"
+    assert "noindex" in answer["X-Robots-Tag"]
 
 
 def strip_csrf(content: bytes) -> str:
