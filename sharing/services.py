@@ -30,6 +30,7 @@ from sharing.models import Share
 TOKEN_BYTES = 32
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 STATUSES = frozenset(Message.Status.values)
+NO_REPLY_SHARED = "No reply to this message was shared. Retry it to get one."
 
 
 def token_digest(token: str) -> str:
@@ -174,6 +175,9 @@ def share_fork(*, share: Share, reader: User) -> Conversation:
     parent_id: uuid.UUID | None = None
     for item in snapshot.get("messages", []):
         is_user = item.get("role") == Message.Role.USER
+        if is_user and messages and messages[-1].role == Message.Role.USER:
+            messages.append(_no_reply(conversation, parent_id))
+            parent_id = messages[-1].id
         message = Message(
             id=uuid.uuid4(),
             conversation=conversation,
@@ -190,6 +194,8 @@ def share_fork(*, share: Share, reader: User) -> Conversation:
             attached.append((message, ids))
             for upload_id in ids:
                 copies.setdefault(upload_id, _upload_copy(originals[upload_id], reader))
+    if messages and messages[-1].role == Message.Role.USER:
+        messages.append(_no_reply(conversation, parent_id))
     # One statement each; the parent links point within the batch, which PostgreSQL checks
     # at commit (Django's foreign keys are deferred there).
     Message.objects.bulk_create(messages)
@@ -204,6 +210,22 @@ def share_fork(*, share: Share, reader: User) -> Conversation:
         Conversation.objects.filter(pk=conversation.pk).update(current_leaf_id=messages[-1].id)
         conversation.current_leaf = messages[-1]
     return conversation
+
+
+def _no_reply(conversation: Conversation, parent_id: uuid.UUID | None) -> Message:
+    # The snapshot leaves out replies without a word, so two questions may stand in a row
+    # or one at the end. In a chat a question always follows a reply (an edit is sent after
+    # the reply before it, a new message after the last one), so the copy gets an empty
+    # interrupted reply there, as recovery gives a reply that never came, to retry.
+    return Message(
+        id=uuid.uuid4(),
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        content="",
+        status=Message.Status.INTERRUPTED,
+        error=NO_REPLY_SHARED,
+        parent_id=parent_id,
+    )
 
 
 def _keep_order(messages: list[Message]) -> None:

@@ -254,3 +254,60 @@ async def test_bob_sends_a_message_on_his_fork_and_the_reply_follows_the_copy(
         "And tigers?",
     ]
     assert rows[5] == ("assistant", frames[-1]["content"])
+
+
+def fork_with_a_reply_that_never_came(owner: Any, reader: Any, persona: Persona) -> str:
+    """Alice's chat where one reply failed before its first word and the last never came:
+    the share leaves out replies with no words, so its two questions stand in a row."""
+    chat = Conversation.objects.create(owner=owner, persona=persona, title="Gaps")
+    message_append(conversation=chat, role="user", content="First try")
+    message_append(conversation=chat, role="assistant", content="", status="error")
+    message_append(conversation=chat, role="user", content="Second try")
+    message_append(conversation=chat, role="assistant", content="Got it.")
+    message_append(conversation=chat, role="user", content="Last question")
+    token = shared_token(owner, chat)
+    answer = logged_in(reader).post(fork_path(token))
+    assert answer.status_code == 201
+    fork_id: str = answer.json()["id"]
+    return fork_id
+
+
+def shown_messages(conversation_id: str, reader: Any) -> list[dict[str, Any]]:
+    shown = logged_in(reader).get(f"/api/conversations/{conversation_id}/").json()
+    messages: list[dict[str, Any]] = shown["messages"]
+    return messages
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_on_a_fork_with_missing_replies_bob_edits_and_continues_as_in_any_chat(
+    ws: Any, alice: Any, bob: Any, persona: Persona, fast_demo: Any
+) -> None:
+    fork_id = await db_call(fork_with_a_reply_that_never_came)(alice, bob, persona)
+    messages = await db_call(shown_messages)(fork_id, bob)
+    # A question always follows a reply, as in any chat: where none came, an empty one
+    # says so, and the page offers to retry it.
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "First try", "complete"),
+        ("assistant", "", "interrupted"),
+        ("user", "Second try", "complete"),
+        ("assistant", "Got it.", "complete"),
+        ("user", "Last question", "complete"),
+        ("assistant", "", "interrupted"),
+    ]
+    socket = await ws(bob)
+
+    # Editing the second question sends it after the reply before it, as the page does.
+    await socket.send_message(
+        "Second try, edited", conversation_id=fork_id, parent_id=messages[1]["id"]
+    )
+    accepted = await socket.receive()
+    assert accepted["type"] == "chat.accepted", accepted
+    await socket.receive_until("chat.done")
+    # And a new message goes on after the last question, which stays.
+    await socket.send_message("One more", conversation_id=fork_id, parent_id=messages[5]["id"])
+    await socket.receive_until("chat.done")
+    after = [m["content"] for m in await db_call(shown_messages)(fork_id, bob)]
+    assert after[:2] == ["First try", ""]
+    assert "Second try, edited" not in after
+    assert after[4:7] == ["Last question", "", "One more"]
