@@ -229,7 +229,7 @@ def begin_statements(owner: Any, conversation: Conversation, attachments: list[s
             content="One more",
             client_id=uuid.uuid4(),
             history_limit=500,
-            attachment_ids=[uuid.UUID(i) for i in attachments],
+            attachment_ids=tuple(uuid.UUID(i) for i in attachments),
         )
     return len(captured.captured_queries)
 

@@ -6,6 +6,7 @@ PostgreSQL. Everything listens on 127.0.0.1 and stops at the end.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 from websockets.typing import Origin
@@ -194,6 +196,7 @@ def deployment(tmp_path: Path, throwaway_redis: Any) -> Iterator[Deployment]:
         METRICS_TOKEN=METRICS_TOKEN,
         LOG_LEVEL="DEBUG",
         CSRF_TRUSTED_ORIGINS=origin,
+        MEDIA_ROOT=str(tmp_path / "media"),
     )
     workers = [Daphne(env, name=f"deploy-worker-{n}") for n in (1, 2)]
     for worker in workers:
@@ -284,6 +287,38 @@ def login(deploy: Deployment) -> str:
     return answer.cookies()[settings.SESSION_COOKIE_NAME]
 
 
+def noise_png() -> bytes:
+    """A 1000 by 1000 photo-like PNG of about 3 MiB: noise does not compress."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (1000, 1000), os.urandom(3_000_000)).save(out, "PNG")
+    return out.getvalue()
+
+
+def upload(deploy: Deployment, cookies: str, csrf: str, data: bytes) -> Response:
+    """POST /api/uploads/ as the page's FormData sends it."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="photo.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return deploy.fetch(
+        "POST",
+        "/api/uploads/",
+        body=body,
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Cookie": cookies,
+            "X-CSRFToken": csrf,
+            "Origin": deploy.https,
+            "Referer": f"{deploy.https}/",
+        },
+    )
+
+
 def worker_samples(worker: Daphne) -> dict[tuple[str, str], float]:
     text = plain_fetch(
         "GET", f"{worker.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
@@ -315,6 +350,17 @@ def test_nginx_and_two_daphne_workers_serve_pages_static_files_and_a_streamed_ch
     assert page.status == 200
     assert page.headers["Server"].startswith("nginx")
     assert "/static/chat/main.js" in page.text
+
+    # A photo of a few MiB goes through nginx's own body limit to the worker and is stored;
+    # past the worker's limit the answer is 413.
+    csrf = page.cookies()[settings.CSRF_COOKIE_NAME]
+    uploaded = upload(deploy, f"{cookie}; {settings.CSRF_COOKIE_NAME}={csrf}", csrf, noise_png())
+    assert uploaded.status == 201, uploaded.text[:300]
+    assert json.loads(uploaded.body)["content_type"] == "image/png"
+    too_large = upload(
+        deploy, f"{cookie}; {settings.CSRF_COOKIE_NAME}={csrf}", csrf, bytes(12 << 20)
+    )
+    assert too_large.status == 413
 
     # Static files come from nginx: the workers run with SERVE_STATIC=false and have none.
     static = deploy.fetch("GET", "/static/chat/main.js")
