@@ -5,6 +5,8 @@ test carries the fork on over the real socket stack with the demo model."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -171,10 +173,25 @@ def test_an_inactive_persona_refuses_the_fork(alice: Any, bob: Any, branched: Br
     assert Conversation.objects.filter(owner=bob).count() == 0
 
 
+def redis_cache(location: str) -> dict[str, Any]:
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": location,
+            "KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
+    }
+
+
 @pytest.mark.django_db
+@pytest.mark.parametrize("backend", ["local", "redis"])
 def test_forks_are_rate_limited_with_retry_after(
-    alice: Any, bob: Any, branched: Branched, settings: Any
+    alice: Any, bob: Any, branched: Branched, settings: Any, backend: str
 ) -> None:
+    if backend == "redis":
+        # As in production with REDIS_URL: every worker counts in the same place.
+        settings.CACHES = redis_cache(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
     settings.SHARE_FORKS_PER_MINUTE = 2
     token = shared_token(alice, branched.chat)
     client = logged_in(bob)
@@ -188,6 +205,17 @@ def test_forks_are_rate_limited_with_retry_after(
     assert Conversation.objects.filter(owner=bob).count() == 2
     # Alice's own counter is hers.
     assert logged_in(alice).post(fork_path(token)).status_code == 201
+
+
+@pytest.mark.django_db
+def test_with_the_cache_away_forks_still_work(
+    alice: Any, bob: Any, branched: Branched, settings: Any
+) -> None:
+    token = shared_token(alice, branched.chat)
+    settings.CACHES = redis_cache("redis://127.0.0.1:1/0")  # nothing listens there
+    settings.SHARE_FORKS_PER_MINUTE = 1
+
+    assert [logged_in(bob).post(fork_path(token)).status_code for _ in range(2)] == [201, 201]
 
 
 @pytest.mark.django_db
