@@ -6,6 +6,7 @@
  * so a reload or a shared link reopens it and picks up a reply still being generated.
  */
 import { api, signedIn, uploadFile } from "./api.js";
+import { copyText } from "./dom.js";
 import * as chat from "./state.js";
 import { createTransport } from "./transport.js";
 import * as view from "./view.js";
@@ -449,7 +450,7 @@ async function copyReply(key) {
   const message = state.messages.find((m) => m.key === key);
   if (!message) return;
   try {
-    await view.copyText(message.content);
+    await copyText(message.content);
     view.flash(key, "copy", "Copied");
   } catch (_error) {
     view.flash(key, "copy", "Copy failed");

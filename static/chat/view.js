@@ -2,13 +2,13 @@
  * The page's DOM: it draws the state (state.js) and reports what the user does.
  *
  * Safety rule for this file: text from users, models and personas reaches the page only
- * through textContent, or as markdown that marked renders and DOMPurify sanitizes.
- * marked, DOMPurify and hljs are the vendored classic scripts loaded before the modules.
+ * through textContent, or as markdown rendered and sanitized by markdown.js.
  */
 
+import { h } from "./dom.js";
+import { fileBadge, fitted, messageFileNode, sizeText } from "./files.js";
+import { onCopyClick, renderMarkdown } from "./markdown.js";
 import { blocked, imageWarning, isBusy, isGenerating, pickerVisible, uploading, versionOf } from "./state.js";
-
-const { marked, DOMPurify, hljs } = window;
 
 const $ = (selector) => document.querySelector(selector);
 export const ui = {
@@ -80,20 +80,6 @@ let actions = null;
 
 // ---- Small helpers -----------------------------------------------------------------------
 
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else node.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children) {
-    if (child !== null && child !== undefined) node.append(child);
-  }
-  return node;
-}
-
 function displayTitle(title) {
   return title && title.trim() ? title : "New chat";
 }
@@ -115,121 +101,6 @@ export function setSocketStatus(status) {
   ui.status.dataset.state = status;
   ui.status.querySelector(".label").textContent = SOCKET_TEXT[status];
   ui.status.title = SOCKET_TEXT[status];
-}
-
-// ---- Markdown ----------------------------------------------------------------------------
-
-const escapeHtml = (text) =>
-  String(text)
-    .replace(/&/g, "&amp;")
-    .replace(/</g, "&lt;")
-    .replace(/>/g, "&gt;")
-    .replace(/"/g, "&quot;")
-    .replace(/'/g, "&#39;");
-
-const markdown = new marked.Marked({
-  gfm: true,
-  breaks: false,
-  renderer: {
-    // Raw HTML in a reply is shown as the text it is, never interpreted.
-    html(token) {
-      return escapeHtml(token.text);
-    },
-    // An image would load a URL the model chose (a tracking or exfiltration channel);
-    // show it as a link the user may choose to follow instead.
-    image(token) {
-      const label = token.text || token.href;
-      return `<a href="${escapeHtml(token.href)}">${escapeHtml(label)}</a>`;
-    },
-  },
-});
-
-const SAFE_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
-DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-  if (node.tagName !== "A") return;
-  const href = node.getAttribute("href");
-  let safe = false;
-  if (href !== null) {
-    try {
-      safe = SAFE_PROTOCOLS.has(new URL(href, window.location.href).protocol);
-    } catch (_error) {
-      safe = false;
-    }
-  }
-  if (!safe) {
-    node.removeAttribute("href");
-    return;
-  }
-  node.setAttribute("target", "_blank");
-  node.setAttribute("rel", "noopener noreferrer");
-});
-
-const PURIFY_CONFIG = {
-  USE_PROFILES: { html: true },
-  FORBID_TAGS: ["style", "img", "form", "input", "button", "textarea", "select", "iframe", "svg", "math"],
-  FORBID_ATTR: ["style", "id", "name"],
-  RETURN_DOM_FRAGMENT: true,
-};
-
-function sanitizedFragment(html) {
-  return DOMPurify.sanitize(html, PURIFY_CONFIG);
-}
-
-function decorateCode(fragment) {
-  for (const code of fragment.querySelectorAll("pre > code")) {
-    const pre = code.parentElement;
-    const match = /(?:^|\s)language-([\w+#.-]+)/.exec(code.className);
-    const language = match && hljs.getLanguage(match[1]) ? match[1] : null;
-    const source = code.textContent;
-    const result = language
-      ? hljs.highlight(source, { language, ignoreIllegals: true })
-      : hljs.highlightAuto(source);
-    // highlight.js escapes the source itself; sanitizing again costs little and keeps
-    // the rule simple: no HTML string reaches the page unsanitized.
-    code.replaceChildren(sanitizedFragment(result.value));
-    code.classList.add("hljs");
-
-    const copy = h("button", { type: "button", class: "copy-btn", "aria-label": "Copy code", text: "Copy" });
-    const label = h("span", { text: (match && match[1]) || result.language || "code" });
-    const block = h("div", { class: "codeblock" }, h("div", { class: "codeblock-head" }, label, copy));
-    pre.replaceWith(block);
-    block.append(pre);
-  }
-}
-
-function renderMarkdown(container, text) {
-  const fragment = sanitizedFragment(markdown.parse(text));
-  decorateCode(fragment);
-  container.replaceChildren(fragment);
-}
-
-export async function copyText(text) {
-  if (navigator.clipboard && window.isSecureContext) {
-    await navigator.clipboard.writeText(text);
-    return;
-  }
-  // Clipboard API is missing on insecure origins: fall back to a hidden textarea.
-  const area = h("textarea", { class: "sr-only", readonly: true });
-  area.value = text;
-  document.body.append(area);
-  area.select();
-  document.execCommand("copy");
-  area.remove();
-}
-
-async function onCopyClick(event) {
-  const button = event.target.closest(".copy-btn");
-  if (!button) return;
-  const code = button.closest(".codeblock").querySelector("pre code");
-  try {
-    await copyText(code.textContent);
-    button.textContent = "Copied";
-  } catch (_error) {
-    button.textContent = "Copy failed";
-  }
-  setTimeout(() => {
-    button.textContent = "Copy";
-  }, 1500);
 }
 
 // ---- Scrolling ---------------------------------------------------------------------------
@@ -775,29 +646,6 @@ function bindMessageActions() {
 
 // ---- Attachments -------------------------------------------------------------------------
 
-/** "830 B", "12 KB", "1.4 MB": a file size as people read it. */
-export function sizeText(bytes) {
-  if (!Number.isFinite(bytes) || bytes < 0) return "";
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KB`;
-  return `${(bytes / (1024 * 1024)).toFixed(1).replace(/\.0$/, "")} MB`;
-}
-
-// What the icon of a file that is not an image says: its kind, or its extension.
-function fileBadge(attachment) {
-  if (attachment.kind === "pdf") return "PDF";
-  const match = /\.([a-z0-9]{1,4})$/i.exec(attachment.name || "");
-  return match ? match[1].toUpperCase() : "FILE";
-}
-
-// Width and height attributes that fit `box` px and keep the image's proportions, so the
-// space is held before the image arrives (no jump as the page loads).
-function fitted(width, height, box) {
-  if (!width || !height) return { width: null, height: null };
-  const scale = Math.min(1, box / width, box / height);
-  return { width: Math.max(1, Math.round(width * scale)), height: Math.max(1, Math.round(height * scale)) };
-}
-
 /**
  * A small local picture of an image file for the composer and the message just sent:
  * drawn on a canvas into a data: URL (the CSP allows data: images, not blob: ones), with
@@ -825,37 +673,6 @@ function attachmentsSignature(list) {
   return JSON.stringify((list || []).map((a) => [a.id, a.name, a.kind, a.url, Boolean(a.preview)]));
 }
 
-function messageAttachmentNode(attachment) {
-  const src = attachment.preview || attachment.url;
-  if (attachment.kind === "image" && src) {
-    const { width, height } = fitted(attachment.width, attachment.height, 240);
-    const image = h("img", { src, alt: attachment.name, loading: "lazy", decoding: "async", width, height });
-    return h(
-      "button",
-      {
-        type: "button",
-        class: "msg-image",
-        "data-url": attachment.url || src,
-        "data-name": attachment.name,
-        "aria-label": `Enlarge ${attachment.name}`,
-        title: attachment.name,
-      },
-      image,
-    );
-  }
-  const parts = [
-    h("span", { class: "file-badge", "aria-hidden": "true", text: fileBadge(attachment) }),
-    h("span", { class: "msg-file-name", text: attachment.name }),
-    h("span", { class: "msg-file-size", text: sizeText(attachment.size) }),
-  ];
-  if (!attachment.url) return h("span", { class: "msg-file" }, ...parts);
-  return h(
-    "a",
-    { class: "msg-file", href: attachment.url, download: attachment.name, title: `Download ${attachment.name}`, "aria-label": `Download ${attachment.name} (${sizeText(attachment.size)})` },
-    ...parts,
-  );
-}
-
 function drawMessageAttachments(node, list) {
   const main = node.querySelector(".msg-main");
   let box = main.querySelector(".msg-attachments");
@@ -867,7 +684,9 @@ function drawMessageAttachments(node, list) {
     box = h("div", { class: "msg-attachments", role: "group", "aria-label": "Attached files" });
     main.insertBefore(box, main.querySelector(".msg-body"));
   }
-  box.replaceChildren(...list.map(messageAttachmentNode));
+  // The message just sent shows its local previews until the server's copies are known.
+  const nodes = list.map((file) => messageFileNode(file, { url: file.url || null, src: file.preview || file.url }));
+  box.replaceChildren(...nodes);
 }
 
 export function openLightbox(url, name) {

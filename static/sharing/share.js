@@ -3,71 +3,21 @@
  * as data, never as markup) and offers "Continue this chat".
  *
  * Safety rule, as on the chat page: text from users, models and personas reaches the page
- * only through textContent, or as markdown rendered and sanitized by ./markdown.js.
+ * only through textContent, or as markdown rendered and sanitized by the chat page's
+ * renderer (../chat/markdown.js).
  */
 
-import { renderMarkdown } from "./markdown.js";
+import { h } from "../chat/dom.js";
+import { messageFileNode } from "../chat/files.js";
+import { onCopyClick, renderMarkdown } from "../chat/markdown.js";
 
 const $ = (selector) => document.querySelector(selector);
 
 const STATUS_LABELS = { stopped: "Stopped", error: "Error", interrupted: "Interrupted" };
 
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else node.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children) {
-    if (child !== null && child !== undefined) node.append(child);
-  }
-  return node;
-}
-
-/** "830 B", "12 KB", "1.4 MB": a file size as people read it. */
-function sizeText(bytes) {
-  if (!Number.isFinite(bytes) || bytes < 0) return "";
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KB`;
-  return `${(bytes / (1024 * 1024)).toFixed(1).replace(/\.0$/, "")} MB`;
-}
-
-function fileBadge(attachment) {
-  if (attachment.kind === "pdf") return "PDF";
-  const match = /\.([a-z0-9]{1,4})$/i.exec(attachment.name || "");
-  return match ? match[1].toUpperCase() : "FILE";
-}
-
-// Width and height that fit `box` px and keep the image's proportions, so the space is
-// held before the image arrives.
-function fitted(width, height, box) {
-  if (!width || !height) return { width: null, height: null };
-  const scale = Math.min(1, box / width, box / height);
-  return { width: Math.max(1, Math.round(width * scale)), height: Math.max(1, Math.round(height * scale)) };
-}
-
 // Only our own share URLs are ever used as a source or a link.
 function ownUrl(url) {
   return typeof url === "string" && url.startsWith("/api/shares/") ? url : null;
-}
-
-function attachmentNode(attachment) {
-  const url = ownUrl(attachment.url);
-  const name = String(attachment.name || "file");
-  if (attachment.kind === "image" && url) {
-    const { width, height } = fitted(attachment.width, attachment.height, 240);
-    const image = h("img", { src: url, alt: name, loading: "lazy", decoding: "async", width, height });
-    return h("button", { type: "button", class: "msg-image", "data-url": url, "data-name": name, "aria-label": `Enlarge ${name}`, title: name }, image);
-  }
-  const parts = [
-    h("span", { class: "file-badge", "aria-hidden": "true", text: fileBadge(attachment) }),
-    h("span", { class: "msg-file-name", text: name }),
-    h("span", { class: "msg-file-size", text: sizeText(attachment.size) }),
-  ];
-  if (!url) return h("span", { class: "msg-file" }, ...parts);
-  return h("a", { class: "msg-file", href: url, download: name, title: `Download ${name}`, "aria-label": `Download ${name} (${sizeText(attachment.size)})` }, ...parts);
 }
 
 function messageNode(message, share) {
@@ -78,6 +28,7 @@ function messageNode(message, share) {
   if (isUser) body.textContent = message.content;
   else renderMarkdown(body, message.content);
   const attachments = Array.isArray(message.attachments) ? message.attachments : [];
+  const files = attachments.map((file) => messageFileNode(file, { url: ownUrl(file.url) }));
   const meta = h(
     "div",
     { class: "msg-meta" },
@@ -92,7 +43,7 @@ function messageNode(message, share) {
       "div",
       { class: "msg-main" },
       meta,
-      attachments.length ? h("div", { class: "msg-attachments", role: "group", "aria-label": "Attached files" }, ...attachments.map(attachmentNode)) : null,
+      files.length ? h("div", { class: "msg-attachments", role: "group", "aria-label": "Attached files" }, ...files) : null,
       body,
     ),
   );
@@ -105,19 +56,6 @@ function showDate(share) {
   // The server wrote the date in UTC; the reader's own calendar says it better.
   node.textContent = date.toLocaleDateString(undefined, { dateStyle: "long" });
   node.title = date.toLocaleString();
-}
-
-async function copyText(text) {
-  if (navigator.clipboard && window.isSecureContext) {
-    await navigator.clipboard.writeText(text);
-    return;
-  }
-  const area = h("textarea", { class: "sr-only", readonly: true });
-  area.value = text;
-  document.body.append(area);
-  area.select();
-  document.execCommand("copy");
-  area.remove();
 }
 
 function bindMessages(container) {
@@ -136,17 +74,7 @@ function bindMessages(container) {
       $("#lightbox-close").focus();
       return;
     }
-    const copy = event.target.closest(".copy-btn");
-    if (!copy) return;
-    try {
-      await copyText(copy.closest(".codeblock").querySelector("pre code").textContent);
-      copy.textContent = "Copied";
-    } catch (_error) {
-      copy.textContent = "Copy failed";
-    }
-    setTimeout(() => {
-      copy.textContent = "Copy";
-    }, 1500);
+    await onCopyClick(event);
   });
   $("#lightbox-close").addEventListener("click", () => lightbox.close());
   lightbox.addEventListener("click", (event) => {

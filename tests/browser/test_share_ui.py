@@ -83,8 +83,14 @@ def test_share_read_continue_and_revoke(
     reader = open_page(bob, path=None)
     response = reader.goto(link)
     assert response is not None and response.status == 200
-    expect(reader.get_by_text("Which flowers are these?")).to_be_visible()
-    expect(reader.locator("body")).to_contain_text(visible_reply_start(chat))
+    expect(reader.get_by_role("heading", name="Which flowers are these?")).to_be_visible()
+    expect(reader.locator("article[data-role=user] .msg-body")).to_have_text(
+        "Which flowers are these?"
+    )
+    shared_reply = reader.locator("article[data-role=assistant] .msg-body")
+    expect(shared_reply).to_contain_text(visible_reply_start(chat))
+    # What the model was shown is part of the snapshot too.
+    expect(shared_reply).to_contain_text("I see 1 image (garden.png, 480×360)")
     image = reader.locator("img[alt='garden.png']")
     expect(image).to_be_visible()
     assert loaded(image) == 480

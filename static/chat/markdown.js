@@ -1,11 +1,12 @@
 /*
- * Markdown for the share page, rendered exactly as the chat page renders it: the same
- * marked options and renderer overrides, the same DOMPurify configuration and link hook,
- * the same highlight.js decoration (copied from static/chat/view.js, which the chat page
- * owns; keep the two in step, or have view.js import this module).
+ * The one markdown renderer, used by the chat page (view.js) and the share page
+ * (../sharing/share.js): marked renders, DOMPurify sanitizes, highlight.js colours code.
+ * No HTML string reaches the page without going through sanitizedFragment().
  *
  * marked, DOMPurify and hljs are the vendored classic scripts loaded before the modules.
  */
+
+import { copyText, h } from "./dom.js";
 
 const { marked, DOMPurify, hljs } = window;
 
@@ -65,13 +66,6 @@ function sanitizedFragment(html) {
   return DOMPurify.sanitize(html, PURIFY_CONFIG);
 }
 
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
 function decorateCode(fragment) {
   for (const code of fragment.querySelectorAll("pre > code")) {
     const pre = code.parentElement;
@@ -81,18 +75,14 @@ function decorateCode(fragment) {
     const result = language
       ? hljs.highlight(source, { language, ignoreIllegals: true })
       : hljs.highlightAuto(source);
-    // highlight.js escapes the source itself; sanitizing again keeps the rule simple:
-    // no HTML string reaches the page unsanitized.
+    // highlight.js escapes the source itself; sanitizing again costs little and keeps
+    // the rule simple: no HTML string reaches the page unsanitized.
     code.replaceChildren(sanitizedFragment(result.value));
     code.classList.add("hljs");
 
-    const copy = element("button", "copy-btn", "Copy");
-    copy.type = "button";
-    copy.setAttribute("aria-label", "Copy code");
-    const head = element("div", "codeblock-head");
-    head.append(element("span", "", (match && match[1]) || result.language || "code"), copy);
-    const block = element("div", "codeblock");
-    block.append(head);
+    const copy = h("button", { type: "button", class: "copy-btn", "aria-label": "Copy code", text: "Copy" });
+    const label = h("span", { text: (match && match[1]) || result.language || "code" });
+    const block = h("div", { class: "codeblock" }, h("div", { class: "codeblock-head" }, label, copy));
     pre.replaceWith(block);
     block.append(pre);
   }
@@ -103,4 +93,20 @@ export function renderMarkdown(container, text) {
   const fragment = sanitizedFragment(markdown.parse(text));
   decorateCode(fragment);
   container.replaceChildren(fragment);
+}
+
+/** A click handler for the messages: the Copy button of a rendered code block. */
+export async function onCopyClick(event) {
+  const button = event.target.closest(".copy-btn");
+  if (!button) return;
+  const code = button.closest(".codeblock").querySelector("pre code");
+  try {
+    await copyText(code.textContent);
+    button.textContent = "Copied";
+  } catch (_error) {
+    button.textContent = "Copy failed";
+  }
+  setTimeout(() => {
+    button.textContent = "Copy";
+  }, 1500);
 }
