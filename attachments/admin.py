@@ -3,8 +3,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.template.defaultfilters import filesizeformat
 
+from attachments.limits import size_text
 from attachments.models import Upload
 from attachments.services import objects_release
 
@@ -43,7 +43,7 @@ class UploadAdmin(admin.ModelAdmin):
 
     @admin.display(description="size", ordering="size")
     def size_shown(self, upload: Upload) -> str:
-        return filesizeformat(upload.size)
+        return size_text(upload.size)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -33,9 +33,18 @@ RATE_WINDOW_SECONDS = 60
 ASGIApp = Any
 
 
+def size_text(size: int) -> str:
+    """Bytes as people read them: 812 B, 2.9 KiB, 10 MiB."""
+    value, unit = float(size), 0
+    while value >= 1024 and unit < 3:
+        value, unit = value / 1024, unit + 1
+    if unit == 0:
+        return f"{size} B"
+    return f"{value:.1f}".removesuffix(".0") + f" {('KiB', 'MiB', 'GiB')[unit - 1]}"
+
+
 def too_large_message() -> str:
-    limit: int = settings.MAX_UPLOAD_BYTES
-    return f"The file is too large: at most {limit / (1024 * 1024):g} MiB is accepted."
+    return f"The file is too large: at most {size_text(settings.MAX_UPLOAD_BYTES)} is accepted."
 
 
 class UploadSizeLimit:

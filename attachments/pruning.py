@@ -160,10 +160,3 @@ def uploads_summary(*, grace: timedelta = DEFAULT_GRACE) -> UploadsSummary:
         unused=totals["unused"],
         unused_bytes=totals["unused_bytes"] or 0,
     )
-
-
-def size_text(size: int) -> str:
-    value, unit = float(size), 0
-    while value >= 1024 and unit < 3:
-        value, unit = value / 1024, unit + 1
-    return f"{size} B" if unit == 0 else f"{value:.1f} {('KiB', 'MiB', 'GiB')[unit - 1]}"

@@ -15,6 +15,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from attachments.judge import Judged, UploadRefused
+from attachments.limits import size_text
 from attachments.models import Attachment, Upload
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def upload_insert(
         used = Upload.objects.filter(owner_id=owner_id).aggregate(total=Sum("size"))["total"]
         if (used or 0) + len(judged.data) > quota_bytes:
             raise UploadRefused(
-                f"Your files take {mebibytes(used or 0)} of the {mebibytes(quota_bytes)} "
+                f"Your files take {size_text(used or 0)} of the {size_text(quota_bytes)} "
                 "you may keep; delete files or conversations with files first.",
                 status=413,
                 code="quota_exceeded",
@@ -94,10 +95,6 @@ def upload_insert(
         width=judged.width,
         height=judged.height,
     )
-
-
-def mebibytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB"
 
 
 @transaction.atomic

@@ -76,7 +76,8 @@ async def uploads(request: HttpRequest) -> HttpResponse:
         response = error_response(
             429,
             "rate_limited",
-            f"You can upload {settings.UPLOADS_PER_MINUTE} files a minute; try again in {wait} s.",
+            f"You can upload {settings.UPLOADS_PER_MINUTE} file(s) a minute; "
+            f"try again in {wait} s.",
         )
         response["Retry-After"] = str(wait)
         return response

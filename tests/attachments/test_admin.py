@@ -62,7 +62,7 @@ def test_staff_see_each_upload_with_its_name_kind_size_and_owner(
     assert rows["notes.txt"] == {
         "owner": "bob",
         "kind": "Text",
-        "size_shown": "2.0\xa0KB",
+        "size_shown": "2 KiB",
         "created_at": rows["notes.txt"]["created_at"],
     }
 

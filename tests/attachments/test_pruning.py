@@ -181,7 +181,7 @@ def test_db_report_counts_uploads_and_the_unused_ones(
     lines, _ = run("db_report", "--max-connections-ratio", "0.99")
 
     assert (
-        "uploads: 3 file(s), 3.5 KiB; 1 unused for over a day (2.0 KiB), "
+        "uploads: 3 file(s), 3.5 KiB; 1 unused for over a day (2 KiB), "
         "which prune_conversations removes"
     ) in lines
     assert lines[-1].startswith("db_report: OK")

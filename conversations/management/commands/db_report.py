@@ -6,7 +6,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from attachments.pruning import DEFAULT_GRACE, size_text, uploads_summary
+from attachments.limits import size_text
+from attachments.pruning import DEFAULT_GRACE, uploads_summary
 from chatproject.ops.db_report import Thresholds, db_report, report_lines
 from conversations.maintenance import MaintenanceError
 

@@ -5,7 +5,8 @@ from typing import Any, TextIO, cast
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from attachments.pruning import UploadsPruneResult, size_text, uploads_prune
+from attachments.limits import size_text
+from attachments.pruning import UploadsPruneResult, uploads_prune
 from conversations.maintenance import MaintenanceError, ProgressBar, owner_filter, parse_age
 from conversations.models import Conversation
 from conversations.pruning import conversations_prune
