@@ -20,7 +20,7 @@ from attachments.models import Attachment, Upload
 from conversations.models import Conversation, Message
 from conversations.services import message_append
 from personas.models import Persona
-from tests.browser.conftest import ROOT
+from tests.browser.conftest import ROOT, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -117,9 +117,13 @@ def test_images_by_the_paperclip_and_by_paste_are_sent_shown_enlarged_and_kept(
     photo.write_bytes(png(640, 480))
     held = hold_uploads(page)
 
-    # The paperclip is a labelled button the keyboard reaches; its picker is the file input.
-    expect(page.get_by_role("button", name="Attach files")).to_be_enabled()
-    page.locator("#file-input").set_input_files(photo)
+    # The paperclip is a labelled button the keyboard reaches; Enter opens the file picker.
+    paperclip = page.get_by_role("button", name="Attach files")
+    paperclip.focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    assert chooser.value.is_multiple()
+    chooser.value.set_files(photo)
     item = composer_files(page).first
     expect(item).to_have_attribute("data-status", "uploading")
     expect(item.locator(".attachment-progress")).to_be_visible()
@@ -277,13 +281,18 @@ def test_a_persona_that_cannot_read_images_warns_and_the_refusal_gives_the_files
     photo.write_bytes(png(400, 300))
     notes = tmp_path / "a-rather-long-file-name-for-the-phone.md"
     notes.write_text("# Moon\nIt rises.\n")
-    page.locator("#file-input").set_input_files([photo, notes])
-    expect(page.locator("#attachments .attachment[data-status=done]")).to_have_count(2)
+    tides = tmp_path / "tides.csv"
+    tides.write_text("hour,height\n6,1.2\n12,3.4\n")
+    draft = tmp_path / "draft.txt"
+    draft.write_text("Pale light on the water.\n")
+    page.locator("#file-input").set_input_files([photo, notes, tides, draft])
+    expect(page.locator("#attachments .attachment[data-status=done]")).to_have_count(4)
     expect(page.locator("#composer-warning")).to_have_text(
         "Poet cannot read images: remove them before sending (text and PDF files are fine)."
     )
-    # On a phone the files stay in one row that scrolls, inside the screen.
+    # On a phone the four files stay in one row that scrolls, inside the screen.
     width = PHONE["width"]
+    screenshot(page, "composer-phone")
     for node in composer_files(page).all():
         found = node.bounding_box()
         assert found is not None and found["height"] < 100, found
@@ -299,7 +308,7 @@ def test_a_persona_that_cannot_read_images_warns_and_the_refusal_gives_the_files
     box(page).press("Enter")
     expect(page.locator("#composer-error")).to_contain_text("image")
     expect(box(page)).to_have_value("Write about this")
-    expect(page.locator("#attachments .attachment[data-status=done]")).to_have_count(2)
+    expect(page.locator("#attachments .attachment[data-status=done]")).to_have_count(4)
     assert Message.objects.filter(conversation=chat).count() == 2
 
     # Without the image it goes through.
@@ -310,7 +319,7 @@ def test_a_persona_that_cannot_read_images_warns_and_the_refusal_gives_the_files
     expect(page.locator("article[data-role=assistant]")).to_have_count(2)
     expect(reply).to_have_attribute("data-status", "complete", timeout=LONG)
     expect(reply.locator(".msg-body")).to_contain_text(
-        "I see 1 file (a-rather-long-file-name-for-the-phone.md)."
+        "I see 3 files (a-rather-long-file-name-for-the-phone.md, tides.csv, draft.txt)."
     )
 
     # The Share dialog fits the phone's screen.

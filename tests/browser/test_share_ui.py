@@ -5,6 +5,7 @@ gone. Chromium against a real Daphne."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Callable
@@ -12,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image, ImageDraw
 from playwright.sync_api import Page, expect
 
 from accounts.models import Profile
 from conversations.models import Conversation, Message
 from sharing.models import Share
-from tests.browser.conftest import ROOT
-from tests.browser.test_attachments_ui import loaded, png
+from tests.browser.conftest import DESKTOP, ROOT, screenshot
+from tests.browser.test_attachments_ui import PHONE, loaded
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -33,6 +35,26 @@ EXPLAINED = (
 )
 
 
+def flowers(width: int, height: int) -> bytes:
+    """A photo of a flower bed, as far as shapes go."""
+    image = Image.new("RGB", (width, height), (186, 222, 170))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, height * 0.7, width, height), fill=(120, 86, 60))
+    colours = [(232, 72, 98), (250, 196, 64), (164, 92, 220), (240, 120, 60)]
+    for index in range(6):
+        x = width * (0.12 + index * 0.15)
+        y = height * (0.42 + 0.08 * (index % 2))
+        draw.line((x, y, x, height * 0.75), fill=(60, 130, 60), width=4)
+        r = width * 0.05
+        for dx, dy in ((-r, 0), (r, 0), (0, -r), (0, r)):
+            petal = (x + dx - r * 0.7, y + dy - r * 0.7, x + dx + r * 0.7, y + dy + r * 0.7)
+            draw.ellipse(petal, fill=colours[index % len(colours)])
+        draw.ellipse((x - r * 0.5, y - r * 0.5, x + r * 0.5, y + r * 0.5), fill=(255, 230, 90))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
 def test_share_read_continue_and_revoke(
     open_page: Callable[..., Page], alice: Any, bob: Any, persona: Any, tmp_path: Path
 ) -> None:
@@ -41,7 +63,7 @@ def test_share_read_continue_and_revoke(
     Profile.objects.filter(user=alice).update(display_name="", about="Lives at 12 Elm Street.")
     page = open_page(alice, permissions=["clipboard-read", "clipboard-write"])
     photo = tmp_path / "garden.png"
-    photo.write_bytes(png(480, 360))
+    photo.write_bytes(flowers(480, 360))
     page.locator("#file-input").set_input_files(photo)
     expect(page.locator("#attachments .attachment[data-status=done]")).to_have_count(1)
     box = page.get_by_label("Message", exact=True)
@@ -97,11 +119,18 @@ def test_share_read_continue_and_revoke(
     html = reader.content().lower()
     for secret in ("alice", "12 elm street", alice.email.lower() or "alice@"):
         assert secret not in html, secret
-    reader.evaluate("window.scrollTo(0, 0)")
     DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     picture = DOCS_SCREENSHOTS / "shared-conversation.png"
-    reader.screenshot(path=str(picture), animations="disabled")
+    reader.screenshot(path=str(picture), animations="disabled", full_page=True)
     assert picture.stat().st_size > 10_000
+    # On a phone the page fits the screen's width.
+    reader.set_viewport_size({"width": PHONE["width"], "height": PHONE["height"]})
+    scroll = reader.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert scroll[0] <= scroll[1], scroll
+    screenshot(reader, "shared-conversation-phone")
+    reader.set_viewport_size({"width": DESKTOP["width"], "height": DESKTOP["height"]})
 
     # "Continue this chat": Bob's own copy, in his chat page, with the image.
     reader.get_by_role("button", name="Continue this chat").click()
@@ -116,8 +145,10 @@ def test_share_read_continue_and_revoke(
     expect(copied).to_have_count(1)
     assert loaded(copied) == 480
     assert Message.objects.filter(conversation=chat).count() == 2, "Alice's chat is untouched"
+    reader.go_back()
+    expect(reader.get_by_role("button", name="Continue this chat")).to_be_visible()
 
-    # Alice revokes; the link answers not found from then on.
+    # Alice revokes; Bob's reload of the shared page finds the link gone.
     share_button.click()
     expect(dialog.get_by_role("status")).to_contain_text("Shared on")
     dialog.get_by_role("button", name="Revoke link").click()
@@ -125,8 +156,9 @@ def test_share_read_continue_and_revoke(
     expect(dialog.get_by_role("button", name="Create link")).to_be_focused()
     expect(link_field).to_be_hidden()
     assert not Share.objects.filter(conversation=chat).exists()
-    gone = reader.goto(link)
+    gone = reader.reload()
     assert gone is not None and gone.status == 404
+    expect(reader.get_by_role("heading", name="This link does not work")).to_be_visible()
     expect(reader.locator("body")).not_to_contain_text("Which flowers are these?")
 
 
