@@ -11,6 +11,7 @@ import glob
 import http.client
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -279,6 +280,27 @@ class Daphne:
             self.process.kill()
             self.process.wait(5)
         self.process = None
+
+
+class UnitWorker(Daphne):
+    """One worker started by the very command deploy/uvicorn@.service runs (its ExecStart,
+    with this virtualenv's binary and a free port for %i)."""
+
+    UNIT = ROOT / "deploy" / "uvicorn@.service"
+
+    def command(self) -> list[str]:
+        text = self.UNIT.read_text().replace("\\\n", " ")
+        line = next(row for row in text.splitlines() if row.startswith("ExecStart="))
+        binary, *arguments = shlex.split(line.removeprefix("ExecStart="))
+        local = str(Path(sys.executable).with_name(Path(binary).name))
+        return [local, *(word.replace("%i", str(self.port)) for word in arguments)]
+
+    def start(self) -> None:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
 
 
 def daphne_env(**overrides: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The deployment in deploy/, for real: Debian's nginx with deploy/nginx.conf and its proxy
-snippet, in front of two Daphne workers run as deploy/daphne@.service runs them, with Redis and
+snippet, in front of two Uvicorn workers run as deploy/uvicorn@.service runs them, with Redis and
 PostgreSQL. Everything listens on 127.0.0.1 and stops at the end.
 """
 
@@ -35,6 +35,7 @@ from tests.ops.conftest import (
     ROOT,
     Daphne,
     Response,
+    UnitWorker,
     daphne_env,
     free_port,
     needs_postgresql,
@@ -198,7 +199,7 @@ def deployment(tmp_path: Path, throwaway_redis: Any) -> Iterator[Deployment]:
         CSRF_TRUSTED_ORIGINS=origin,
         MEDIA_ROOT=str(tmp_path / "media"),
     )
-    workers = [Daphne(env, name=f"deploy-worker-{n}") for n in (1, 2)]
+    workers = [UnitWorker(env, name=f"deploy-worker-{n}") for n in (1, 2)]
     for worker in workers:
         worker.start()  # both boot while static files are collected
     process = None
@@ -332,7 +333,7 @@ def worker_samples(worker: Daphne) -> dict[tuple[str, str], float]:
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_nginx_and_two_daphne_workers_serve_pages_static_files_and_a_streamed_chat(
+def test_nginx_and_two_workers_serve_pages_static_files_uploads_and_a_streamed_chat(
     alice: Any, persona: Any, deployment: Deployment
 ) -> None:
     deploy = deployment
