@@ -19,8 +19,10 @@ from playwright.sync_api import Page, expect
 from accounts.models import Profile
 from conversations.models import Conversation, Message
 from sharing.models import Share
+from sharing.services import share_save
 from tests.browser.conftest import DESKTOP, ROOT, screenshot
 from tests.browser.test_attachments_ui import PHONE, loaded
+from tests.browser.test_rendering import Watch, rendered_conversation
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -166,3 +168,35 @@ def visible_reply_start(chat: Conversation) -> str:
     """The first words of the saved reply, as the shared page shows them."""
     reply = Message.objects.get(conversation=chat, role=Message.Role.ASSISTANT)
     return " ".join(reply.content.split()[:4])
+
+
+def test_the_shared_page_renders_markdown_through_the_chat_pages_sanitizer(
+    open_page: Callable[..., Page], app_url: str, alice: Any, bob: Any, persona: Any
+) -> None:
+    made = rendered_conversation(alice, persona)
+    share = share_save(conversation=made)
+    reader = open_page(bob, path=None, permissions=["clipboard-read", "clipboard-write"])
+    watch = Watch(reader, app_url)
+    reader.goto(f"/s/{share.token}/")
+
+    reply = reader.locator("article[data-role=assistant]").first
+    expect(reply.locator("strong")).to_have_text("plan")
+    expect(reply.locator("table td").first).to_have_text("ruff")
+    code = reply.locator(".codeblock pre code")
+    expect(code.locator("span.hljs-keyword").first).to_have_text("def")
+    copy = reply.get_by_role("button", name="Copy code")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert reader.evaluate("navigator.clipboard.readText()").startswith("def greet(name: str)")
+
+    safe = reply.get_by_role("link", name="safe link")
+    expect(safe).to_have_attribute("rel", "noopener noreferrer")
+    assert reply.locator("a", has_text="bad one").get_attribute("href") is None
+    expect(reply.get_by_role("link", name="tracker")).to_have_attribute(
+        "href", "https://tracker.example/pixel.png"
+    )
+    expect(reply).to_contain_text("raw <script>alert(1)</script> text")
+    assert reader.locator("#messages img, #messages script, [onerror]").count() == 0
+    failed = reader.locator("article[data-role=assistant]").last
+    expect(failed.locator(".msg-status")).to_have_text("Error")
+    watch.assert_clean()
