@@ -185,6 +185,7 @@ def test_images_by_the_paperclip_and_by_paste_are_sent_shown_enlarged_and_kept(
     expect(lightbox).to_be_visible()
     expect(page.get_by_role("button", name="Close image")).to_be_focused()
     assert loaded(lightbox.locator("img")) == 640
+    screenshot(page, "lightbox")
     page.keyboard.press("Escape")
     expect(lightbox).to_be_hidden()
     expect(page.get_by_role("button", name="Enlarge cat.png")).to_be_focused()
@@ -327,6 +328,7 @@ def test_a_persona_that_cannot_read_images_warns_and_the_refusal_gives_the_files
     dialog = page.get_by_role("dialog", name="Share this conversation")
     expect(dialog).to_be_visible()
     expect(page.get_by_role("button", name="Create link")).to_be_enabled()
+    screenshot(page, "share-dialog-phone")
     found = dialog.bounding_box()
     assert found is not None and found["x"] >= 0 and found["x"] + found["width"] <= width, found
     page.keyboard.press("Escape")

@@ -94,6 +94,7 @@ def test_share_read_continue_and_revoke(
     assert link.endswith(f"/s/{share.token}/")
     expect(dialog.get_by_role("status")).to_contain_text("Shared on")
     expect(dialog.get_by_role("button", name="Update snapshot")).to_be_visible()
+    screenshot(page, "share-dialog")
     copy = dialog.get_by_role("button", name="Copy link")
     expect(copy).to_be_focused()
     page.keyboard.press("Enter")
