@@ -16,7 +16,7 @@ import subprocess
 import sys
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,7 @@ def nginx_check(nginx: str, main: Path, tmp: Path) -> None:
 class Deployment:
     https: str
     http: str
-    workers: list[Daphne]
+    workers: Sequence[Daphne]
     context: ssl.SSLContext
 
     def fetch(self, method: str, path: str, **kwargs: Any) -> Response:
