@@ -27,4 +27,8 @@ def chat(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> Http
     # The page loads its data from the JSON API; this only proves the URL is the user's own.
     if conversation_id is not None:
         get_conversation_for_user(request, conversation_id)
-    return render(request, "chat/index.html", {"max_message_chars": settings.MAX_MESSAGE_CHARS})
+    return render(
+        request,
+        "chat/index.html",
+        {"max_message_chars": settings.MAX_MESSAGE_CHARS, "share_public": settings.SHARE_PUBLIC},
+    )

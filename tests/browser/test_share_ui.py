@@ -32,8 +32,9 @@ DOCS_SCREENSHOTS = ROOT / (
 LONG = 20_000
 EXPLAINED = (
     "Signed-in people with the link will see the messages of this version of the chat as they"
-    " are now, the persona and the title — not your name or profile. Later messages are not"
-    " included until you share again."
+    " are now, with their files, the persona and the title — not your name or profile, though"
+    " what the messages say is shared as written. Later messages are not included until you"
+    " share again."
 )
 
 

@@ -229,3 +229,14 @@ def test_hostile_titles_and_messages_reach_the_page_only_as_data(
     assert html.texts["h1#share-title"] == title
     assert html.texts["title#"] == f"{title} · Persona Chat"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in source
+
+
+@pytest.mark.parametrize(("public", "who"), [(False, "Signed-in people"), (True, "Anyone")])
+def test_the_share_dialog_says_who_will_see_the_link(
+    alice: Any, persona: Any, settings: Any, public: bool, who: str
+) -> None:
+    settings.SHARE_PUBLIC = public
+
+    chat_page = logged_in(alice).get("/")
+
+    assert f"{who} with the link will see the messages" in chat_page.content.decode()
