@@ -47,8 +47,20 @@ def too_large_message() -> str:
     return f"The file is too large: at most {size_text(settings.MAX_UPLOAD_BYTES)} is accepted."
 
 
+def body_limit(scope: Scope) -> tuple[int, str]:
+    """The most bytes a request's body may have here, and what a refusal says: an upload's
+    size (plus its multipart envelope) on the upload path, else Django's own limit on the
+    data it reads (DATA_UPLOAD_MAX_MEMORY_SIZE): no other request carries more."""
+    if scope.get("path") in UPLOAD_PATHS:
+        return settings.MAX_UPLOAD_BYTES + MULTIPART_ALLOWANCE, too_large_message()
+    limit: int = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return limit, f"The request is too large: at most {size_text(limit)} is accepted."
+
+
 class UploadSizeLimit:
-    """Refuse an upload body beyond MAX_UPLOAD_BYTES as it streams in, not once it is in.
+    """Refuse a request body beyond its limit (body_limit: MAX_UPLOAD_BYTES for an upload)
+    as it streams in, not once it is in. Every path is counted: a body Django would refuse
+    anyway must not be spooled to disk first, whoever sends it.
 
     A declared Content-Length over the limit is answered 413 before a byte of the body is
     read. A chunked body is counted as it arrives: past the limit, the app is told the
@@ -64,17 +76,13 @@ class UploadSizeLimit:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if (
-            scope["type"] != "http"
-            or scope.get("method") != "POST"
-            or scope.get("path") not in UPLOAD_PATHS
-        ):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = settings.MAX_UPLOAD_BYTES + MULTIPART_ALLOWANCE
+        limit, message = body_limit(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send)
+            await _refuse(send, message)
             return
         seen = 0
         over = False
@@ -102,7 +110,7 @@ class UploadSizeLimit:
 
         await self.app(scope, counted_receive, guarded_send)
         if over and not started:
-            await _refuse(send)
+            await _refuse(send, message)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -116,8 +124,8 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: ASGISendCallable) -> None:
-    body = json.dumps({"error": {"code": "too_large", "message": too_large_message()}}).encode()
+async def _refuse(send: ASGISendCallable, message: str) -> None:
+    body = json.dumps({"error": {"code": "too_large", "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -76,9 +76,11 @@ def multipart(data: bytes, filename: str = "big.txt") -> tuple[bytes, bytes]:
     return head, f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def request_head(cookie: str, *, length: int | None, chunked: bool = False) -> bytes:
+def request_head(
+    cookie: str, *, length: int | None, chunked: bool = False, path: str = "/api/uploads/"
+) -> bytes:
     lines = [
-        "POST /api/uploads/ HTTP/1.1",
+        f"POST {path} HTTP/1.1",
         f"Host: 127.0.0.1:{PORT}",
         f"Origin: http://127.0.0.1:{PORT}",
         f"Cookie: {settings.SESSION_COOKIE_NAME}={cookie}; "
@@ -254,3 +256,24 @@ def test_a_length_and_chunked_together_are_not_believed(
     with connect() as sock:
         sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\n\r\n".encode())
         assert read_answer(sock).status == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/accounts/login/", "/api/conversations/"])
+def test_any_other_body_past_djangos_own_limit_is_refused_while_it_is_still_coming(
+    server: Worker, path: str
+) -> None:
+    # Signed out, no CSRF: a body no view would ever read is not spooled to disk first.
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = b"a" * (3 * limit)
+    with connect() as sock:
+        sock.sendall(request_head("nobody", length=None, chunked=True, path=path))
+        sent, finished = send_slowly(sock, chunked(body))
+        answer = read_answer(sock)
+
+    assert answer.status == 413
+    assert answer.json()["error"] == {
+        "code": "too_large",
+        "message": "The request is too large: at most 2.5 MiB is accepted.",
+    }
+    assert not finished
+    assert limit < sent < len(body)
