@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -59,11 +61,36 @@ def _judged(name: str, data: bytes) -> tuple[str, Judged]:
     return download_name(cleaned, judged), judged
 
 
-# Reading the file and decoding it (a child process, up to UPLOAD_DECODE_SECONDS) run on a
-# thread of their own, neither on the event loop nor on the database's threads.
+# Reading the file runs on a thread of the default pool, never the event loop's nor the
+# database's.
 _read = sync_to_async(_received, thread_sensitive=False)
-_judge = sync_to_async(_judged, thread_sensitive=False)
 _wait = sync_to_async(upload_wait, thread_sensitive=False)
+_decoding: ThreadPoolExecutor | None = None
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    global _decoding
+    if _decoding is None:
+        _decoding = ThreadPoolExecutor(settings.UPLOAD_DECODERS, thread_name_prefix="upload-decode")
+    return _decoding
+
+
+async def _judge(name: str, data: bytes) -> tuple[str, Judged]:
+    """Judge the file on the decoders' own threads (UPLOAD_DECODERS of them, each driving a
+    child process for up to UPLOAD_DECODE_SECONDS). Uploads waiting for one wait here, on
+    the event loop, not on a thread: a flood of uploads must not take the threads that
+    readiness checks, downloads and turns need."""
+    pending = asyncio.get_running_loop().run_in_executor(_decode_pool(), _judged, name, data)
+    try:
+        # Long enough to wait out two decodes ahead of this one, and then its own.
+        return await asyncio.wait_for(pending, settings.UPLOAD_DECODE_SECONDS * 3)
+    except TimeoutError:
+        # Still queued: cancelled, never decoded. Already running: it ends by its own limit.
+        raise UploadRefused(
+            "Too many files are being read right now; try again in a moment.",
+            status=503,
+            code="unavailable",
+        ) from None
 
 
 @counts_file_bytes
