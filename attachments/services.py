@@ -102,8 +102,8 @@ def upload_delete(*, owner_id: int, upload_id: uuid.UUID) -> bool:
     """Delete one's own upload that no message uses: False when there is no such upload,
     UploadInUse when a message has it. The object goes after the commit, if no other row
     (a fork's copy) names it."""
-    # Locked first: a send attaching it meanwhile waits (its foreign key check needs the
-    # row), then finds it gone.
+    # Locked first: a send attaching it meanwhile waits (turn_begin locks the uploads it
+    # attaches), then finds it gone.
     upload = Upload.objects.select_for_update().filter(id=upload_id, owner_id=owner_id).first()
     if upload is None:
         return False

@@ -266,7 +266,10 @@ def _uploads_for_send(
     is someone else's or nobody's is not told). Images need a persona that reads them."""
     if not attachment_ids:
         return []
-    found = {u.id: u for u in Upload.objects.filter(owner_id=user_id, id__in=attachment_ids)}
+    # Locked: a delete of one of them under way (upload_delete locks it first) is waited
+    # out and the file then not found, instead of failing the commit on the foreign key.
+    mine = Upload.objects.select_for_update().filter(owner_id=user_id, id__in=attachment_ids)
+    found = {u.id: u for u in mine}
     if len(found) != len(set(attachment_ids)):
         raise NotFound("No such attachment: upload the file again.")
     uploads = [found[upload_id] for upload_id in attachment_ids]

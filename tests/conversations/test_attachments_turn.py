@@ -4,12 +4,16 @@ show, and that the turn still holds no connection while it streams."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
@@ -18,11 +22,12 @@ from attachments.models import Attachment, Upload
 from attachments.services import upload_create
 from conversations import services
 from conversations.db import db_call
+from conversations.errors import NotFound
 from conversations.models import Conversation, Message
 from conversations.services import message_append
 from personas.models import Persona
 from tests.attachments import files
-from tests.conftest import pool_checked_out, release_shared_thread
+from tests.conftest import admin_dsn, pool_checked_out, release_shared_thread
 from tests.conversations import test_connections
 from tests.conversations.test_connections import sample_while_streaming
 
@@ -261,3 +266,63 @@ async def test_attachments_cost_two_statements_and_a_history_of_files_none(
     assert sending == plain + 2
     # The path's files come in the same statement as the path.
     assert history == plain
+
+
+def waiting_for_a_lock() -> bool:
+    with psycopg.connect(admin_dsn(), autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
+            [connection.settings_dict["NAME"]],
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def send_while_deleted(owner: Any, persona: Any, upload_id: str) -> BaseException | None:
+    """turn_begin attaching the upload while its delete holds the row, then commits."""
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            services.turn_begin(
+                user_id=owner.id,
+                conversation_id=None,
+                persona_slug=None,
+                content="Look",
+                client_id=uuid.uuid4(),
+                history_limit=10,
+                attachment_ids=(uuid.UUID(upload_id),),
+            )
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            connections.close_all()
+
+    try:
+        hold_and_delete(upload_id, send)
+    finally:
+        connections.close_all()
+    return outcome[0]
+
+
+def hold_and_delete(upload_id: str, send: Any) -> None:
+    with transaction.atomic():
+        Upload.objects.select_for_update().get(id=upload_id)  # as upload_delete does
+        sender = threading.Thread(target=send)
+        sender.start()
+        deadline = time.monotonic() + 10
+        while not waiting_for_a_lock() and sender.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        Upload.objects.filter(id=upload_id).delete()
+    sender.join(10)
+
+
+async def test_a_file_deleted_while_it_is_sent_is_not_found_not_a_database_outage(
+    alice: Any, persona: Any
+) -> None:
+    photo = await db_call(uploaded)(alice, "going.png", files.png())
+
+    outcome = await asyncio.to_thread(send_while_deleted, alice, persona, photo)
+
+    assert isinstance(outcome, NotFound), repr(outcome)
+    assert await db_call(counts)() == (0, 0, 0)
