@@ -52,12 +52,12 @@ chaos: install-dev
 	DJANGO_DEBUG=true DATABASE_URL=$(TEST_DATABASE_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) REDIS_URL= CHAOS_TURNS=500 \
 		$(VENV)/bin/pytest tests/workers/test_chaos.py -s -q $(PYTEST_ARGS)
 
-# The streaming benchmark, ~30 min on 2 cores: bench/results/{results.md,bench.png,profile.md}
+# The streaming benchmark (3 interleaved repeats), ~40 min on 2 cores: bench/results/{results.md,bench.png,profile.md}
 bench: install-dev
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.run --profile
 
-# ~20 s, correctness only (CI runs it through tests/bench/)
+# ~30 s, correctness only, the shipped configuration (CI runs it through tests/bench/)
 bench-smoke: install-dev
 	$(PY) -m bench.run --smoke --database-url $(BENCH_SMOKE_DATABASE_URL)
 

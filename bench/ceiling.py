@@ -1,20 +1,23 @@
 """The ceiling: a bare `websockets` server streaming the same words at the same pace.
 
 No Django, no database, no channel layer. It speaks just enough of the chat protocol for the
-load client (chat.send -> chat.accepted, chat.delta..., chat.done) and coalesces deltas with
-the same rule as the real server (first delta at once, then one frame per window), so the
-frames it sends weigh what ours weigh. Usage:
+load client and sends the frames a turn of the real server sends for a new conversation with
+the demo provider: chat.accepted, conversation.updated (the title), chat.delta..., chat.done.
+Deltas are coalesced with the app's own rule (conversations/replies/generation.py): the
+first delta at once, then whatever arrived, flushed once per window. The model's words are
+paced against absolute deadlines, as in the demo provider. `--loop uvloop` runs it on the
+event loop Uvicorn uses. Usage:
 
-    python -m bench.ceiling --port 8101 --delay-ms 20 --words 200 --coalesce-ms 40
+    python -m bench.ceiling --port 8101 --delay-ms 20 --words 200 --coalesce-ms 40 --loop uvloop
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
-import time
 import uuid
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -36,9 +39,20 @@ class Ceiling:
                 continue
             await self.turn(ws, frame)
 
+    async def model(self, buffer: list[str], first: asyncio.Event) -> None:
+        """The demo provider's pacing: word i is due at start + (i + 1) * delay."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index, token in enumerate(self.tokens):
+            if self.delay:
+                await asyncio.sleep(max(0.0, start + (index + 1) * self.delay - loop.time()))
+            buffer.append(token)
+            first.set()
+
     async def turn(self, ws: ServerConnection, frame: dict) -> None:
         conversation_id = str(uuid.uuid4())
         message_id = str(uuid.uuid4())
+        title = "Benchmark question number"
         await ws.send(
             json.dumps(
                 {
@@ -48,22 +62,29 @@ class Ceiling:
                     "user_message_id": str(uuid.uuid4()),
                     "message_id": message_id,
                     "persona": "assistant",
-                    "title": "bench",
+                    "title": title,
+                    "parent_id": None,
+                    "regenerate": False,
                 }
+            )
+        )
+        # The app announces a new conversation's (heuristic) title to the user's sockets.
+        await ws.send(
+            json.dumps(
+                {"type": "conversation.updated", "conversation_id": conversation_id, "title": title}
             )
         )
         seq = 0
         buffer: list[str] = []
         sent: list[str] = []
-        last_flush = 0.0
+        first = asyncio.Event()
 
         async def flush() -> None:
-            nonlocal seq, last_flush
+            nonlocal seq
             seq += 1
             text = "".join(buffer)
             buffer.clear()
             sent.append(text)
-            last_flush = time.monotonic()
             await ws.send(
                 json.dumps(
                     {
@@ -76,14 +97,25 @@ class Ceiling:
                 )
             )
 
-        for token in self.tokens:
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            buffer.append(token)
-            if seq == 0 or time.monotonic() - last_flush >= self.window:
-                await flush()
-        if buffer:
-            await flush()
+        # Generation._stream: wait for the first word, then flush, wait one window, flush.
+        producer = asyncio.ensure_future(self.model(buffer, first))
+        try:
+            waiter = asyncio.ensure_future(first.wait())
+            try:
+                await asyncio.wait({producer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            while True:
+                if buffer:
+                    await flush()
+                if producer.done():
+                    break
+                await asyncio.wait({producer}, timeout=self.window)
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(BaseException):
+                    await producer
         await ws.send(
             json.dumps(
                 {
@@ -99,14 +131,18 @@ class Ceiling:
         )
 
 
-async def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-ms", type=float, default=20)
     parser.add_argument("--words", type=int, default=200)
     parser.add_argument("--coalesce-ms", type=float, default=40)
-    args = parser.parse_args()
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
     ceiling = Ceiling(args.delay_ms, args.words, args.coalesce_ms)
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,5 +160,15 @@ async def main() -> None:
         await stop
 
 
+def run() -> None:
+    args = parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(args))
+    else:
+        asyncio.run(main(args))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    run()

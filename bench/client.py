@@ -27,7 +27,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.common import percentile, proc_cpu_seconds, proc_memory_kib, proc_threads
+from bench.common import children, cpu_of, percentile, proc_memory_kib, proc_threads
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Turn:
     t_done: float = 0.0
     deltas: list[float] = field(default_factory=list)
     frames: int = 0
+    frames_all: int = 0
     status: str = ""
     error: str = ""
     content_ok: bool = False
@@ -65,10 +66,12 @@ class Sampler(threading.Thread):
         self.last_long_tx = 0
         self.samples = 0
         self.conn: Any = None
+        self.own_backend = 0
         if pg_dsn:
             import psycopg
 
             self.conn = psycopg.connect(pg_dsn, autocommit=True)
+            self.own_backend = int(self.conn.execute("SELECT pg_backend_pid()").fetchone()[0])
 
     def backends(self) -> dict[str, int]:
         """Backends by state; `long_tx` counts transactions open for more than one second."""
@@ -193,6 +196,7 @@ async def run_turn(ws: ClientConnection, turn: Turn, start_at: float, timeout: f
                 now = perf()
                 message = loads(raw)
                 kind = message.get("type")
+                turn.frames_all += 1
                 if kind == "chat.delta":
                     if not turn.t_first:
                         turn.t_first = now
@@ -258,8 +262,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     opened = sum(1 for s in sockets if s is not None)
 
     # Phase 2: the turns.
+    def server_side() -> dict[str, dict[int, float]]:
+        """CPU seconds of every server-side process: the server, PostgreSQL's backends
+        (the postmaster's children, less this client's own sampling backend), the rest."""
+        own = sampler.own_backend if sampler else 0
+        pg_pids = [p for p in children(args.postmaster_pid) if p != own]
+        return {
+            "server": cpu_of([pid] + (children(pid) if pid else [])) if pid else {},
+            "postgres": cpu_of(pg_pids) if args.postmaster_pid else {},
+            "other": cpu_of(args.extra_pid),
+        }
+
     client_cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    server_cpu0 = proc_cpu_seconds(pid) if pid else 0.0
+    side0 = server_side()
     if sampler:
         sampler.sample()
         sampler.start()
@@ -274,7 +289,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     t_end = time.perf_counter()
-    server_cpu = (proc_cpu_seconds(pid) - server_cpu0) if pid else 0.0
+    side1 = server_side()
+    # A process born during the turns counts from zero; one gone meanwhile is lost.
+    side = {
+        part: sum(v - side0[part].get(p, 0.0) for p, v in side1[part].items()) for part in side1
+    }
+    server_cpu = side["server"]
+    whole_cpu = sum(side.values())
     client_cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     if sampler:
         sampler.stop_event.set()
@@ -305,6 +326,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     accepted = [t.t_accepted - t.t_send for t in turns if t.t_accepted]
     gaps = [b - a for t in done for a, b in zip(t.deltas, t.deltas[1:], strict=False)]
     frames = sum(t.frames for t in turns)
+    frames_all = sum(t.frames_all for t in turns)
     tokens = len(done) * args.words
     first_send = min((t.t_send for t in turns if t.t_send), default=t0)
     wall = t_end - first_send
@@ -348,6 +370,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s": tokens / wall if wall > 0 else float("nan"),
         "server_cpu_s": server_cpu,
         "cpu_per_token_us": server_cpu / tokens * 1e6 if tokens else float("nan"),
+        "frames_all": frames_all,
+        "frames_per_token": frames / tokens if tokens else float("nan"),
+        "pg_cpu_s": side["postgres"] if args.postmaster_pid else float("nan"),
+        "other_cpu_s": side["other"],
+        "whole_cpu_s": whole_cpu,
+        "whole_cpu_per_token_us": whole_cpu / tokens * 1e6 if tokens else float("nan"),
+        "whole_cpu_per_frame_us": whole_cpu / frames_all * 1e6 if frames_all else float("nan"),
         "client_cpu_s": cpu_client,
         "rss_base_kib": base_mem.get("VmRSS", 0),
         "rss_open_kib": open_mem.get("VmRSS", 0),
@@ -383,6 +412,8 @@ def main() -> None:
     parser.add_argument("--pg-dsn")
     parser.add_argument("--pg-db")
     parser.add_argument("--metrics-url")
+    parser.add_argument("--postmaster-pid", type=int, default=0, help="its children's CPU counts")
+    parser.add_argument("--extra-pid", type=int, action="append", default=[], help="Redis, nginx")
     parser.add_argument("--connect-concurrency", type=int, default=64)
     parser.add_argument("--out")
     args = parser.parse_args()

@@ -83,11 +83,47 @@ def wait_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None
 
 
 def free_port() -> int:
+    """A free local port: from `BENCH_PORTS` ("8650-8699") when set, else any the OS gives."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    lo, _, hi = os.environ.get("BENCH_PORTS", "").partition("-")
+    candidates = range(int(lo), int(hi or lo) + 1) if lo else [0]
+    for port in candidates:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError(f"no free port in BENCH_PORTS={os.environ['BENCH_PORTS']}")
+
+
+def children(ppid: int) -> list[int]:
+    """The pids whose parent is `ppid` (PostgreSQL's backends are the postmaster's)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == ppid:
+            out.append(int(entry))
+    return out
+
+
+def cpu_of(pids: Sequence[int]) -> dict[int, float]:
+    """CPU seconds of each pid still alive (a pid gone meanwhile is left out)."""
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = proc_cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

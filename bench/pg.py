@@ -105,6 +105,14 @@ class PrivateCluster:
         )
         self.started = True
 
+    def postmaster_pid(self) -> int:
+        """The postmaster's pid (its children are the backends), or 0 when unreadable."""
+        try:
+            with open(os.path.join(self.datadir, "postmaster.pid")) as fh:
+                return int(fh.readline())
+        except (OSError, ValueError):
+            return 0
+
     def url(self, dbname: str) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{dbname}"
 

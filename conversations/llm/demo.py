@@ -128,11 +128,15 @@ class DemoProvider(Provider):
             digest = int(hashlib.sha256(request.messages[-1].content.encode()).hexdigest(), 16)
             if digest % 100 < self.fail_rate:
                 fail_after = 1 + digest % max(1, len(tokens) - 1)
+        # Word i is due at start + (i + 1) * delay: a late wake-up shortens the next sleep
+        # instead of pushing every later word back, so lateness does not pile up.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for index, token in enumerate(tokens):
             if fail_after is not None and index >= fail_after:
                 raise ProviderError("The demo model failed mid-reply (failure injection).")
             if self.delay:
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(max(0.0, start + (index + 1) * self.delay - loop.time()))
             yield token
         prompt_words = len(_words(request.system)) + sum(
             len(_words(m.content)) for m in request.messages

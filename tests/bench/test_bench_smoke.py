@@ -1,5 +1,6 @@
 """`make bench-smoke` as a test: the benchmark harness still runs and the streaming path is
-correct under a small concurrent load. Correctness only (all turns complete, no errors, no
+correct under a small concurrent load, for Daphne and Uvicorn serving the shipped code with
+the shipped defaults. Correctness only (all turns complete, no errors, no
 long transaction, PostgreSQL backends back to the pool and gone after the server stops);
 timings are the benchmark's business, never a test's.
 """
@@ -44,5 +45,10 @@ def test_bench_smoke() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "smoke: ok" in output, output[-4000:]
-    for variant in ("ceiling", "daphne", "before"):
+    for variant in ("ceiling", "daphne", "before", "uvicorn"):
         assert f"smoke {variant}" in output, output[-4000:]
+    # Daphne and Uvicorn serve what ships: no server setting moved from its default.
+    for line in output.splitlines():
+        if line.startswith(("smoke daphne", "smoke uvicorn")):
+            for setting in ("DB_CALL_THREADS", "MAX_GENERATIONS_PER_WORKER", "DB_POOL_MAX_SIZE"):
+                assert setting not in line, line
