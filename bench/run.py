@@ -740,22 +740,23 @@ def capacity_lines(results: list[dict[str, Any]]) -> list[str]:
             continue
         limit = 1.25 * spread(lone, "completion_p50_s")[0]
         levels = sorted(k[2] for k in groups if k[0] == variant and k[1] == "ramp")
-        best = 0
+        best, failed_at = 0, 0
         for n in levels:
             rows = groups[(variant, "ramp", n)]
             if any(r["error_count"] for r in rows) or spread(rows, "completion_p99_s")[0] > limit:
+                failed_at = n
                 break
             best = n
         found[variant] = best
+        bound = f"{best} ≤ capacity < {failed_at}" if failed_at else f"capacity ≥ {best}"
         out.append(
-            f"- {variant}: capacity ≥ {best} streams of the levels run "
-            f"({', '.join(map(str, levels))}); "
+            f"- {variant}: {bound} streams (levels run: {', '.join(map(str, levels))}); "
             f"limit p99 ≤ {limit:.2f} s (1.25 × lone), 0 errors"
         )
     if found.get("uvicorn") and found.get("ceiling"):
         out.append(
-            f"- capacity, uvicorn ÷ ceiling: {found['uvicorn'] / found['ceiling']:.0%} "
-            "(on the levels run: a bound, not a bisection)"
+            f"- capacity, uvicorn ÷ ceiling, from the levels passed: "
+            f"{found['uvicorn'] / found['ceiling']:.0%} (a coarse bound, not a bisection)"
         )
     return ["## Capacity", "", *out, ""] if out else []
 
