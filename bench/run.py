@@ -1,6 +1,6 @@
 """The benchmark harness: `make bench` (full) and `make bench-smoke` (correctness only).
 
-    python -m bench.run                 # full matrix -> bench/results/ (results.md, bench.png)
+    python -m bench.run                 # full matrix + capacity search -> bench/results/
     python -m bench.run --smoke         # ~30 s: all turns complete, no errors, backends back
     python -m bench.run --levels 50,250 --variants ceiling,daphne   # a slice
     python -m bench.run --profile       # py-spy under the 250-client burst -> results/profile.md
@@ -1088,6 +1088,64 @@ def smoke(bench: Bench) -> int:
     return 1 if failures else 0
 
 
+def capacity_search(
+    variants: list[str],
+    grid: list[int],
+    repeats: int,
+    results: list[dict[str, Any]],
+    probe: Any,
+) -> None:
+    """Capacity on the ramp: the largest N on `grid` with 0 errors in every repeat and median
+    p99 completion ≤ 1.25 times the variant's lone stream. Doubling (grid index 0, 1, 3, 7,
+    ...) until a probe fails, then bisection; each probe is `repeats` runs, interleaved
+    between the variants still searching."""
+
+    def rows(variant: str, n: int) -> list[dict[str, Any]]:
+        return [r for r in results if (r["variant"], r["scenario"], r["n"]) == (variant, "ramp", n)]
+
+    def round_of(todo: dict[str, int], label: str) -> None:
+        todo = {v: n for v, n in todo.items() if len(rows(v, n)) < repeats}
+        for k in range(repeats):
+            for variant, n in todo.items():
+                probe(label, variant, RAMP, n, k)
+
+    round_of({v: 1 for v in variants}, "capacity: lone")
+    limit = {v: 1.25 * spread(rows(v, 1), "completion_p50_s")[0] for v in variants}
+
+    def passes(variant: str, n: int) -> bool:
+        got = rows(variant, n)
+        return (
+            bool(got)
+            and not any(r["error_count"] for r in got)
+            and (spread(got, "completion_p99_s")[0] <= limit[variant])
+        )
+
+    lo = {v: -1 for v in variants}  # the highest grid index known to pass
+    hi = {v: len(grid) for v in variants}  # the lowest known to fail
+    step = {v: 0 for v in variants}  # doubling: the next index to try, or -1 once bisecting
+    while True:
+        todo: dict[str, int] = {}
+        for v in variants:
+            if step[v] >= 0 and step[v] < hi[v]:
+                todo[v] = step[v]
+            elif hi[v] - lo[v] > 1:
+                step[v] = -1
+                todo[v] = (lo[v] + hi[v]) // 2
+        if not todo:
+            break
+        round_of({v: grid[i] for v, i in todo.items()}, "capacity")
+        for v, i in todo.items():
+            if passes(v, grid[i]):
+                lo[v] = i
+                if step[v] >= 0:
+                    step[v] = 2 * i + 1 if 2 * i + 1 < len(grid) else len(grid) - 1
+                    if i == len(grid) - 1:
+                        step[v], hi[v] = -1, i + 1
+            else:
+                hi[v] = i
+                step[v] = -1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -1112,6 +1170,16 @@ def main() -> int:
         "--repeats", type=int, default=3, help="runs of each figure, interleaved between variants"
     )
     parser.add_argument("--burst", default="250", help="burst levels")
+    parser.add_argument(
+        "--capacity",
+        default="uvicorn,ceiling",
+        help="variants whose capacity is searched on --capacity-grid ('' for none)",
+    )
+    parser.add_argument(
+        "--capacity-grid",
+        default="50,100,150,200,250,300,400,500,700,1000,1500,2000",
+        help="the ramp levels the capacity search may probe",
+    )
     parser.add_argument(
         "--variants",
         default="ceiling,ceiling-asyncio,daphne,uvicorn,uvicorn-shared-thread,before",
@@ -1190,7 +1258,7 @@ def main() -> int:
 
     if args.snapshot:
         bench.take_snapshot()
-    users = max(n for _, _, n in plan.runs)
+    users = max([n for _, _, n in plan.runs] + parse_levels(args.capacity_grid))
     if args.pg == "private" and not pg.PrivateCluster.available():
         plan.runs = [r for r in plan.runs if r[0] != "before-nopool"]
     bench.start_database(users)
@@ -1211,32 +1279,44 @@ def main() -> int:
         for k in range(repeats)
         for variant in variants_here
     ]
+
+    def probe(label: str, variant: str, scenario: Scenario, n: int, k: int) -> None:
+        print(f"bench [{label}] {variant} {scenario.name} N={n} repeat {k + 1}", flush=True)
+        try:
+            r = bench.run_one(variant, scenario, n, k)
+        except Exception as exc:
+            notes.append(f"{variant} {scenario.name} N={n} did not finish: {exc}")
+            print(f"  failed: {exc}", flush=True)
+            return
+        results.append(r)
+        report(r, n)
+
+    def report(r: dict[str, Any], n: int) -> None:
+        print(
+            f"  {r['completed']}/{n} ok, errors {r['errors']}, p99 {r['completion_p99_s']:.2f}s"
+            f" (ideal {r['ideal_s']:.1f}s), TTFT+ p50/p99 {r['ttft_added_p50_ms']:.1f}/"
+            f"{r['ttft_added_p99_ms']:.1f} ms, CPU {r['server_cpu_s']:.2f}s "
+            f"({r['cpu_per_token_us']:.0f} µs/token; all server-side "
+            f"{r['whole_cpu_per_token_us']:.0f} µs/token), "
+            f"client CPU {r['client_cpu_s']:.1f}s, "
+            f"PG peak {r['pg_backends_peak']} (idle in tx {r['pg_idle_in_tx_peak']}), "
+            f"{r['run_s']:.0f}s",
+            flush=True,
+        )
+        if not args.profile:
+            write_report(results, notes, time.monotonic() - began)
+
     try:
         for i, (variant, scenario, n, k) in enumerate(runs, 1):
-            print(
-                f"bench [{i}/{len(runs)}] {variant} {scenario.name} N={n} repeat {k + 1}",
-                flush=True,
+            probe(f"{i}/{len(runs)}", variant, scenario, n, k)
+        if args.capacity and not args.profile:
+            capacity_search(
+                [v for v in args.capacity.split(",") if v],
+                parse_levels(args.capacity_grid),
+                repeats,
+                results,
+                probe,
             )
-            try:
-                r = bench.run_one(variant, scenario, n, k)
-            except Exception as exc:
-                notes.append(f"{variant} {scenario.name} N={n} did not finish: {exc}")
-                print(f"  failed: {exc}", flush=True)
-                continue
-            results.append(r)
-            print(
-                f"  {r['completed']}/{n} ok, errors {r['errors']}, p99 {r['completion_p99_s']:.2f}s"
-                f" (ideal {r['ideal_s']:.1f}s), TTFT+ p50/p99 {r['ttft_added_p50_ms']:.1f}/"
-                f"{r['ttft_added_p99_ms']:.1f} ms, CPU {r['server_cpu_s']:.2f}s "
-                f"({r['cpu_per_token_us']:.0f} µs/token; all server-side "
-                f"{r['whole_cpu_per_token_us']:.0f} µs/token), "
-                f"client CPU {r['client_cpu_s']:.1f}s, "
-                f"PG peak {r['pg_backends_peak']} (idle in tx {r['pg_idle_in_tx_peak']}), "
-                f"{r['run_s']:.0f}s",
-                flush=True,
-            )
-            if not args.profile:
-                write_report(results, notes, time.monotonic() - began)
     finally:
         bench.stop_database()
         bench.drop_snapshot()
