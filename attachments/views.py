@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,7 @@ def _judged(name: str, data: bytes) -> tuple[str, Judged]:
 _read = sync_to_async(_received, thread_sensitive=False)
 _wait = sync_to_async(upload_wait, thread_sensitive=False)
 _decoding: ThreadPoolExecutor | None = None
+QUEUE_SECONDS_MIN = 5.0
 
 
 def _decode_pool() -> ThreadPoolExecutor:
@@ -80,12 +82,21 @@ async def _judge(name: str, data: bytes) -> tuple[str, Judged]:
     child process for up to UPLOAD_DECODE_SECONDS). Uploads waiting for one wait here, on
     the event loop, not on a thread: a flood of uploads must not take the threads that
     readiness checks, downloads and turns need."""
-    pending = asyncio.get_running_loop().run_in_executor(_decode_pool(), _judged, name, data)
+    started = threading.Event()
+
+    def judged() -> tuple[str, Judged]:
+        started.set()
+        return _judged(name, data)
+
+    pending = asyncio.get_running_loop().run_in_executor(_decode_pool(), judged)
     try:
-        # Long enough to wait out two decodes ahead of this one, and then its own.
-        return await asyncio.wait_for(pending, settings.UPLOAD_DECODE_SECONDS * 3)
+        # Long enough to wait out two decodes ahead of this one (and a thread's start).
+        queued = max(settings.UPLOAD_DECODE_SECONDS * 2, QUEUE_SECONDS_MIN)
+        return await asyncio.wait_for(asyncio.shield(pending), queued)
     except TimeoutError:
-        # Still queued: cancelled, never decoded. Already running: it ends by its own limit.
+        if started.is_set():
+            return await pending  # decoding: it ends by its own limit
+        pending.cancel()  # still queued: never decoded
         raise UploadRefused(
             "Too many files are being read right now; try again in a moment.",
             status=503,
