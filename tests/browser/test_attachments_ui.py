@@ -119,6 +119,8 @@ def test_images_by_the_paperclip_and_by_paste_are_sent_shown_enlarged_and_kept(
 
     # The paperclip is a labelled button the keyboard reaches; Enter opens the file picker.
     paperclip = page.get_by_role("button", name="Attach files")
+    # Enabled once the page is connected; a press before that opens nothing.
+    expect(paperclip).to_be_enabled(timeout=15_000)
     paperclip.focus()
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
