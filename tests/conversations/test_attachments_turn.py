@@ -8,7 +8,6 @@ import asyncio
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,6 +25,7 @@ from conversations.errors import NotFound
 from conversations.models import Conversation, Message
 from conversations.services import message_append
 from personas.models import Persona
+from tests.attachments import conftest as attachments_conftest
 from tests.attachments import files
 from tests.conftest import admin_dsn, pool_checked_out, release_shared_thread
 from tests.conversations import test_connections
@@ -36,17 +36,8 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 main_thread_released = test_connections.main_thread_released
 
 
-@pytest.fixture(autouse=True)
-def media(settings: Any, tmp_path: Path) -> Path:
-    root = tmp_path / "media"
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": root},
-        },
-    }
-    return root
+# Uploads stored in a folder of the test's own, as in tests/attachments.
+media = attachments_conftest.media
 
 
 def uploaded(owner: Any, name: str, data: bytes) -> str:

@@ -5,7 +5,6 @@ real SDK (google-genai's inline image parts, the openai SDK's image_url data URL
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from attachments.services import upload_create
 from conversations.db import db_call
 from conversations.models import Message
 from personas.models import Persona
+from tests.attachments import conftest as attachments_conftest
 from tests.attachments import files
 from tests.llm import test_turns
 from tests.llm.test_turns import Upstream, existing_conversation
@@ -29,17 +29,8 @@ gemini_turns = test_turns.gemini_turns
 upstream = test_turns.upstream
 
 
-@pytest.fixture(autouse=True)
-def media(settings: Any, tmp_path: Path) -> Path:
-    root = tmp_path / "media"
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": root},
-        },
-    }
-    return root
+# Uploads stored in a folder of the test's own, as in tests/attachments.
+media = attachments_conftest.media
 
 
 def uploaded(owner: Any, name: str, data: bytes) -> Upload:
