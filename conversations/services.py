@@ -19,7 +19,7 @@ from typing import Any, cast
 from channels.auth import get_user
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import (
     Case,
     F,
@@ -30,9 +30,10 @@ from django.db.models import (
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
+from accounts.models import Profile
 from accounts.services import Period, duration_text, period_bounds
 from attachments.models import Attachment, Upload
+from conversations import turn_sql
 from conversations.context import (
     AttachmentInfo,
     HistoryItem,
@@ -109,7 +110,6 @@ def conversation_owned(*, user_id: int, conversation_id: uuid.UUID) -> bool:
     return Conversation.objects.filter(id=conversation_id, owner_id=user_id).exists()
 
 
-@transaction.atomic
 def turn_begin(
     *,
     user_id: int,
@@ -132,71 +132,148 @@ def turn_begin(
     the transaction then rolls back and nothing is saved. `session_key` is the socket's
     session: a socket outlives logout until it hears of it, so the turn checks it here.
     """
-    _check_user(user_id, session_key)
-    existing = Message.objects.filter(
-        owner_id=user_id, role=Message.Role.USER, client_id=client_id
-    ).first()
-    if existing is not None:
-        return _duplicate(existing, conversation_id, history_limit)
+    try:
+        return _turn_begin(
+            user_id=user_id,
+            conversation_id=conversation_id,
+            persona_slug=persona_slug,
+            content=content,
+            client_id=client_id,
+            history_limit=history_limit,
+            parent_id=parent_id,
+            parent_given=parent_given,
+            attachment_ids=attachment_ids,
+            check_persona=check_persona,
+            session_key=session_key,
+        )
+    except _SentMeanwhile:
+        # A concurrent send of the same client_id (another socket, worker or the HTTP API)
+        # committed first; our transaction, and the conversation we made, rolled back.
+        with transaction.atomic():
+            existing = Message.objects.get(
+                owner_id=user_id, role=Message.Role.USER, client_id=client_id
+            )
+            return _duplicate(existing, conversation_id, history_limit)
 
+
+class _SentMeanwhile(Exception):
+    pass
+
+
+@transaction.atomic
+def _turn_begin(
+    *,
+    user_id: int,
+    conversation_id: uuid.UUID | None,
+    persona_slug: str | None,
+    content: str,
+    client_id: uuid.UUID,
+    history_limit: int,
+    parent_id: uuid.UUID | None,
+    parent_given: bool,
+    attachment_ids: tuple[uuid.UUID, ...],
+    check_persona: Callable[[PersonaInfo], object] | None,
+    session_key: str | None,
+) -> TurnContext:
+    """The turn's transaction, in as few round trips as its rules allow: the socket's session
+    (two, Django's own), one read of all else it needs, the lock of an existing
+    conversation, one write, and the history of an existing one."""
+    if session_key is not None:
+        _check_user(user_id, session_key)
+    start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), timezone.now())
+    reads = turn_sql.turn_reads(
+        user_id=user_id,
+        client_id=client_id,
+        budget_start=start.date(),
+        new=conversation_id is None,
+        persona_slug=persona_slug,
+    )
+    if not reads.active:
+        raise SessionEnded("Your session has ended; sign in again.")
+    if reads.existing is not None:
+        return _duplicate(Message.objects.get(id=reads.existing), conversation_id, history_limit)
+
+    parent: uuid.UUID | None = None
     if conversation_id is None:
         if parent_given and parent_id is not None:
             raise NotFound("No such message in this conversation.")
-        persona = persona_for_new_conversation(persona_slug, user_id)
-        conversation = None
-        parent: uuid.UUID | None = None
+        if reads.persona is None or reads.persona_id is None:
+            raise NotFound(
+                f"No persona {persona_slug!r}."
+                if persona_slug is not None
+                else "No persona is set up yet."
+            )
+        persona, persona_id, title = reads.persona, reads.persona_id, ""
     else:
-        conversation = _conversation_locked(user_id, conversation_id)
-        persona = conversation.persona
-        parent = _parent_for(conversation, parent_id, parent_given)
+        locked = turn_sql.conversation_locked(user_id=user_id, conversation_id=conversation_id)
+        if locked is None:
+            raise NotFound("No such conversation.")
+        if not locked.usable:
+            raise Forbidden(
+                f"You can no longer chat with {locked.persona.name}: this conversation "
+                "stays readable. Start a new chat to go on."
+            )
+        persona, persona_id, title = locked.persona, locked.persona_id, locked.title
+        parent = _parent_for(conversation_id, locked, parent_id, parent_given)
     uploads = _uploads_for_send(user_id, attachment_ids, persona)
-    budget_check(user_id=user_id)
+    _refuse_exhausted(_budget(reads.budget, start, resets))
     if check_persona is not None:
-        check_persona(_persona_info(persona))
+        check_persona(persona)
+    if conversation_id is None:
+        title = title_from_message(content or uploads[0].name)
     # Chosen here so that a new conversation is created already pointing at it (the
     # foreign key is checked at commit): no second write to set the active leaf.
     message_id = uuid.uuid4()
-    try:
-        with transaction.atomic():
-            if conversation is None:
-                conversation = Conversation.objects.create(
-                    owner_id=user_id,
-                    persona=persona,
-                    title=title_from_message(content or uploads[0].name),
-                    current_leaf_id=message_id,
-                )
-            message = Message.objects.create(
-                id=message_id,
-                conversation=conversation,
-                owner_id=user_id,
-                role=Message.Role.USER,
-                content=content,
-                client_id=client_id,
-                parent_id=parent,
-            )
-            if uploads:
-                Attachment.objects.bulk_create(
-                    Attachment(message_id=message_id, upload=upload, position=position)
-                    for position, upload in enumerate(uploads)
-                )
-    except IntegrityError:
-        # A concurrent send of the same client_id (another socket, worker or the HTTP API)
-        # committed first; the savepoint took back our conversation, if we made one.
-        existing = Message.objects.get(
-            owner_id=user_id, role=Message.Role.USER, client_id=client_id
+    target = conversation_id or uuid.uuid4()
+    if not turn_sql.message_insert(
+        message_id=message_id,
+        conversation_id=target,
+        user_id=user_id,
+        content=content,
+        client_id=client_id,
+        parent_id=parent,
+        now=timezone.now(),
+        new_conversation=(persona_id, title) if conversation_id is None else None,
+    ):
+        raise _SentMeanwhile
+    if uploads:
+        Attachment.objects.bulk_create(
+            Attachment(message_id=message_id, upload=upload, position=position)
+            for position, upload in enumerate(uploads)
         )
-        return _duplicate(existing, conversation_id, history_limit)
-    if conversation_id is not None:
-        Conversation.objects.filter(id=conversation.id).update(
-            updated_at=timezone.now(), current_leaf_id=message.id
-        )
-    return _context_for(
-        message,
+    history: tuple[HistoryItem, ...] = ()
+    if parent is not None and history_limit > 0:
+        history = tuple(item for _, item in _path_items(parent, history_limit))
+    profile = reads.profile
+    return TurnContext(
+        user_id=user_id,
+        conversation_id=target,
+        conversation_created=conversation_id is None,
+        title=title,
+        client_id=client_id,
+        user_message_id=message_id,
+        message_id=reply_id_for(message_id),
+        content=content,
         persona=persona,
-        created=conversation_id is None,
+        profile=profile,
+        history=history,
         duplicate=False,
-        history_limit=history_limit,
-        title=conversation.title,
+        age=0.0,
+        user_parent_id=parent,
+        attachments=tuple(_attachment_info(upload) for upload in uploads),
+    )
+
+
+def _attachment_info(upload: Upload) -> AttachmentInfo:
+    return AttachmentInfo(
+        id=upload.id,
+        name=upload.name,
+        kind=upload.kind,
+        content_type=upload.content_type,
+        file=upload.file.name,
+        text=upload.text,
+        width=upload.width,
+        height=upload.height,
     )
 
 
@@ -260,7 +337,7 @@ def turn_regenerate(
 
 
 def _uploads_for_send(
-    user_id: int, attachment_ids: tuple[uuid.UUID, ...], persona: Persona
+    user_id: int, attachment_ids: tuple[uuid.UUID, ...], persona: PersonaInfo
 ) -> list[Upload]:
     """The sender's own uploads, in the order given; any other id is not found (whether it
     is someone else's or nobody's is not told). Images need a persona that reads them."""
@@ -332,49 +409,18 @@ class Budget:
 
 def budget_for(*, user_id: int) -> Budget:
     """The user's tokens this period and their limit, in one statement: the period's
-    counters summed, and the overrides (a user override wins; else the most generous of
-    the user's groups; else TOKEN_BUDGET)."""
+    counters summed, and the overrides (see `turn_sql.budget_limit`)."""
     start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), timezone.now())
-    quote = connection.ops.quote_name
-    usage = quote(TokenUsage._meta.db_table)
-    own = quote(UserTokenBudget._meta.db_table)
-    budgets = quote(GroupTokenBudget._meta.db_table)
-    members = quote(get_user_model().groups.through._meta.db_table)
-    mine = f"FROM {budgets} b JOIN {members} m ON m.group_id = b.group_id WHERE m.user_id = %s"
-    # Plain SQL: the ORM's six subqueries cost more to compile each turn than to run.
-    sql = f"""
-        SELECT
-            COALESCE((SELECT SUM(tokens) FROM {usage} WHERE user_id = %s AND day >= %s), 0),
-            EXISTS (SELECT 1 FROM {own} WHERE user_id = %s),
-            (SELECT tokens FROM {own} WHERE user_id = %s),
-            EXISTS (SELECT 1 {mine}),
-            EXISTS (SELECT 1 {mine} AND b.tokens IS NULL),
-            (SELECT MAX(b.tokens) {mine})
-    """  # the table names are the models' own, never user input
-    day = connection.ops.adapt_datefield_value(start.date())
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [user_id, day, user_id, user_id, user_id, user_id, user_id])
-        used, has_own, own_tokens, has_group, group_unlimited, group_most = cursor.fetchone()
-    row = {
-        "used": used,
-        "has_own": bool(has_own),
-        "own": own_tokens,
-        "has_group": bool(has_group),
-        "group_unlimited": bool(group_unlimited),
-        "group_most": group_most,
-    }
-    limit: int | None
-    if row["has_own"]:
-        limit = row["own"]
-    elif row["has_group"]:
-        limit = None if row["group_unlimited"] else row["group_most"]
-    else:
-        limit = settings.TOKEN_BUDGET
+    return _budget(turn_sql.budget_row(user_id, start.date()), start, resets)
+
+
+def _budget(row: tuple[Any, ...], start: datetime, resets: datetime) -> Budget:
+    used, limit = turn_sql.budget_limit(row, settings.TOKEN_BUDGET)
     return Budget(
         period=settings.TOKEN_BUDGET_PERIOD,
         period_start=start,
         resets_at=resets,
-        used_tokens=int(row["used"]),
+        used_tokens=used,
         limit_tokens=limit,
     )
 
@@ -382,7 +428,10 @@ def budget_for(*, user_id: int) -> Budget:
 def budget_check(*, user_id: int) -> None:
     """Refuse a turn once the user's tokens for this period are used up. A reply that
     started is never cut short: only turns that have not begun are refused."""
-    budget = budget_for(user_id=user_id)
+    _refuse_exhausted(budget_for(user_id=user_id))
+
+
+def _refuse_exhausted(budget: Budget) -> None:
     if budget.exhausted:
         wait = max(1, math.ceil((budget.resets_at - timezone.now()).total_seconds()))
         when = {"day": "today", "week": "this week", "month": "this month"}[budget.period]
@@ -416,18 +465,20 @@ def _reply_in(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Message:
 
 
 def _parent_for(
-    conversation: Conversation, parent_id: uuid.UUID | None, given: bool
+    conversation_id: uuid.UUID,
+    locked: turn_sql.LockedConversation,
+    parent_id: uuid.UUID | None,
+    given: bool,
 ) -> uuid.UUID | None:
     """The reply a new user message follows: the one named, or the active path's end."""
     if given:
         if parent_id is None:
             return None
-        return _reply_in(conversation.id, parent_id).id
-    leaf = conversation.current_leaf
-    if leaf is None:
+        return _reply_in(conversation_id, parent_id).id
+    if locked.leaf_id is None:
         return None
     # A user message at the end had its reply cut off: the new one becomes its version.
-    return leaf.id if leaf.role == Message.Role.ASSISTANT else leaf.parent_id
+    return locked.leaf_id if locked.leaf_role == Message.Role.ASSISTANT else locked.leaf_parent_id
 
 
 def _duplicate(
@@ -641,7 +692,6 @@ def turn_context(
     )
 
 
-@transaction.atomic
 def reply_save(
     *,
     message_id: uuid.UUID,
@@ -657,8 +707,60 @@ def reply_save(
 
     If the reply was saved before (a recovering worker, a retried save), the earlier row
     stands and is returned, so `chat.done` always carries what the database holds. None when
-    the conversation was deleted meanwhile.
+    the conversation was deleted meanwhile. On PostgreSQL this is one statement.
     """
+    if connection.vendor != "postgresql":
+        return _reply_save_orm(
+            message_id=message_id,
+            conversation_id=conversation_id,
+            user_message_id=user_message_id,
+            content=content,
+            status=status,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            error=error,
+        )
+    now = timezone.now()
+    row = turn_sql.reply_insert_pg(
+        message_id=message_id,
+        conversation_id=conversation_id,
+        user_message_id=user_message_id,
+        content=content,
+        status=status,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        error=error[:500],
+        tokens=reply_tokens(input_tokens, output_tokens, content),
+        now=now,
+        day=now.astimezone(UTC).date(),
+    )
+    if not row.moved:
+        return None
+    if not row.inserted:
+        return _reply_info(Message.objects.get(id=message_id))
+    return ReplyInfo(
+        message_id=message_id,
+        content=content,
+        status=status,
+        error=error[:500],
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
+
+
+@transaction.atomic
+def _reply_save_orm(
+    *,
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_message_id: uuid.UUID,
+    content: str,
+    status: str,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    error: str,
+) -> ReplyInfo | None:
+    """`reply_save` where data-modifying CTEs are not to be had (SQLite)."""
     # The update doubles as the check that the conversation still exists. The active path
     # moves on to the reply only if it still ends at its question: a user who switched to
     # another version meanwhile stays there. (The foreign key is checked at commit.)

@@ -42,3 +42,37 @@ def test_a_turn_costs_the_same_statements_in_a_long_conversation(alice: Any, per
     long_count, long_history = begin_statements(alice, chat(alice, persona, 120))
     assert (short_history, long_history) == (4, 120)
     assert long_count == short_count
+
+
+def test_a_turn_in_a_new_conversation_is_two_statements_and_its_reply_one(
+    alice: Any, persona: Any
+) -> None:
+    """Besides BEGIN and COMMIT: one read (duplicate, user, persona, budget, profile) and one
+    write (the conversation and the message); the reply is saved by one statement."""
+    with CaptureQueriesContext(connection) as begun:
+        ctx = services.turn_begin(
+            user_id=alice.id,
+            conversation_id=None,
+            persona_slug=None,
+            content="Hello",
+            client_id=uuid.uuid4(),
+            history_limit=50,
+        )
+    with CaptureQueriesContext(connection) as saved:
+        reply = services.reply_save(
+            message_id=ctx.message_id,
+            conversation_id=ctx.conversation_id,
+            user_message_id=ctx.user_message_id,
+            content="Hi.",
+            status="complete",
+            input_tokens=3,
+            output_tokens=2,
+            error="",
+        )
+    work = [q["sql"] for q in begun.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(work) == 2, work
+    assert len(saved.captured_queries) == 1
+    assert reply is not None and reply.content == "Hi."
+    conversation = Conversation.objects.get(id=ctx.conversation_id)
+    assert conversation.current_leaf_id == reply.message_id
+    assert services.budget_for(user_id=alice.id).used_tokens == 5

@@ -1,0 +1,408 @@
+"""The turn's hot statements as SQL: each round trip reads or writes all it can.
+
+A turn is the one thing every user does many times a minute, and under a burst its ORM work
+(compiling a dozen querysets, one round trip each) was what the burst waited for: 250 turns
+begun at once queued for seconds on the pool while Python built SQL. Here the reads a turn
+needs before it writes (the duplicate check, the user, the persona, the budget, the profile)
+are one SELECT, the conversation's lock is one more, and the writes are one statement on
+PostgreSQL (data-modifying CTEs) or a few on SQLite. `services` keeps the rules; this module
+only knows the tables. The table and column names are the models' own, never user input.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
+from conversations.context import PersonaInfo, ProfileInfo
+from conversations.models import Conversation, Message, TokenUsage
+from personas.models import Persona
+
+PERSONA_COLUMNS = (
+    "slug",
+    "name",
+    "description",
+    "system_prompt",
+    "avatar",
+    "provider",
+    "model",
+    "temperature",
+    "accepts_images",
+)
+
+
+def _q(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _table(model: Any) -> str:
+    return _q(model._meta.db_table)
+
+
+def _uuid(value: uuid.UUID | None) -> Any:
+    """A UUID as the database takes it (SQLite keeps hex text)."""
+    pk = Message._meta.pk
+    assert pk is not None
+    return pk.get_db_prep_value(value, connection)
+
+
+def _when(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _day(value: date) -> Any:
+    return connection.ops.adapt_datefield_value(value)
+
+
+def as_uuid(value: Any) -> uuid.UUID | None:
+    # PostgreSQL hands back UUIDs; SQLite, the hex text Django stores there.
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    return uuid.UUID(value)
+
+
+def _persona_select(alias: str) -> str:
+    return ", ".join(f"{alias}.{_q(column)}" for column in PERSONA_COLUMNS)
+
+
+def _persona_from(row: tuple[Any, ...]) -> PersonaInfo:
+    values = dict(zip(PERSONA_COLUMNS, row, strict=True))
+    values["accepts_images"] = bool(values["accepts_images"])
+    return PersonaInfo(**values)
+
+
+def usable_sql(persona_column: str) -> str:
+    """Whether the user (one %s) may use the persona at `persona_column`: it has no groups,
+    or one of them holds the user."""
+    through = _q(Persona.groups.through._meta.db_table)
+    members = _q(get_user_model().groups.through._meta.db_table)
+    return (
+        f"(NOT EXISTS (SELECT 1 FROM {through} t WHERE t.persona_id = {persona_column}) OR "
+        f"EXISTS (SELECT 1 FROM {through} t JOIN {members} m ON m.group_id = t.group_id "
+        f"WHERE t.persona_id = {persona_column} AND m.user_id = %s))"
+    )
+
+
+# --- the budget -----------------------------------------------------------------------------
+
+
+def budget_columns() -> str:
+    """The six columns a budget is made of (see `budget_limit`); seven %s: user, period
+    start, then user five times."""
+    usage = _table(TokenUsage)
+    own = _table(UserTokenBudget)
+    budgets = _table(GroupTokenBudget)
+    members = _q(get_user_model().groups.through._meta.db_table)
+    mine = f"FROM {budgets} b JOIN {members} m ON m.group_id = b.group_id WHERE m.user_id = %s"
+    return f"""
+        COALESCE((SELECT SUM(tokens) FROM {usage} WHERE user_id = %s AND day >= %s), 0),
+        EXISTS (SELECT 1 FROM {own} WHERE user_id = %s),
+        (SELECT tokens FROM {own} WHERE user_id = %s),
+        EXISTS (SELECT 1 {mine}),
+        EXISTS (SELECT 1 {mine} AND b.tokens IS NULL),
+        (SELECT MAX(b.tokens) {mine})
+    """
+
+
+def budget_params(user_id: int, start: date) -> list[Any]:
+    return [user_id, _day(start), user_id, user_id, user_id, user_id, user_id]
+
+
+def budget_limit(row: tuple[Any, ...], default: int | None) -> tuple[int, int | None]:
+    """(tokens used, limit) from `budget_columns`: a user override wins; else the most
+    generous of the user's groups (one without a limit is unlimited); else `default`."""
+    used, has_own, own_tokens, has_group, group_unlimited, group_most = row
+    if has_own:
+        return int(used), own_tokens
+    if has_group:
+        return int(used), None if group_unlimited else group_most
+    return int(used), default
+
+
+def budget_row(user_id: int, start: date) -> tuple[Any, ...]:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {budget_columns()}", budget_params(user_id, start))
+        return tuple(cursor.fetchone())
+
+
+# --- the turn's reads -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnReads:
+    """What a turn reads before it writes, from one SELECT."""
+
+    existing: uuid.UUID | None  # the user's message of this client_id, if it was saved
+    active: bool  # the user exists and is active
+    budget: tuple[Any, ...]  # `budget_columns`
+    profile: ProfileInfo
+    persona: PersonaInfo | None  # for a new conversation: the one it would get
+    persona_id: int | None
+
+
+@functools.cache
+def _reads_sql(new: bool, by_slug: bool) -> str:
+    users = _table(get_user_model())
+    messages = _table(Message)
+    profiles = _table(Profile)
+    personas = _table(Persona)
+    persona_join = "ON 1 = 0"
+    if new:
+        chosen = "x.slug = %s" if by_slug else "1 = 1"
+        persona_join = f"""ON p.id = (
+            SELECT x.id FROM {personas} x
+            WHERE x.is_active AND {usable_sql("x.id")} AND {chosen}
+            ORDER BY x.is_default DESC, x.{_q("order")}, x.name LIMIT 1
+        )"""
+    return f"""
+        SELECT
+            (SELECT id FROM {messages}
+             WHERE owner_id = %s AND role = 'user' AND client_id = %s),
+            EXISTS (SELECT 1 FROM {users} WHERE id = %s AND is_active),
+            pr.display_name, pr.about, p.id, {_persona_select("p")},
+            {budget_columns()}
+        FROM (SELECT 1 AS one) one
+        LEFT JOIN {profiles} pr ON pr.user_id = %s
+        LEFT JOIN {personas} p {persona_join}
+    """
+
+
+def turn_reads(
+    *,
+    user_id: int,
+    client_id: uuid.UUID,
+    budget_start: date,
+    new: bool,
+    persona_slug: str | None,
+) -> TurnReads:
+    # In the text's order: the columns, the budget's, the profile's join, the persona's.
+    params: list[Any] = [user_id, _uuid(client_id), user_id]
+    params += budget_params(user_id, budget_start)
+    params.append(user_id)
+    if new:
+        params.append(user_id)
+        if persona_slug is not None:
+            params.append(persona_slug)
+    with connection.cursor() as cursor:
+        cursor.execute(_reads_sql(new, persona_slug is not None), params)
+        row = cursor.fetchone()
+    existing, active, display_name, about, persona_id, *rest = row
+    persona_row, budget = rest[: len(PERSONA_COLUMNS)], rest[len(PERSONA_COLUMNS) :]
+    return TurnReads(
+        existing=as_uuid(existing),
+        active=bool(active),
+        budget=tuple(budget),
+        profile=ProfileInfo(display_name=display_name or "", about=about or ""),
+        persona=_persona_from(tuple(persona_row)) if persona_id is not None else None,
+        persona_id=persona_id,
+    )
+
+
+@dataclass(frozen=True)
+class LockedConversation:
+    title: str
+    persona_id: int
+    persona: PersonaInfo
+    usable: bool  # the persona is active and the user may still use it
+    leaf_id: uuid.UUID | None
+    leaf_role: str | None
+    leaf_parent_id: uuid.UUID | None
+
+
+@functools.cache
+def _locked_sql() -> str:
+    conversations = _table(Conversation)
+    personas = _table(Persona)
+    messages = _table(Message)
+    lock = " FOR UPDATE OF c" if connection.features.has_select_for_update_of else ""
+    return f"""
+        SELECT c.title, c.persona_id, {_persona_select("p")}, p.is_active,
+            {usable_sql("c.persona_id")}, l.id, l.role, l.parent_id
+        FROM {conversations} c
+        JOIN {personas} p ON p.id = c.persona_id
+        LEFT JOIN {messages} l ON l.id = c.current_leaf_id
+        WHERE c.id = %s AND c.owner_id = %s{lock}
+    """
+
+
+def conversation_locked(*, user_id: int, conversation_id: uuid.UUID) -> LockedConversation | None:
+    """The user's conversation, its persona and its active leaf, with the row locked: the
+    lock serialises concurrent turns on one conversation across workers."""
+    with connection.cursor() as cursor:
+        cursor.execute(_locked_sql(), [user_id, _uuid(conversation_id), user_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    title, persona_id, *rest = row
+    persona_row = rest[: len(PERSONA_COLUMNS)]
+    active, member, leaf_id, leaf_role, leaf_parent = rest[len(PERSONA_COLUMNS) :]
+    return LockedConversation(
+        title=title,
+        persona_id=persona_id,
+        persona=_persona_from(tuple(persona_row)),
+        usable=bool(active) and bool(member),
+        leaf_id=as_uuid(leaf_id),
+        leaf_role=leaf_role,
+        leaf_parent_id=as_uuid(leaf_parent),
+    )
+
+
+# --- the turn's writes ----------------------------------------------------------------------
+
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, role, content, status, client_id, owner_id, parent_id, "
+    "input_tokens, output_tokens, error, rating, rating_comment, rated_at, created_at"
+)
+
+
+def _user_message_insert() -> str:
+    """The user's message, unless one of this user and client_id exists (the constraint
+    `message_unique_owner_client_id`): then nothing, and no row comes back."""
+    return f"""
+        INSERT INTO {_table(Message)} ({_MESSAGE_COLUMNS})
+        VALUES (%s, %s, 'user', %s, 'complete', %s, %s, %s, NULL, NULL, '', NULL, '', NULL, %s)
+        ON CONFLICT (owner_id, client_id) WHERE role = 'user' DO NOTHING
+        RETURNING id
+    """
+
+
+def message_insert(
+    *,
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_id: int,
+    content: str,
+    client_id: uuid.UUID,
+    parent_id: uuid.UUID | None,
+    now: datetime,
+    new_conversation: tuple[int, str] | None,
+) -> bool:
+    """Insert the user's message and make it the conversation's active leaf, creating the
+    conversation first when `new_conversation` (persona id, title) is given. False, with
+    nothing to keep, when a message of this client_id exists (the caller rolls back)."""
+    message = [
+        _uuid(message_id),
+        _uuid(conversation_id),
+        content,
+        _uuid(client_id),
+        user_id,
+        _uuid(parent_id),
+        _when(now),
+    ]
+    conversations = _table(Conversation)
+    insert = _user_message_insert()
+    with connection.cursor() as cursor:
+        if new_conversation is not None:
+            persona_id, title = new_conversation
+            # Created pointing at its message (the foreign key is checked at commit).
+            conversation = f"""
+                INSERT INTO {conversations}
+                    (id, owner_id, persona_id, title, created_at, updated_at, current_leaf_id)
+                VALUES (%s, %s, %s, %s, %s, %s, %s)
+            """
+            conversation_params = [
+                _uuid(conversation_id),
+                user_id,
+                persona_id,
+                title,
+                _when(now),
+                _when(now),
+                _uuid(message_id),
+            ]
+            if connection.vendor == "postgresql":
+                cursor.execute(
+                    f"WITH c AS ({conversation} RETURNING id) {insert}",
+                    conversation_params + message,
+                )
+                return cursor.fetchone() is not None
+            cursor.execute(conversation, conversation_params)
+            cursor.execute(insert, message)
+            return cursor.fetchone() is not None
+        move = f"UPDATE {conversations} SET updated_at = %s, current_leaf_id = "
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"WITH m AS ({insert}) {move} m.id FROM m WHERE {conversations}.id = %s "
+                "RETURNING m.id",
+                [*message, _when(now), _uuid(conversation_id)],
+            )
+            return cursor.fetchone() is not None
+        cursor.execute(insert, message)
+        if cursor.fetchone() is None:
+            return False
+        cursor.execute(f"{move} %s WHERE id = %s", [_when(now), message[0], message[1]])
+        return True
+
+
+@dataclass(frozen=True)
+class SavedRow:
+    moved: bool  # the conversation still exists
+    inserted: bool  # this call saved the reply (else an earlier row stands)
+
+
+def reply_insert_pg(
+    *,
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_message_id: uuid.UUID,
+    content: str,
+    status: str,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    error: str,
+    tokens: int,
+    now: datetime,
+    day: date,
+) -> SavedRow:
+    """PostgreSQL, one statement (so one round trip, atomic without BEGIN/COMMIT): move the
+    active leaf to the reply if it still ends at its question, insert the reply unless it
+    was saved before, and count its tokens only if it was not."""
+    conversations = _table(Conversation)
+    usage = _table(TokenUsage)
+    sql = f"""
+        WITH moved AS (
+            UPDATE {conversations} SET updated_at = %s, current_leaf_id = CASE
+                WHEN current_leaf_id = %s THEN %s ELSE current_leaf_id END
+            WHERE id = %s
+            RETURNING owner_id, persona_id
+        ), saved AS (
+            INSERT INTO {_table(Message)} ({_MESSAGE_COLUMNS})
+            SELECT %s, %s, 'assistant', %s, %s, NULL, NULL, %s, %s, %s, %s, NULL, '', NULL, %s
+            FROM moved
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        ), counted AS (
+            INSERT INTO {usage} (user_id, persona_id, day, tokens)
+            SELECT owner_id, persona_id, %s, %s FROM moved, saved
+            ON CONFLICT (user_id, persona_id, day)
+            DO UPDATE SET tokens = {usage}.tokens + excluded.tokens
+        )
+        SELECT EXISTS (SELECT 1 FROM moved), EXISTS (SELECT 1 FROM saved)
+    """
+    params = [
+        _when(now),
+        _uuid(user_message_id),
+        _uuid(message_id),
+        _uuid(conversation_id),
+        _uuid(message_id),
+        _uuid(conversation_id),
+        content,
+        status,
+        _uuid(user_message_id),
+        input_tokens,
+        output_tokens,
+        error,
+        _when(now),
+        _day(day),
+        tokens,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        moved, inserted = cursor.fetchone()
+    return SavedRow(moved=bool(moved), inserted=bool(inserted))
