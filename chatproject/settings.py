@@ -129,6 +129,17 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
     _database["CONN_HEALTH_CHECKS"] = True
     if test_name := envstr("DATABASE_TEST_NAME"):
         _database["TEST"] = {"NAME": test_name}
+# DATABASE_URL names a PgBouncer in transaction pooling mode (docs/scaling.md): each
+# transaction may run on a different server connection, so nothing may outlive one. psycopg
+# prepares no statements (Django's default, pinned: PgBouncer before 1.21 cannot route them),
+# and `.iterator()` reads through a plain cursor: outside atomic() it would DECLARE a WITH HOLD
+# cursor that the next transaction's server connection does not have ("cursor ... does not
+# exist", tests/ops/test_pgbouncer.py). The pool's check then tests the link to PgBouncer,
+# which replaces dead server connections itself.
+DB_PGBOUNCER = envbool("DB_PGBOUNCER", False)
+if DB_PGBOUNCER and _database["ENGINE"] == "django.db.backends.postgresql":
+    _database["OPTIONS"]["prepare_threshold"] = None
+    _database["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASES = {"default": _database}
 # Threads for the turn's database calls (0: Channels' single shared thread, which SQLite
 # keeps: it allows one writer at a time). The pool's size is the natural bound: more threads
