@@ -24,6 +24,13 @@ Variants (headline rows are "daphne" and "uvicorn": the shipped code, the shippe
                    across the stream (bench/before_app.py)
   before-nopool    the same without Django's pool: one backend per stream (private cluster only)
   ceiling-pertoken / daphne-pertoken   coalescing off (STREAM_COALESCE_MS=0), for comparison
+  uvicorn-redis    one Uvicorn worker with the Redis channel layer and reply log (REDIS_URL)
+  uvicorn-2workers scale-out: two Uvicorn workers behind nginx (deploy/nginx-proxy.conf's
+                   locations), REDIS_URL set; CPU summed over both workers, nginx, Redis, PG
+  uvicorn-pgbouncer one Uvicorn worker behind PgBouncer in transaction pooling mode
+                   (DB_PGBOUNCER=true); PgBouncer's CPU counts
+  <variant>@<rev>  any Django variant serving `git archive <rev>` (the code before a lever),
+                   e.g. --variants uvicorn,uvicorn@HEAD~1: the same run, interleaved
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import pg
+from bench import pg, topology
 from bench.common import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +96,7 @@ SHIPPED = {
     "DEMO_REPLY_WORDS": "0 (the reply's own length)",
     "REDIS_URL": "unset (in-memory layer)",
     "DB_POOL": "true",
+    "DB_PGBOUNCER": "false",
 }
 
 # variant -> (kind, ASGI app or None, extra env: shipped settings toggled)
@@ -102,8 +112,67 @@ VARIANTS: dict[str, tuple[str, str | None, dict[str, str]]] = {
     "before-nopool": ("daphne", "bench.before_app:application", {"DB_POOL": "false"}),
     "ceiling-pertoken": ("ceiling", None, {"loop": "uvloop"}),
     "daphne-pertoken": ("daphne", APP, {}),
+    # Scale-out. `workers` and `pgbouncer` are the harness's, not settings: what stands around
+    # the server (bench/topology.py).
+    "uvicorn-redis": ("uvicorn", APP, {"REDIS_URL": "redis"}),
+    "uvicorn-2workers": ("uvicorn", APP, {"REDIS_URL": "redis", "workers": "2"}),
+    "uvicorn-pgbouncer": ("uvicorn", APP, {"DB_PGBOUNCER": "true", "pgbouncer": "transaction"}),
 }
 HEADLINE = ("daphne", "uvicorn")
+# What each variant is, for results.md's header.
+DESCRIBE = {
+    "ceiling": "bare `websockets` on uvloop: the same words, pace, coalescing and frames; "
+    "no Django, database or layer",
+    "ceiling-asyncio": "the ceiling on the stock asyncio loop (Daphne's)",
+    "daphne": "the shipped code and defaults, one Daphne process, in-memory channel layer",
+    "uvicorn": "the shipped code and defaults, one Uvicorn process (uvloop, httptools, "
+    "websockets-sansio), in-memory channel layer",
+    "daphne-shared-thread": "Daphne with DB_CALL_THREADS=0",
+    "uvicorn-shared-thread": "Uvicorn with DB_CALL_THREADS=0",
+    "daphne-redis": "Daphne with REDIS_URL (Redis channel layer and reply log); Redis's CPU counts",
+    "uvicorn-redis": "one Uvicorn worker with REDIS_URL (Redis channel layer and reply log); "
+    "Redis's CPU counts",
+    "uvicorn-2workers": "scale-out: two Uvicorn workers behind nginx (one nginx worker, "
+    "deploy/nginx-proxy.conf's locations, least_conn upstream, plain HTTP), REDIS_URL set; "
+    "all on core 0; CPU summed over both workers, nginx, Redis and PostgreSQL",
+    "uvicorn-pgbouncer": "one Uvicorn worker behind PgBouncer in transaction pooling mode "
+    "(DB_PGBOUNCER=true; PgBouncer's pool: {pgbouncer_pool} server connections); "
+    "PgBouncer's CPU counts",
+    "before": "the seed's design, the labelled historical baseline (bench/before_app.py)",
+    "before-nopool": "the seed's design without Django's pool",
+    "ceiling-pertoken": "the ceiling with coalescing off",
+    "daphne-pertoken": "Daphne with coalescing off (STREAM_COALESCE_MS=0)",
+}
+
+
+def describe(variant: str, pgbouncer_pool: int = POOL_MAX) -> str:
+    base, _, rev = variant.partition("@")
+    text = DESCRIBE.get(base, "?").replace("{pgbouncer_pool}", str(pgbouncer_pool))
+    return f"{base} serving the code at {rev} (`git archive {rev}`): {text}" if rev else text
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports, from `BENCH_PORTS` when set: free_port() twice in a row
+    gives the same one."""
+    lo, _, hi = os.environ.get("BENCH_PORTS", "").partition("-")
+    candidates: Any = range(int(lo), int(hi or lo) + 1) if lo else [0] * count
+    held: list[socket.socket] = []
+    try:
+        for port in candidates:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+            if len(held) == count:
+                return [int(s.getsockname()[1]) for s in held]
+        raise RuntimeError(f"fewer than {count} free ports in BENCH_PORTS")
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def pinned(argv: list[str], core: int) -> list[str]:
@@ -135,6 +204,7 @@ class Bench:
         self.src = ROOT
         self.snapshot_dir = ""
         self.source_text = ""
+        self.revisions: dict[str, topology.Revision] = {}
 
     def source(self) -> str:
         """The commit served, and how many files differed from it (read-only git)."""
@@ -299,32 +369,100 @@ class Bench:
             "4096",
         ]
 
+    def resolve(self, variant: str) -> tuple[str, str | None, dict[str, str], Any]:
+        """kind, app, extra env and the older tree (or None) of `variant` or `variant@rev`."""
+        base, _, rev = variant.partition("@")
+        kind, app, extra = VARIANTS[base]
+        if not rev:
+            return kind, app, extra, None
+        if kind == "ceiling":
+            raise SystemExit(f"{variant}: only the app's variants may be pinned to a revision")
+        if rev not in self.revisions:
+            self.revisions[rev] = topology.checkout(ROOT, rev)
+        return kind, app, extra, self.revisions[rev]
+
+    def drop_revisions(self) -> None:
+        for revision in self.revisions.values():
+            revision.drop()
+        self.revisions.clear()
+
+    def start_server(
+        self,
+        kind: str,
+        app: str | None,
+        ports: list[int],
+        scenario: Scenario,
+        loop: str,
+        src: Path,
+        env: dict[str, str],
+        log: Any,
+    ) -> subprocess.Popen[Any]:
+        """One server process, or for several workers a shell whose children they are (so the
+        client's `--server-pid` sums their CPU), all pinned to core 0."""
+        if len(ports) == 1:
+            argv = self.server_argv(kind, app, ports[0], scenario, loop)
+        else:
+            lines = [
+                f"{shlex.join(self.server_argv(kind, app, p, scenario, loop))} & w{i}=$!"
+                for i, p in enumerate(ports)
+            ]
+            pids = " ".join(f"$w{i}" for i in range(len(ports)))
+            script = "\n".join([f"trap 'kill {pids} 2>/dev/null; wait' TERM INT", *lines, "wait"])
+            argv = ["sh", "-c", script]
+        return subprocess.Popen(
+            pinned(argv, 0),
+            cwd=src,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
     def run_one(self, variant: str, scenario: Scenario, n: int, repeat: int = 0) -> dict[str, Any]:
-        kind, app, extra = VARIANTS[variant]
+        kind, app, extra, revision = self.resolve(variant)
         extra = dict(extra)
         loop = extra.pop("loop", "asyncio")
-        port = free_port()
+        workers = int(extra.pop("workers", "1"))
+        pooler = extra.pop("pgbouncer", "")
+        src = revision.path if revision is not None else self.src
+        # Workers, then PgBouncer and nginx where the variant has them.
+        ports = free_ports(workers + 2)
         env = self.base_env(scenario, n)
         env.update(extra)
+        extra_pids: list[int] = []
         if env.get("REDIS_URL") == "redis":
             env["REDIS_URL"] = self.redis_url
+            topology.flush_redis(self.redis_url)
+            if pid := topology.redis_pid(self.redis_url):
+                extra_pids.append(pid)
         django = kind != "ceiling"
         if django:
             pg.truncate_conversations(self.database_url)
         self.logs.mkdir(parents=True, exist_ok=True)
-        log_path = self.logs / f"{variant}-{scenario.name}-{n}-{repeat}.log"
+        log_path = self.logs / f"{variant.replace('/', '_')}-{scenario.name}-{n}-{repeat}.log"
         began = time.monotonic()
+        helpers: list[topology.Daemon] = []
+        server: subprocess.Popen[Any] | None = None
         with open(log_path, "w") as log:
-            server = subprocess.Popen(
-                pinned(self.server_argv(kind, app, port, scenario, loop), 0),
-                cwd=self.src,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
             try:
-                wait_port(port, timeout=60)
+                if pooler:
+                    bouncer = topology.start_pgbouncer(
+                        self.database_url, ports[workers], self.args.pgbouncer_pool
+                    )
+                    helpers.append(bouncer)
+                    env["DATABASE_URL"] = topology.behind(self.database_url, bouncer.port)
+                server = self.start_server(
+                    kind, app, ports[:workers], scenario, loop, src, env, log
+                )
+                for worker_port in ports[:workers]:
+                    wait_port(worker_port, timeout=60)
+                port = ports[0]
+                if workers > 1:
+                    front = topology.start_nginx(
+                        src, ports[workers + 1], ports[:workers], pinned([], 0)
+                    )
+                    helpers.append(front)
+                    port = front.port
                 client_base = [
                     *pinned([sys.executable], 1),
                     "-m",
@@ -346,16 +484,17 @@ class Bench:
                     client_base += ["--sessions-file", str(self.sessions_file)]
                     # Warm up: one full turn, so imports and the pool's first connection
                     # are not in the measurement.
-                    warm = subprocess.run(
-                        [*client_base, "--n", "1"],
-                        cwd=self.src,
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        timeout=scenario.ideal_s * 4 + 60,
-                    )
-                    if warm.returncode != 0 or '"completed": 1' not in warm.stdout:
-                        raise RuntimeError(f"warm-up turn failed: {warm.stdout}{warm.stderr}")
+                    for _ in range(workers):  # least_conn: one turn each, one at a time
+                        warm = subprocess.run(
+                            [*client_base, "--n", "1"],
+                            cwd=self.src,
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=scenario.ideal_s * 4 + 60,
+                        )
+                        if warm.returncode != 0 or '"completed": 1' not in warm.stdout:
+                            raise RuntimeError(f"warm-up turn failed: {warm.stdout}{warm.stderr}")
                 argv = [
                     *client_base,
                     "--n",
@@ -371,11 +510,17 @@ class Bench:
                     # PostgreSQL's CPU counts only on the private cluster (nobody else's).
                     argv += ["--postmaster-pid", str(self.cluster.postmaster_pid())]
                 if django:
-                    argv += ["--metrics-url", f"http://127.0.0.1:{port}/metrics"]
+                    # One worker's: the database time per turn step is an average anyway.
+                    argv += ["--metrics-url", f"http://127.0.0.1:{ports[0]}/metrics"]
+                for pid in [*extra_pids, *(p for h in helpers for p in h.pids())]:
+                    argv += ["--extra-pid", str(pid)]
                 budget = scenario.ideal_s * 15 + scenario.ramp_s + 30 + n / 20 + 90
                 result = self.run_client(argv, env, budget, server.pid, variant, scenario, n)
             finally:
-                self.stop_server(server)
+                if server is not None:
+                    self.stop_server(server)
+                for helper in reversed(helpers):
+                    helper.stop()
         after_stop = pg.backends_gone(self.database_url) if django else {}
         result.update(
             {
@@ -389,7 +534,9 @@ class Bench:
                 "scenario": scenario.name,
                 "coalesce_ms": scenario.coalesce_ms,
                 "pg_backends_after_stop": after_stop,
-                "source": self.source_text or self.source(),
+                "source": revision.label if revision else (self.source_text or self.source()),
+                "description": describe(variant, self.args.pgbouncer_pool),
+                "workers": workers,
                 "run_s": time.monotonic() - began,
             }
         )
@@ -473,6 +620,9 @@ class Bench:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+        # Several workers: the shell is gone, and so must be every process of its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.pid, signal.SIGKILL)
 
     def profile_targets(self) -> set[tuple[str, str, int]]:
         burst = {(v, "burst", 250) for v in HEADLINE}
@@ -594,7 +744,7 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
         "",
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on: {machine()}.",
         "",
-        "One server process, "
+        'One server process (the scale-out variants: as their line under "Variants" says), '
         + pinned_txt
         + ". Times are measured in the client. Each figure is the median of "
         f"{repeats} repeat(s), interleaved between variants, with the min–max in brackets; "
@@ -603,8 +753,9 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
         "coalescing rule, frames and event loop). `TTFT+` is the time to the first delta minus "
         "the model's own first-word delay. `CPU/token` is the server process alone; `all "
         "CPU/token` and `all CPU/frame` count every server-side process (the worker, the "
-        "private PostgreSQL cluster's backends, Redis/nginx when used); the client's CPU is "
-        "apart.",
+        "private PostgreSQL cluster's backends, Redis, nginx and PgBouncer where the variant "
+        "has them; Redis is the machine's own, so others' use of it counts too); the client's "
+        "CPU is apart.",
         "",
         "Headline rows `daphne` and `uvicorn` serve the shipped code with the shipped "
         "defaults. Settings this run changed from the shipped defaults "
@@ -617,13 +768,18 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
             lines.append(f"- `{key}={value}` (shipped: {shipped}): " + ", ".join(where))
     if not overrides:
         lines.append("- none")
-    lines += [
-        "",
-        "Source served: "
-        + "; ".join(dict.fromkeys(str(r.get("source", "not recorded")) for r in results))
-        + ".",
-        "",
-    ]
+    sources: dict[str, list[str]] = {}
+    for r in results:
+        sources.setdefault(str(r.get("source", "not recorded")), []).append(r["variant"])
+    lines += ["", "Source served:", ""]
+    for source, variants in sources.items():
+        pinned_to = [v for v in dict.fromkeys(variants) if "@" in v]
+        lines.append(f"- {', '.join(pinned_to)}: {source}" if pinned_to else f"- {source}")
+    lines += ["", "Variants in this run:", ""]
+    for variant in dict.fromkeys(r["variant"] for r in results):
+        row = next(r for r in results if r["variant"] == variant)
+        lines.append(f"- `{variant}`: {row.get('description') or describe(variant)}")
+    lines.append("")
     columns = [
         ("compl. p99 s", "completion_p99_s", 2, 1),
         ("TTFT+ p50 ms", "ttft_added_p50_ms", 0, 1),
@@ -635,6 +791,7 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
         ("all CPU/token µs", "whole_cpu_per_token_us", 0, 1),
         ("all CPU/frame µs", "whole_cpu_per_frame_us", 0, 1),
         ("PG CPU s", "pg_cpu_s", 2, 1),
+        ("Redis/nginx/PgBouncer CPU s", "other_cpu_s", 2, 1),
         ("client CPU s", "client_cpu_s", 1, 1),
     ]
     for scenario in dict.fromkeys(r["scenario"] for r in results):
@@ -696,6 +853,13 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         pairs = [("uvicorn", "daphne"), ("uvicorn", "uvicorn-shared-thread")]
+        # The levers measured against the code before them, and scaling out against 1 worker.
+        here = dict.fromkeys(k[0] for k in keys)
+        pairs += [(v, v.partition("@")[0]) for v in here if "@" in v]
+        pairs += [
+            (v, "uvicorn") for v in ("uvicorn-redis", "uvicorn-2workers", "uvicorn-pgbouncer")
+        ]
+        pairs += [("uvicorn-2workers", "uvicorn-redis")]
         for a, b in pairs:
             for n in sorted({k[2] for k in keys}):
                 ra, rb = groups.get((a, scenario, n)), groups.get((b, scenario, n))
@@ -1147,6 +1311,7 @@ def capacity_search(
 
 
 def main() -> int:
+    global RESULTS
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -1182,8 +1347,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--variants",
-        default="ceiling,ceiling-asyncio,daphne,uvicorn,uvicorn-shared-thread,before",
-        help="variants for the ramp scenario",
+        default="ceiling,ceiling-asyncio,daphne,uvicorn,uvicorn-shared-thread,before,"
+        "uvicorn-redis,uvicorn-2workers,uvicorn-pgbouncer",
+        help="variants for the ramp scenario; `uvicorn@<rev>` serves `git archive <rev>`",
     )
     parser.add_argument(
         "--burst-variants",
@@ -1202,6 +1368,12 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the 250 burst")
     parser.add_argument("--uvicorn-ws", default="websockets-sansio")
     parser.add_argument(
+        "--pgbouncer-pool",
+        type=int,
+        default=POOL_MAX,
+        help="server connections PgBouncer keeps for uvicorn-pgbouncer (default: the pool's max)",
+    )
+    parser.add_argument(
         "--no-snapshot",
         dest="snapshot",
         action="store_false",
@@ -1213,7 +1385,14 @@ def main() -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite results.md and bench.png from raw.json"
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="folder for results.md, raw.json, bench.png and logs (default bench/results)",
+    )
     args = parser.parse_args()
+    RESULTS = args.results.resolve()
     if args.pg is None:
         args.pg = "shared" if args.smoke else "private"
     if args.database_url is None:
@@ -1256,6 +1435,14 @@ def main() -> int:
         plan.add(list(HEADLINE), BURST, [250])
         plan.add(["uvicorn"], RAMP, [300])
 
+    missing = {
+        "uvicorn-2workers": "nginx" if not topology.nginx_available() else "",
+        "uvicorn-pgbouncer": "pgbouncer" if not topology.pgbouncer_available() else "",
+    }
+    for variant in dict.fromkeys(v for v, _, _ in plan.runs):
+        if binary := missing.get(variant.partition("@")[0]):
+            print(f"bench: no {binary} here; {variant} is left out", flush=True)
+    plan.runs = [r for r in plan.runs if not missing.get(r[0].partition("@")[0])]
     if args.snapshot:
         bench.take_snapshot()
     users = max([n for _, _, n in plan.runs] + parse_levels(args.capacity_grid))
@@ -1320,6 +1507,7 @@ def main() -> int:
     finally:
         bench.stop_database()
         bench.drop_snapshot()
+        bench.drop_revisions()
     if args.profile:
         write_profile(results)
     else:
