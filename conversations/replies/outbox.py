@@ -56,12 +56,14 @@ class ServerSocket:
     def __init__(self, send: Callable[..., Any] | None) -> None:
         self.transport: Any = None
         self.twisted = False
+        self._autobahn: Any = None
         owner = getattr(send, "__self__", None)  # Uvicorn: the protocol's bound send()
         if owner is not None and hasattr(owner, "transport"):
             self.transport = owner.transport
         elif isinstance(send, functools.partial) and send.args:  # Daphne: partial(reply, protocol)
             self.transport = getattr(send.args[0], "transport", None)
             self.twisted = self.transport is not None
+            self._autobahn = send.args[0]
 
     def limit_send_buffer(self, size: int) -> None:
         """Cap the kernel's send buffer for this socket. Left alone, Linux grows it to 4 MiB
@@ -87,6 +89,14 @@ class ServerSocket:
                 return int(pending + transport._tempDataLen)
             return int(transport.get_write_buffer_size())
         return 0
+
+    def wait_for_close_reply(self, seconds: float) -> None:
+        """How long the server waits for the client to answer our close frame before it
+        cuts the connection. Autobahn (under Daphne) cuts after 1 s and discards the bytes
+        still buffered, the close frame among them; the outbox's grace period decides instead.
+        Uvicorn waits longer than any grace period here, so it is left alone."""
+        if self._autobahn is not None and hasattr(self._autobahn, "closeHandshakeTimeout"):
+            self._autobahn.closeHandshakeTimeout = seconds
 
     def abort(self) -> None:
         transport = self.transport
@@ -182,6 +192,7 @@ class Outbox:
         client that reads nothing would never take it, so the connection is cut after a
         grace period, or at once (`cut`) for a client that is not owed one."""
         grace = CUT_GRACE_SECONDS if cut else CLOSE_GRACE_SECONDS
+        self._server.wait_for_close_reply(grace)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._close(code), grace)
         deadline = time.monotonic() + grace
