@@ -33,7 +33,7 @@ def test_sqlite_default_runs_a_whole_turn(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["engine"] == "django.db.backends.sqlite3"
-    assert report["layer"] == "channels.layers.InMemoryChannelLayer"
+    assert report["layer"] == "conversations.replies.layer.LocalChannelLayer"
     assert report["done"]["status"] == "complete"
     assert "Hello Sam!" in report["done"]["content"]
     assert "Captain Redbeard" in report["done"]["content"]
