@@ -1075,10 +1075,13 @@ PROFILE_BUCKETS = [
     ("  _emit/_deliver -> send (inclusive)", ("Generation._emit (", "Generation._deliver (")),
     ("  reply log (conversations/replies/replylog.py)", ("conversations/replies/replylog",)),
     ("JSON encode (json.dumps)", ("dumps (json/", "encode (json/encoder")),
-    ("delta frame dicts + UUID str", ("delta_frame (", "Generation._delta (", "UUID.__str__")),
+    (
+        "delta frame dicts + UUID str",
+        ("delta_frame (", "DeltaFrames.frame (", "Generation._delta (", "UUID.__str__"),
+    ),
     (
         "Channels send path (consumer.send -> session wrapper)",
-        ("AsyncConsumer.send (", "InstanceSessionWrapper.send ("),
+        ("AsyncConsumer.send (", "InstanceSessionWrapper.send (", "ServerSocket.text_writer"),
     ),
     (
         "server write: Daphne/Twisted/Autobahn",

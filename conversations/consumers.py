@@ -60,10 +60,11 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
             logger.warning("channel layer unavailable; socket runs without fan-out")
         worker.ensure_started()
         await self.accept()
+        server = self.scope.get(SERVER_SOCKET_KEY) or ServerSocket(None)
         self.outbox = Outbox(
-            lambda text: self.send(text_data=text),
+            server.text_writer() or (lambda text: self.send(text_data=text)),
             lambda code: self.close(code=code),
-            self.scope.get(SERVER_SOCKET_KEY) or ServerSocket(None),
+            server,
         )
         self.outbox.start()
         self.inflow = FrameRate(settings.SOCKET_FRAMES_PER_SECOND)

@@ -29,8 +29,8 @@ from conversations.replies import replylog
 from conversations.replies.protocol import (
     FINAL_ONLY,
     Deliver,
+    DeltaFrames,
     Frame,
-    delta_frame,
     saved_done_frame,
 )
 
@@ -62,6 +62,8 @@ class Generation:
         self.request = request
         self.registry = registry
         self.frames: list[str] = []  # coalesced delta texts; frames[i] has seq i + 1
+        self.tokens = 0  # text deltas from the provider, counted in metrics once at the end
+        self._deltas = DeltaFrames(ctx.conversation_id, ctx.message_id)
         self.logged = 0  # frames appended to the Redis reply log so far
         self.final_frame: Frame | None = None  # chat.done (or chat.error) once it is saved
         self.followers: dict[str, Follower] = {}
@@ -131,7 +133,7 @@ class Generation:
         self.followers.pop(key, None)
 
     def _delta(self, seq: int) -> Frame:
-        return delta_frame(self.conversation_id, self.ctx.message_id, seq, self.frames[seq - 1])
+        return self._deltas.frame(seq, self.frames[seq - 1])
 
     def _send_missing(self, follower: Follower) -> bool:
         """The frames after the follower's cursor, in seq order; False if it went away."""
@@ -165,7 +167,6 @@ class Generation:
 
     async def _emit(self, text: str) -> None:
         self.frames.append(text)
-        metrics.FRAMES.inc()
         if len(self.frames) == 1:
             metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.received_at)
         self._catch_up()
@@ -260,9 +261,9 @@ class Generation:
                     first.set()
 
         async def flush() -> None:
-            text, count = "".join(buffer), len(buffer)
+            text = "".join(buffer)
+            self.tokens += len(buffer)
             buffer.clear()
-            metrics.TOKENS.inc(count)
             await self._emit(text)
 
         producer = self._producer = asyncio.ensure_future(pull())
@@ -287,15 +288,17 @@ class Generation:
             if buffer:
                 # Text the model already produced is kept, even when stopped or failing;
                 # _finish delivers it before chat.done.
-                metrics.TOKENS.inc(len(buffer))
+                self.tokens += len(buffer)
                 self.frames.append("".join(buffer))
-                metrics.FRAMES.inc()
             # Closes the upstream HTTP stream on stop and shutdown.
             with contextlib.suppress(BaseException):
                 await events.aclose()
 
     async def _finish(self, status: str, error: str) -> str:
         """Save, then send the final frame. Returns the status as saved."""
+        # Counted once a turn, not once a frame: the metrics lock stays off the hot path.
+        metrics.TOKENS.inc(self.tokens)
+        metrics.FRAMES.inc(len(self.frames))
         await self._log_pending()
         known = {"conversation_id": str(self.conversation_id), "client_id": str(self.ctx.client_id)}
         unsaved = False

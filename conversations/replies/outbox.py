@@ -18,7 +18,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import json
 import logging
 import socket
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 from django.conf import settings
 
 from conversations import metrics
+from conversations.replies.protocol import encode
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class ServerSocket:
     client, and a way to cut the connection when a close cannot get through."""
 
     def __init__(self, send: Callable[..., Any] | None) -> None:
+        self._send = send
         self.transport: Any = None
         self.twisted = False
         self._autobahn: Any = None
@@ -64,6 +65,22 @@ class ServerSocket:
             self.transport = getattr(send.args[0], "transport", None)
             self.twisted = self.transport is not None
             self._autobahn = send.args[0]
+
+    def text_writer(self) -> Callable[[str], Awaitable[None]] | None:
+        """Write a text frame with the server's own send(), or None where it is unknown.
+
+        The consumer's send() goes through Channels' chain on every frame: the consumer,
+        then the session middleware's wrapper, which reads the lazy session twice to decide
+        whether to save it, and only does so on an HTTP response. A socket's frames need none
+        of that; its accept and close still go through Channels."""
+        send = self._send
+        if send is None:
+            return None
+
+        def write(text: str) -> Awaitable[None]:
+            return send({"type": "websocket.send", "text": text})
+
+        return write
 
     def limit_send_buffer(self, size: int) -> None:
         """Cap the kernel's send buffer for this socket. Left alone, Linux grows it to 4 MiB
@@ -142,8 +159,7 @@ class Outbox:
         """Queue a frame. False once the socket is closed or was dropped for being slow."""
         if self.closed:
             return False
-        # UTF-8 as is: escaped, an emoji costs 12 bytes instead of 4.
-        text = json.dumps(frame, ensure_ascii=False)
+        text = encode(frame)
         # Counted as the memory the string takes (4 bytes a character once it holds an
         # emoji), not its length: the bound is on what a slow client costs the server.
         size = sys.getsizeof(text)
