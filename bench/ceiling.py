@@ -4,7 +4,8 @@ No Django, no database, no channel layer. It speaks just enough of the chat prot
 load client and sends the frames a turn of the real server sends for a new conversation with
 the demo provider: chat.accepted, conversation.updated (the title), chat.delta..., chat.done.
 Deltas are coalesced with the app's own rule (conversations/replies/generation.py): the
-first delta at once, then whatever arrived, flushed once per window. The model's words are
+first delta at once, then whatever arrived, flushed at each tick of the app's own
+`FlushTicker` (conversations/replies/ticker.py, no Django in it). The model's words are
 paced against absolute deadlines, as in the demo provider. `--loop uvloop` runs it on the
 event loop Uvicorn uses. Usage:
 
@@ -23,6 +24,7 @@ import uuid
 from websockets.asyncio.server import ServerConnection, serve
 
 from bench.common import tokens
+from conversations.replies.ticker import Pacer, ticker
 
 
 class Ceiling:
@@ -97,7 +99,8 @@ class Ceiling:
                 )
             )
 
-        # Generation._stream: wait for the first word, then flush, wait one window, flush.
+        # Generation._stream: wait for the first word, then flush at each of the process's
+        # flush ticks (the app's own FlushTicker: one timer, the window widened to the lag).
         producer = asyncio.ensure_future(self.model(buffer, first))
         try:
             waiter = asyncio.ensure_future(first.wait())
@@ -105,12 +108,13 @@ class Ceiling:
                 await asyncio.wait({producer, waiter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
+            pacer = Pacer(ticker, producer)
             while True:
                 if buffer:
                     await flush()
                 if producer.done():
                     break
-                await asyncio.wait({producer}, timeout=self.window)
+                await pacer.next(self.window)
         finally:
             if not producer.done():
                 producer.cancel()

@@ -33,6 +33,7 @@ from conversations.replies.protocol import (
     Frame,
     saved_done_frame,
 )
+from conversations.replies.ticker import Pacer, ticker
 
 if TYPE_CHECKING:
     from conversations.replies.registry import Registry
@@ -242,10 +243,11 @@ class Generation:
     async def _stream(self) -> None:
         """Provider events into frames: the first delta at once, then one frame per window.
 
-        One producer task drains the provider into a buffer and one timer per window flushes
-        it, however many tokens arrive in that window (a task or a wait per token is what
-        made per-token streaming expensive). A model that pauses still has its text out
-        within one window.
+        One producer task drains the provider into a buffer, flushed at each of the process's
+        flush ticks (conversations/replies/ticker.py), however many tokens arrive between
+        them (a task or a wait per token is what made per-token streaming expensive). A
+        model that pauses still has its text out within one window; under load the window
+        widens to the loop's lag.
         """
         window = settings.STREAM_COALESCE_MS / 1000
         buffer: list[str] = []
@@ -273,12 +275,13 @@ class Generation:
                 await asyncio.wait({producer, waiter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
+            pacer = Pacer(ticker, producer)
             while True:
                 if buffer:
                     await flush()
                 if producer.done():
                     break
-                await asyncio.wait({producer}, timeout=window)
+                await pacer.next(window)
             producer.result()  # the provider's error, if it failed
         finally:
             if not producer.done():
