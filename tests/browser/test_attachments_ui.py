@@ -119,9 +119,15 @@ def test_images_by_the_paperclip_and_by_paste_are_sent_shown_enlarged_and_kept(
 
     # The paperclip is a labelled button the keyboard reaches; Enter opens the file picker.
     paperclip = page.get_by_role("button", name="Attach files")
-    # Enabled once the page is connected; a press before that opens nothing.
-    expect(paperclip).to_be_enabled(timeout=15_000)
+    # Pressed once the page is connected: before, its script may not have wired the button
+    # yet, and it puts the keyboard in the composer as it starts.
+    expect(page.locator("#socket-status")).to_have_attribute(
+        "data-state", "connected", timeout=15_000
+    )
+    expect(page.locator("#input")).to_be_focused()
+    expect(paperclip).to_be_enabled()
     paperclip.focus()
+    expect(paperclip).to_be_focused()
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
     assert chooser.value.is_multiple()
