@@ -148,6 +148,11 @@ DB_CALL_THREADS = envint(
     "DB_CALL_THREADS",
     envint("DB_POOL_MAX_SIZE", 10) if _database["ENGINE"].endswith("postgresql") else 0,
 )
+# Turn begins running their transaction at once; more queue, first come first served
+# (conversations/replies/admission.py). 0: as many as there are threads.
+TURN_BEGINS_AT_ONCE = envint("TURN_BEGINS_AT_ONCE", 2)
+# A begin that waited this long for its place is answered `busy`.
+TURN_BEGIN_WAIT_SECONDS = envfloat("TURN_BEGIN_WAIT_SECONDS", 5.0)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

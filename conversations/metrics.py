@@ -11,6 +11,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 OPEN_SOCKETS = Gauge("chat_open_sockets", "WebSockets open on this worker.")
+TURN_BEGINS_WAITING = Gauge(
+    "chat_turn_begins_waiting", "Turn begins queued for a place (TURN_BEGINS_AT_ONCE)."
+)
 GENERATIONS_IN_FLIGHT = Gauge("chat_generations_in_flight", "Replies being generated now.")
 TURNS = Counter("chat_turns_total", "Finished turns by final status.", ["status"])
 REFUSALS = Counter("chat_refusals_total", "Refused requests by chat.error code.", ["code"])

@@ -19,6 +19,7 @@ from conversations.llm import Provider, ProviderError, get_provider
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.prompts import build_request, prompt_images
 from conversations.replies import replylog, worker
+from conversations.replies.admission import admission
 from conversations.replies.protocol import Regenerate, Turn
 from conversations.replies.registry import Reservation, registry, user_busy
 from conversations.replies.reply import Reply, SavedReply, remote_reply
@@ -238,8 +239,9 @@ async def _begin(
                 )
             claimed = True
             reservation.claim = claim
-        logger.debug("turn begin: database work begins")
-        ctx = await _turn_begin(user_id, command, session_key)
+        async with admission.turn():
+            logger.debug("turn begin: database work begins")
+            ctx = await _turn_begin(user_id, command, session_key)
         metrics.DB_SECONDS.labels("begin").observe(time.monotonic() - received_at)
         logctx.turn_id.set(str(ctx.message_id))
         logctx.conversation_id.set(str(ctx.conversation_id))

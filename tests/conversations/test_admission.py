@@ -1,0 +1,82 @@
+"""A burst of sends: their begin transactions take turns, TURN_BEGINS_AT_ONCE at a time,
+so the event loop that streams the replies keeps its share of the interpreter; a begin that
+waits too long for its place is answered `busy` at once, with nothing saved."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from conversations import services
+from conversations.db import db_call
+from conversations.models import Message
+from tests.conftest import make_user
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+class Overlap:
+    """The real turn_begin, held a moment, counting how many run at once."""
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self.running = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+        self._real = services.turn_begin
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(self.hold)  # long enough for every other send to pile up behind
+            return self._real(**kwargs)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+async def sockets_of(ws, count: int) -> list[Any]:
+    users = [await db_call(make_user)(f"burst{index}") for index in range(count)]
+    return [await ws(user) for user in users]
+
+
+async def test_a_burst_of_sends_begins_two_at_a_time(ws, persona, fast_demo, monkeypatch):
+    fast_demo.TURN_BEGINS_AT_ONCE = 2
+    overlap = Overlap(hold=0.05)
+    monkeypatch.setattr(services, "turn_begin", overlap)
+    sockets = await sockets_of(ws, 8)
+    for index, socket in enumerate(sockets):
+        await socket.send_message(f"question {index}")
+    answers = [await socket.receive_until("chat.done") for socket in sockets]
+
+    assert [frames[0]["type"] for frames in answers] == ["chat.accepted"] * 8
+    assert [frames[-1]["status"] for frames in answers] == ["complete"] * 8
+    # The thread pool has ten threads; without the queue all eight ran at once.
+    assert overlap.peak == 2
+
+
+async def test_a_send_that_waits_too_long_for_its_place_is_busy_and_saves_nothing(
+    ws, persona, fast_demo, monkeypatch
+):
+    fast_demo.TURN_BEGINS_AT_ONCE = 1
+    fast_demo.TURN_BEGIN_WAIT_SECONDS = 0.3
+    monkeypatch.setattr(services, "turn_begin", Overlap(hold=1.5))  # a struggling database
+    first, second = await sockets_of(ws, 2)
+    await first.send_message("slow")
+    await asyncio.sleep(0.1)
+    await second.send_message("behind it")
+
+    refused = await second.receive(timeout=5)
+    assert refused["type"] == "chat.error"
+    assert refused["code"] == "busy"
+    assert (await first.receive_until("chat.done"))[-1]["status"] == "complete"
+    assert not await Message.objects.filter(content="behind it").aexists()
+    # The place freed, the same send goes through.
+    await second.send_message("behind it")
+    assert (await second.receive_until("chat.done"))[-1]["status"] == "complete"
