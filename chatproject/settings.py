@@ -150,7 +150,7 @@ DB_CALL_THREADS = envint(
 )
 # Turn begins running their transaction at once; more queue, first come first served
 # (conversations/replies/admission.py). 0: as many as there are threads.
-TURN_BEGINS_AT_ONCE = envint("TURN_BEGINS_AT_ONCE", 2)
+TURN_BEGINS_AT_ONCE = envint("TURN_BEGINS_AT_ONCE", 4)
 # A begin that waited this long for its place is answered `busy`.
 TURN_BEGIN_WAIT_SECONDS = envfloat("TURN_BEGIN_WAIT_SECONDS", 5.0)
 

@@ -5,8 +5,11 @@ A turn's begin runs on a database thread, and most of its time there is Python (
 the query, reading the rows), which holds the GIL. Ten begins at once (the thread pool's
 size) leave the event loop, which streams every reply in progress and writes every
 `chat.accepted`, about a tenth of the interpreter: a burst of 250 starts stalled the
-streams already running and the starts themselves. Two at a time keep PostgreSQL busy
-(one begin waits on it while the other runs Python) and leave the loop its share.
+streams already running and the starts themselves. A few at a time keep PostgreSQL busy
+(some begins wait on it while another runs Python) and leave the loop its share. Under a
+250-client burst (bench/, 3 repeats each), the median first token was 395 ms with no limit,
+293 ms with 2 at a time and 257 ms with 4; the slowest first tokens (p99) were 452, 566 and
+474 ms: 4 is the default.
 
 The queue is bounded twice. Each waiting begin holds a reservation, and `Registry.reserve`
 refuses (`busy`, at once) past `MAX_GENERATIONS_PER_WORKER` replies and reservations. And a
