@@ -36,7 +36,6 @@ class Admission:
         self._gate: asyncio.Semaphore | None = None
         self._size = 0
         self.waiting = 0
-        self.running = 0
 
     def _semaphore(self) -> asyncio.Semaphore | None:
         size = settings.TURN_BEGINS_AT_ONCE
@@ -62,11 +61,9 @@ class Admission:
             raise Busy("The server is busy; try again in a moment.") from None
         finally:
             self.waiting -= 1
-        self.running += 1
         try:
             yield
         finally:
-            self.running -= 1
             gate.release()
 
 

@@ -36,7 +36,6 @@ class LocalChannelLayer(InMemoryChannelLayer):
     def __init__(self, scan_every: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scan_every = scan_every
-        self.scans = 0
         self._next_scan = 0.0
 
     def _clean_expired(self) -> None:
@@ -44,7 +43,6 @@ class LocalChannelLayer(InMemoryChannelLayer):
         if now < self._next_scan:
             return
         self._next_scan = now + self.scan_every
-        self.scans += 1
         super()._clean_expired()
 
 

@@ -24,8 +24,8 @@ from conversations.replies import replylog
 from conversations.replies.protocol import (
     FINAL_ONLY,
     Deliver,
+    DeltaFrames,
     Frame,
-    delta_frame,
     saved_done_frame,
 )
 from conversations.replies.registry import Registry, registry
@@ -93,13 +93,13 @@ class RemoteReply:
         raise Unavailable("Lost the reply's log; its end will show when you reload.")
 
     async def _pump(self, key: str, deliver: Deliver, after_seq: int) -> None:
+        deltas = DeltaFrames(self.conversation_id, self.message_id)
         try:
             async for fields in replylog.entries(self.meta.message_id, after_seq):
                 if "final" in fields:
                     frame = json.loads(fields["final"])
                 elif "seq" in fields:
-                    seq = int(fields["seq"])
-                    frame = delta_frame(self.conversation_id, self.message_id, seq, fields["text"])
+                    frame = deltas.frame(int(fields["seq"]), fields["text"])
                 else:
                     continue
                 if not deliver(frame):
