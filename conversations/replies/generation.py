@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -65,7 +66,8 @@ class Generation:
         self.frames: list[str] = []  # coalesced delta texts; frames[i] has seq i + 1
         self.tokens = 0  # text deltas from the provider, counted in metrics once at the end
         self._deltas = DeltaFrames(ctx.conversation_id, ctx.message_id)
-        self.logged = 0  # frames appended to the Redis reply log so far
+        self.logged = 0  # frames the Redis reply log holds so far
+        self._logging: asyncio.Future[bool] | None = None  # the batch with those after it
         self.final_frame: Frame | None = None  # chat.done (or chat.error) once it is saved
         self.followers: dict[str, Follower] = {}
         self.stop_requested = False
@@ -154,24 +156,39 @@ class Generation:
                 logger.debug("dropping follower %s of %s", key, self.conversation_id)
                 self.followers.pop(key, None)
 
-    async def _log_pending(self) -> None:
-        """Append to the Redis log what it lacks (a cut-short append is made up later)."""
-        if not settings.REDIS_URL:
+    def _log_soon(self) -> None:
+        """Hand the Redis log what it lacks, for this loop pass's batch (conversations/
+        replies/replylog.py). One batch in flight per reply keeps its log in seq order; one
+        that failed (Redis away) is handed in again with the next frame."""
+        if not settings.REDIS_URL or self._logging is not None:
             return
-        while self.logged < len(self.frames):
-            seq = self.logged + 1
-            if not await replylog.guarded(
-                replylog.append(self.ctx.message_id, seq, self.frames[seq - 1]), False
-            ):
-                return
-            self.logged = seq
+        end = len(self.frames)
+        if self.logged == end:
+            return
+        self._logging = replylog.appender.append(
+            self.ctx.message_id, self.logged + 1, self.frames[self.logged : end]
+        )
+        self._logging.add_done_callback(functools.partial(self._logged, end))
 
-    async def _emit(self, text: str) -> None:
+    def _logged(self, end: int, written: asyncio.Future[bool]) -> None:
+        self._logging = None
+        if not written.cancelled() and written.result():
+            self.logged = end
+            self._log_soon()  # the frames made while the batch was on its way
+
+    async def _log_all(self) -> None:
+        """Wait until the log holds every frame, or Redis fails."""
+        while True:
+            self._log_soon()
+            if self._logging is None or not await asyncio.shield(self._logging):
+                return
+
+    def _emit(self, text: str) -> None:
         self.frames.append(text)
         if len(self.frames) == 1:
             metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.received_at)
         self._catch_up()
-        await self._log_pending()
+        self._log_soon()
 
     # --- running -------------------------------------------------------------------------
 
@@ -262,11 +279,11 @@ class Generation:
                     buffer.append(event)
                     first.set()
 
-        async def flush() -> None:
+        def flush() -> None:
             text = "".join(buffer)
             self.tokens += len(buffer)
             buffer.clear()
-            await self._emit(text)
+            self._emit(text)
 
         producer = self._producer = asyncio.ensure_future(pull())
         try:
@@ -278,7 +295,7 @@ class Generation:
             pacer = Pacer(ticker, producer)
             while True:
                 if buffer:
-                    await flush()
+                    flush()
                 if producer.done():
                     break
                 await pacer.next(window)
@@ -302,7 +319,7 @@ class Generation:
         # Counted once a turn, not once a frame: the metrics lock stays off the hot path.
         metrics.TOKENS.inc(self.tokens)
         metrics.FRAMES.inc(len(self.frames))
-        await self._log_pending()
+        await self._log_all()
         known = {"conversation_id": str(self.conversation_id), "client_id": str(self.ctx.client_id)}
         unsaved = False
         try:
@@ -332,7 +349,7 @@ class Generation:
                 follower.deliver(final)
         self.followers.clear()
         self.registry.forget(self)
-        await self._log_pending()
+        await self._log_all()
         if self.logged == len(self.frames) or not settings.REDIS_URL:
             await replylog.guarded(
                 replylog.finish(self.meta, final, unsaved_status=status if unsaved else None)

@@ -2,8 +2,13 @@
 
 With `REDIS_URL` set, every generation keeps its deltas in a Redis Stream
 (`chat:log:<message_id>`) and announces itself under `chat:gen:<conversation_id>`, kept alive
-by a heartbeat key. Any worker can then replay and follow a reply, stop it (a message on
+by its worker's heartbeat. Any worker can then replay and follow a reply, stop it (a message on
 `chat:control`), or, when the heartbeat has stopped, save what the log holds as `interrupted`.
+
+The costs that grow with the number of replies in flight stay with the worker that streams
+them: a worker's deltas go out in one pipeline per batch (`LogAppender`), and its heartbeat
+is one pipeline for all its generations. Finding the dead ones reads one sorted set
+(`chat:beats`), not every generation in Redis.
 
 Every call here may fail when Redis is away; callers treat that as "degraded": the socket's
 own stream goes on in its worker, only the cross-worker features pause.
@@ -45,7 +50,16 @@ def log_key(message_id: uuid.UUID | str) -> str:
 
 
 def heartbeat_key(message_id: uuid.UUID | str) -> str:
+    """Kept alive for each generation as well, for workers of the previous release during a
+    rolling deploy: they find orphans by scanning for generations whose key lapsed."""
     return f"chat:hb:{message_id}"
+
+
+# Every generation in flight, by message id: scored by the time of its last heartbeat, and
+# its GenerationMeta. A recovery round reads the stale end of the set, whatever the number
+# of generations in flight.
+BEATS_KEY = "chat:beats"
+GENERATIONS_KEY = "chat:generations"
 
 
 @dataclass(frozen=True)
@@ -169,16 +183,82 @@ async def announce(meta: GenerationMeta) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(gen_key(meta.conversation_id), meta.dumps(), ex=settings.GENERATION_TTL)
         pipe.set(heartbeat_key(meta.message_id), "1", ex=settings.HEARTBEAT_TTL)
+        pipe.hset(GENERATIONS_KEY, meta.message_id, meta.dumps())
+        pipe.zadd(BEATS_KEY, {meta.message_id: time.time()})
         pipe.xadd(log_key(meta.message_id), {"meta": meta.dumps()})
         pipe.expire(log_key(meta.message_id), settings.REPLY_LOG_TTL)
         await pipe.execute()
 
 
 async def append(message_id: uuid.UUID, seq: int, text: str) -> bool:
+    """One entry, awaited on its own (recovery's); a live reply's go through `appender`."""
     redis = client()
     if redis is not None:
         await redis.xadd(log_key(message_id), {"seq": str(seq), "text": text})
     return True
+
+
+_Entries = tuple[str, int, list[str], "asyncio.Future[bool]"]
+
+
+class LogAppender:
+    """Appends the deltas of every generation on an event loop, one pipeline per batch.
+
+    A batch is what was handed in during one pass of the loop: the flush tick wakes every
+    stream at once, so a tick's frames, however many streams made them, go out in one round
+    trip instead of an awaited XADD each. Each caller gets a future: True once Redis has
+    the entries, False when it is away (the caller hands them in again later; one batch in
+    flight per reply keeps its log in seq order).
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: list[_Entries] = []
+        self._writing: set[asyncio.Task[None]] = set()
+
+    def append(
+        self, message_id: uuid.UUID | str, first_seq: int, texts: list[str]
+    ) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests run one per test)
+            self._loop, self._batch, self._writing = loop, [], set()
+        written: asyncio.Future[bool] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._send)
+        self._batch.append((log_key(message_id), first_seq, texts, written))
+        return written
+
+    def _send(self) -> None:
+        assert self._loop is not None
+        batch, self._batch = self._batch, []
+        task = self._loop.create_task(self._write(batch))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _write(self, batch: list[_Entries]) -> None:
+        ok = False
+        try:
+            ok = await guarded(_xadd_all(batch), False)
+        finally:
+            for *_, written in batch:
+                if not written.done():
+                    written.set_result(ok)
+
+
+async def _xadd_all(batch: list[_Entries]) -> bool:
+    redis = client()
+    if redis is None:
+        return True
+    async with redis.pipeline(transaction=False) as pipe:
+        for key, first_seq, texts, _ in batch:
+            for seq, text in enumerate(texts, start=first_seq):
+                pipe.xadd(key, {"seq": str(seq), "text": text})
+        await pipe.execute()
+    return True
+
+
+# The process's appender: every generation on this event loop shares it.
+appender = LogAppender()
 
 
 UNSAVED_KEY = "chat:unsaved"
@@ -203,6 +283,8 @@ async def finish(
         else:
             pipe.expire(log_key(meta.message_id), settings.REPLY_LOG_TTL)
         pipe.delete(heartbeat_key(meta.message_id))
+        pipe.zrem(BEATS_KEY, meta.message_id)
+        pipe.hdel(GENERATIONS_KEY, meta.message_id)
         pipe.eval(_DELETE_GENERATION, 1, gen_key(meta.conversation_id), meta.message_id)
         if meta.claim:
             pipe.eval(_DELETE_IF, 1, claim_key(meta.conversation_id), meta.claim)
@@ -232,8 +314,11 @@ async def beat(metas: list[GenerationMeta], slots: list[tuple[int, str]]) -> Non
     redis = client()
     if redis is None or not metas:
         return
-    lapse = time.time() + max(settings.HEARTBEAT_TTL * 2, 10)
+    now = time.time()
+    lapse = now + max(settings.HEARTBEAT_TTL * 2, 10)
     async with redis.pipeline(transaction=False) as pipe:
+        # Only members still there: a reply finished since the list was taken stays gone.
+        pipe.zadd(BEATS_KEY, {meta.message_id: now for meta in metas}, xx=True)
         for meta in metas:
             pipe.set(heartbeat_key(meta.message_id), "1", ex=settings.HEARTBEAT_TTL)
             pipe.expire(gen_key(meta.conversation_id), settings.GENERATION_TTL)
@@ -385,25 +470,33 @@ async def last_seq(message_id: uuid.UUID | str) -> int:
 
 
 async def orphans(grace: float) -> list[GenerationMeta]:
-    """Generations whose heartbeat has stopped: their worker died."""
+    """Generations whose heartbeat has stopped: their worker died.
+
+    One read of the beats' stale end, then a look at each stale generation only: a round
+    costs the same with ten replies in flight as with a hundred thousand.
+    """
     redis = client()
     if redis is None:
         return []
-    found = []
-    async for key in redis.scan_iter(match="chat:gen:*", count=200):
-        raw = await redis.get(key)
-        if not raw:
+    now = time.time()
+    stale = await redis.zrangebyscore(BEATS_KEY, "-inf", now - grace)
+    if not stale:
+        return []
+    found, gone = [], []
+    for message_id, raw in zip(stale, await redis.hmget(GENERATIONS_KEY, stale), strict=True):
+        if raw is None:  # finished between the two reads, or half-announced
+            gone.append(message_id)
             continue
         meta = GenerationMeta.loads(raw)
-        if time.time() - meta.started < grace:
-            continue
-        if await redis.exists(heartbeat_key(meta.message_id)):
+        if now - meta.started < grace:
             continue
         # A busy worker may beat late; a reply whose log still grows is alive.
         last = await redis.xrevrange(log_key(meta.message_id), count=1)
-        if last and time.time() * 1000 - int(last[0][0].split("-")[0]) < grace * 1000:
+        if last and now * 1000 - int(last[0][0].split("-")[0]) < grace * 1000:
             continue
         found.append(meta)
+    if gone:
+        await redis.zrem(BEATS_KEY, *gone)
     return found
 
 

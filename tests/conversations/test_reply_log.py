@@ -1,0 +1,183 @@
+"""The Redis reply log at scale: a worker's deltas go out in batches and keep their order, a
+reply whose Redis comes back mid-stream still ends with a whole log, and finding dead
+workers' replies reads the same with one reply in flight as with hundreds."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from conversations.replies import replylog
+from tests.workers.conftest import free_port
+
+pytestmark = pytest.mark.asyncio
+
+
+class PrivateRedis:
+    """A redis-server of the test's own: its command counts are this test's alone, and it
+    can be stopped and started again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(  # noqa: ASYNC220 - a server, not awaited on
+            [
+                *("redis-server", "--bind", "127.0.0.1", "--port", str(self.port)),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        probe = aioredis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                await probe.ping()
+                break
+            except (aioredis.ConnectionError, OSError):
+                await asyncio.sleep(0.05)
+        await probe.aclose()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    async def calls(self) -> dict[str, int]:
+        """Commands this server ran so far, by name (INFO commandstats)."""
+        probe = aioredis.Redis.from_url(self.url, decode_responses=True)
+        stats = await probe.info("commandstats")
+        await probe.aclose()
+        return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+@pytest_asyncio.fixture
+async def private_redis(settings: Any) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis()
+    await server.start()
+    settings.REDIS_URL = server.url
+    settings.REDIS_TIMEOUT_SECONDS = 0.5
+    settings.REDIS_RETRY_SECONDS = 0.3
+    settings.HEARTBEAT_TTL = 1
+    replylog._down_until = 0.0
+    try:
+        yield server
+    finally:
+        server.stop()
+        replylog._down_until = 0.0
+
+
+def meta_of(started: float) -> replylog.GenerationMeta:
+    return replylog.GenerationMeta(
+        conversation_id=str(uuid.uuid4()),
+        message_id=str(uuid.uuid4()),
+        user_message_id=str(uuid.uuid4()),
+        client_id=str(uuid.uuid4()),
+        user_id=1,
+        worker="test:1",
+        started=started,
+    )
+
+
+async def test_a_stopped_heartbeat_is_found_and_a_beating_one_is_not(private_redis):
+    beating, silent = meta_of(time.time()), meta_of(time.time())
+    for meta in (beating, silent):
+        await replylog.announce(meta)
+    for _ in range(4):
+        await asyncio.sleep(0.4)
+        await replylog.beat([beating], [])
+
+    assert await replylog.orphans(grace=1) == [silent]
+
+    await replylog.finish(silent, {"type": "chat.done"})
+    assert await replylog.orphans(grace=1) == []
+
+
+async def test_a_recovery_round_costs_the_same_with_many_replies_in_flight(private_redis):
+    """Every worker runs a round every few seconds: before, each one read every generation
+    in Redis (a SCAN, then a GET and an EXISTS apiece), so the rounds alone grew with the
+    number of replies in flight times the number of workers."""
+    live = [meta_of(time.time() - 60) for _ in range(300)]
+    dead = meta_of(time.time() - 60)
+    for meta in [*live, dead]:
+        await replylog.announce(meta)
+    await asyncio.sleep(1.2)  # past the grace, for the log's own entries too
+    await replylog.beat(live, [])
+
+    before = await private_redis.calls()
+    found = await replylog.orphans(grace=1)
+    after = await private_redis.calls()
+
+    assert found == [dead]
+    ran = {name: after[name] - before.get(name, 0) for name in after}
+    ran["info"] -= 1  # the probe's own
+    assert sum(ran.values()) <= 4, ran
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_reply_log_keeps_its_order_when_redis_comes_back_mid_stream(
+    private_redis, ws, alice, persona, settings
+):
+    settings.DEMO_TOKEN_DELAY_MS = 20
+    settings.DEMO_REPLY_WORDS = 60
+    chat = await ws(alice)
+    await chat.send_message("Keep the log whole")
+    accepted = await chat.receive()
+    for _ in range(5):
+        await chat.receive()
+
+    private_redis.stop()
+    await asyncio.sleep(0.4)
+    await private_redis.start()
+    frames = await chat.receive_until("chat.done")
+
+    done = frames[-1]
+    assert done["status"] == "complete"
+    assert len(done["content"].split()) == 60
+    log = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+    entries = [fields for _, fields in await log.xrange(replylog.log_key(accepted["message_id"]))]
+    await log.aclose()
+    # Redis came back empty (it keeps nothing on disk): the log holds what was made after,
+    # in order, with the frames made while it was away handed in again, then the final.
+    seqs = [int(fields["seq"]) for fields in entries if "seq" in fields]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert seqs[-1] == max(frame["seq"] for frame in frames if frame["type"] == "chat.delta")
+    assert "final" in entries[-1]
+
+
+async def test_many_replies_logged_at_once_each_keep_their_own_order(private_redis):
+    """One batch carries the frames of many replies; each reply's log stays in seq order and
+    every caller hears that its frames are in."""
+    ids = [uuid.uuid4() for _ in range(50)]
+    for first in (1, 3):
+        written = [
+            replylog.appender.append(message_id, first, [f"{message_id}:{first}", "next"])
+            for message_id in ids
+        ]
+        assert await asyncio.gather(*written) == [True] * len(ids)
+
+    log = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+    for message_id in ids:
+        entries = await log.xrange(replylog.log_key(message_id))
+        assert [(f["seq"], f["text"]) for _, f in entries] == [
+            ("1", f"{message_id}:1"),
+            ("2", "next"),
+            ("3", f"{message_id}:3"),
+            ("4", "next"),
+        ]
+    await log.aclose()
+    assert (await private_redis.calls())["xadd"] == 200
+
+
+async def test_an_append_while_redis_is_away_answers_false(private_redis):
+    private_redis.stop()
+    assert await replylog.appender.append(uuid.uuid4(), 1, ["lost"]) is False
