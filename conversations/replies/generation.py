@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -68,6 +67,7 @@ class Generation:
         self._deltas = DeltaFrames(ctx.conversation_id, ctx.message_id)
         self.logged = 0  # frames the Redis reply log holds so far
         self._logging: asyncio.Future[bool] | None = None  # the batch with those after it
+        self._logging_to = 0  # the frames it brings the log up to
         self.final_frame: Frame | None = None  # chat.done (or chat.error) once it is saved
         self.followers: dict[str, Follower] = {}
         self.stop_requested = False
@@ -165,22 +165,36 @@ class Generation:
         end = len(self.frames)
         if self.logged == end:
             return
-        self._logging = replylog.appender.append(
-            self.ctx.message_id, self.logged + 1, self.frames[self.logged : end]
+        self._logging, self._logging_to = (
+            replylog.appender.append(
+                self.ctx.message_id, self.logged + 1, self.frames[self.logged : end]
+            ),
+            end,
         )
-        self._logging.add_done_callback(functools.partial(self._logged, end))
+        self._logging.add_done_callback(self._logged)
 
-    def _logged(self, end: int, written: asyncio.Future[bool]) -> None:
+    def _logged(self, written: asyncio.Future[bool]) -> None:
+        """The batch's answer. Whoever sees it first acts on it: its own callback, or
+        `_log_all`, which may find the batch done before the callback has run."""
+        if written is not self._logging:
+            return
         self._logging = None
         if not written.cancelled() and written.result():
-            self.logged = end
+            self.logged = self._logging_to
             self._log_soon()  # the frames made while the batch was on its way
 
     async def _log_all(self) -> None:
         """Wait until the log holds every frame, or Redis fails."""
         while True:
             self._log_soon()
-            if self._logging is None or not await asyncio.shield(self._logging):
+            written = self._logging
+            if written is None:
+                return
+            # Done already, this returns at once: the loop then moves on by acting on the
+            # answer itself, never by waiting for its callback without yielding.
+            await asyncio.shield(written)
+            self._logged(written)
+            if written.cancelled() or not written.result():
                 return
 
     def _emit(self, text: str) -> None:

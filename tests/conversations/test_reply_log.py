@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,10 +16,13 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from conversations.context import PersonaInfo, ProfileInfo, TurnContext
+from conversations.llm.base import ProviderRequest
+from conversations.llm.demo import DemoProvider
 from conversations.replies import replylog
+from conversations.replies.generation import Generation
+from conversations.replies.registry import registry
 from tests.workers.conftest import free_port
-
-pytestmark = pytest.mark.asyncio
 
 
 class PrivateRedis:
@@ -88,6 +92,7 @@ def meta_of(started: float) -> replylog.GenerationMeta:
     )
 
 
+@pytest.mark.asyncio
 async def test_a_stopped_heartbeat_is_found_and_a_beating_one_is_not(private_redis):
     beating, silent = meta_of(time.time()), meta_of(time.time())
     for meta in (beating, silent):
@@ -102,6 +107,7 @@ async def test_a_stopped_heartbeat_is_found_and_a_beating_one_is_not(private_red
     assert await replylog.orphans(grace=1) == []
 
 
+@pytest.mark.asyncio
 async def test_a_recovery_round_costs_the_same_with_many_replies_in_flight(private_redis):
     """Every worker runs a round every few seconds: before, each one read every generation
     in Redis (a SCAN, then a GET and an EXISTS apiece), so the rounds alone grew with the
@@ -123,6 +129,7 @@ async def test_a_recovery_round_costs_the_same_with_many_replies_in_flight(priva
     assert sum(ran.values()) <= 4, ran
 
 
+@pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_a_reply_log_keeps_its_order_when_redis_comes_back_mid_stream(
     private_redis, ws, alice, persona, settings
@@ -154,6 +161,7 @@ async def test_a_reply_log_keeps_its_order_when_redis_comes_back_mid_stream(
     assert "final" in entries[-1]
 
 
+@pytest.mark.asyncio
 async def test_many_replies_logged_at_once_each_keep_their_own_order(private_redis):
     """One batch carries the frames of many replies; each reply's log stays in seq order and
     every caller hears that its frames are in."""
@@ -178,6 +186,60 @@ async def test_many_replies_logged_at_once_each_keep_their_own_order(private_red
     assert (await private_redis.calls())["xadd"] == 200
 
 
+@pytest.mark.asyncio
 async def test_an_append_while_redis_is_away_answers_false(private_redis):
     private_redis.stop()
     assert await replylog.appender.append(uuid.uuid4(), 1, ["lost"]) is False
+
+
+def a_generation() -> Generation:
+    persona = PersonaInfo("p", "P", "", "", "", "demo", "demo", 0.0)
+    ctx = TurnContext(
+        user_id=1,
+        conversation_id=uuid.uuid4(),
+        conversation_created=False,
+        title="",
+        client_id=uuid.uuid4(),
+        user_message_id=uuid.uuid4(),
+        message_id=uuid.uuid4(),
+        content="",
+        persona=persona,
+        profile=ProfileInfo("", ""),
+        history=(),
+    )
+    return Generation(ctx, DemoProvider(), ProviderRequest(system="", messages=()), registry)
+
+
+def test_the_end_of_a_reply_does_not_spin_when_its_last_batch_was_just_answered(settings):
+    """The reply's end waits for its log. When the last batch's answer had come in the same
+    loop pass, with its callback not run yet, that wait went round without yielding, and
+    the whole worker froze: every socket on it, pings and all."""
+    server = PrivateRedis()
+    settings.REDIS_URL = server.url
+
+    async def end_of_reply() -> int:
+        await server.start()
+        try:
+            generation = a_generation()
+            generation.frames = ["Hello, ", "world"]
+            generation._log_soon()
+            assert generation._logging is not None
+            await generation._logging  # answered, and its callback ran: nothing in flight
+            generation.frames.append("!")
+            generation._log_soon()
+            in_flight = generation._logging
+            assert in_flight is not None
+            # Redis's answer arrives; the reply ends before the answer's callback runs.
+            in_flight.set_result(True)
+            await generation._log_all()
+            return generation.logged
+        finally:
+            server.stop()
+
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(asyncio.run(end_of_reply())))
+    runner.daemon = True  # on the old code it spins for good; the test must still end
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive(), "the reply's end never returned"
+    assert result == [3]  # and the final may follow: the log holds every frame
