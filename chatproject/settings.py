@@ -358,6 +358,10 @@ SOCKET_SEND_BUFFER_BYTES = envint("SOCKET_SEND_BUFFER_BYTES", 128 * 1024)
 # the cross-worker features for REDIS_RETRY_SECONDS.
 REDIS_TIMEOUT_SECONDS = envfloat("REDIS_TIMEOUT_SECONDS", 5.0)
 REDIS_RETRY_SECONDS = envfloat("REDIS_RETRY_SECONDS", 5.0)
+# Connections a worker may open to Redis for the reply log and the limits (the channel layer
+# has its own). A call waits up to REDIS_TIMEOUT_SECONDS for one. A socket following a reply
+# that runs on another worker holds one while it waits for the next entries.
+REDIS_MAX_CONNECTIONS = envint("REDIS_MAX_CONNECTIONS", 200)
 GRACEFUL_SHUTDOWN = envbool("GRACEFUL_SHUTDOWN", True)
 HEARTBEAT_SECONDS = envfloat("HEARTBEAT_SECONDS", 1.0)
 HEARTBEAT_TTL = envint("HEARTBEAT_TTL", 5)

@@ -132,12 +132,18 @@ def client() -> Any:
     loop = asyncio.get_running_loop()
     found = _clients.get(loop)
     if found is None:
-        found = aioredis.Redis.from_url(
+        # A call waits for one of the pool's connections rather than failing: redis-py's
+        # default pool raises once 100 calls are in flight, and a flood of messages at once
+        # then marked Redis down and lifted the limits counted there.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            timeout=settings.REDIS_TIMEOUT_SECONDS,
             decode_responses=True,
             socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
             socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
         )
+        found = aioredis.Redis.from_pool(pool)
         _clients[loop] = found
     return found
 

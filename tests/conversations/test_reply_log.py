@@ -243,3 +243,31 @@ def test_the_end_of_a_reply_does_not_spin_when_its_last_batch_was_just_answered(
     runner.join(10)
     assert not runner.is_alive(), "the reply's end never returned"
     assert result == [3]  # and the final may follow: the log holds every frame
+
+
+@pytest.mark.asyncio
+async def test_a_flood_of_messages_at_once_keeps_the_limit_and_redis_up(private_redis, settings):
+    """Every message counts against the user's per-minute limit in Redis. 300 at once from
+    one worker used to ask for more connections than redis-py's pool allows (100): the
+    calls failed, the worker went degraded, and the limit was lifted for everyone on it."""
+    settings.MESSAGES_PER_MINUTE = 200
+    answers = await asyncio.gather(
+        *(replylog.guarded(replylog.rate_hit(user_id=7)) for _ in range(300))
+    )
+
+    assert not replylog.is_down()
+    waits = [wait for wait in answers if wait is not None]
+    assert len(waits) == 100  # refused, each told how long to wait
+    assert min(waits) > 0
+
+
+@pytest.mark.asyncio
+async def test_three_hundred_replies_logging_at_once_keep_redis_up(private_redis):
+    generations = [a_generation() for _ in range(300)]
+    for generation in generations:
+        generation._emit("Hello")
+
+    await asyncio.gather(*(generation._log_all() for generation in generations))
+
+    assert not replylog.is_down()
+    assert [generation.logged for generation in generations] == [1] * 300
