@@ -490,7 +490,7 @@ async def orphans(grace: float) -> list[GenerationMeta]:
         return []
     found, gone = [], []
     for message_id, raw in zip(stale, await redis.hmget(GENERATIONS_KEY, stale), strict=True):
-        if raw is None:  # finished between the two reads, or half-announced
+        if raw is None:  # finished between the two reads
             gone.append(message_id)
             continue
         meta = GenerationMeta.loads(raw)
