@@ -66,6 +66,9 @@ class Generation:
         self.tokens = 0  # text deltas from the provider, counted in metrics once at the end
         self._deltas = DeltaFrames(ctx.conversation_id, ctx.message_id)
         self.logged = 0  # frames the Redis reply log holds so far
+        # Frames that may go to followers: with the log on, only those it holds, so no socket
+        # sees a delta that a resume elsewhere, or a recovery after kill -9, would not have.
+        self.shown = 0
         self._logging: asyncio.Future[bool] | None = None  # the batch with those after it
         self._logging_to = 0  # the frames it brings the log up to
         self.final_frame: Frame | None = None  # chat.done (or chat.error) once it is saved
@@ -140,7 +143,7 @@ class Generation:
 
     def _send_missing(self, follower: Follower) -> bool:
         """The frames after the follower's cursor, in seq order; False if it went away."""
-        while follower.next_seq <= len(self.frames):
+        while follower.next_seq <= self.shown:
             seq = follower.next_seq
             follower.next_seq += 1
             if not follower.deliver(self._delta(seq)):
@@ -181,7 +184,15 @@ class Generation:
         self._logging = None
         if not written.cancelled() and written.result():
             self.logged = self._logging_to
+            self._show(self.logged)
             self._log_soon()  # the frames made while the batch was on its way
+        else:
+            self._show(len(self.frames))  # Redis is away: the socket's own stream goes on
+
+    def _show(self, upto: int) -> None:
+        if upto > self.shown:
+            self.shown = upto
+            self._catch_up()
 
     async def _log_all(self) -> None:
         """Wait until the log holds every frame, or Redis fails."""
@@ -201,8 +212,10 @@ class Generation:
         self.frames.append(text)
         if len(self.frames) == 1:
             metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.received_at)
-        self._catch_up()
-        self._log_soon()
+        if settings.REDIS_URL and not replylog.is_down():
+            self._log_soon()  # shown once the log has it
+        else:
+            self._show(len(self.frames))
 
     # --- running -------------------------------------------------------------------------
 
@@ -357,7 +370,7 @@ class Generation:
                 final = saved_done_frame(self.conversation_id, saved)
                 status = saved.status
         self.final_frame = final
-        self._catch_up()
+        self._show(len(self.frames))  # whatever the log holds: the row is saved now
         for follower in list(self.followers.values()):
             if follower.live:
                 follower.deliver(final)

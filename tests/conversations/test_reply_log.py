@@ -271,3 +271,38 @@ async def test_three_hundred_replies_logging_at_once_keep_redis_up(private_redis
 
     assert not replylog.is_down()
     assert [generation.logged for generation in generations] == [1] * 300
+
+
+@pytest.mark.asyncio
+async def test_a_socket_sees_only_deltas_the_reply_log_already_holds(private_redis):
+    """A delta a socket has seen must survive the worker: a resume on another worker, or the
+    recovery after kill -9, works from the log. So with the log on, a delta goes to the
+    sockets once the log has it, not before."""
+    generation = a_generation()
+    seen: list[tuple[int, int]] = []  # (seq, frames the log held when the socket got it)
+
+    def deliver(frame: Any) -> bool:
+        seen.append((frame["seq"], generation.logged))
+        return True
+
+    generation.follow("socket", deliver)
+    for word in ("Hello", ", ", "world"):
+        generation._emit(word)
+        await asyncio.sleep(0.05)
+
+    assert [seq for seq, _ in seen] == [1, 2, 3]
+    assert all(seq <= logged for seq, logged in seen), seen
+
+
+@pytest.mark.asyncio
+async def test_with_redis_away_a_socket_still_gets_every_delta_at_once(private_redis):
+    private_redis.stop()
+    generation = a_generation()
+    seen: list[int] = []
+    generation.follow("socket", lambda frame: seen.append(frame["seq"]) or True)
+
+    generation._emit("Hello")
+    await asyncio.sleep(0.05)  # the first batch finds Redis away
+    generation._emit(", world")
+
+    assert seen == [1, 2]
