@@ -5,7 +5,6 @@ workers' replies reads the same with one reply in flight as with hundreds."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import threading
 import time
 import uuid
@@ -22,46 +21,7 @@ from conversations.llm.demo import DemoProvider
 from conversations.replies import replylog
 from conversations.replies.generation import Generation
 from conversations.replies.registry import registry
-from tests.workers.conftest import free_port
-
-
-class PrivateRedis:
-    """A redis-server of the test's own: its command counts are this test's alone, and it
-    can be stopped and started again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.process = subprocess.Popen(  # noqa: ASYNC220 - a server, not awaited on
-            [
-                *("redis-server", "--bind", "127.0.0.1", "--port", str(self.port)),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        probe = aioredis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                await probe.ping()
-                break
-            except (aioredis.ConnectionError, OSError):
-                await asyncio.sleep(0.05)
-        await probe.aclose()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-    async def calls(self) -> dict[str, int]:
-        """Commands this server ran so far, by name (INFO commandstats)."""
-        probe = aioredis.Redis.from_url(self.url, decode_responses=True)
-        stats = await probe.info("commandstats")
-        await probe.aclose()
-        return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+from tests.workers.conftest import PrivateRedis
 
 
 @pytest_asyncio.fixture

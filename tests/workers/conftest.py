@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
@@ -36,6 +37,45 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own: its command counts are this test's alone, and it
+    can be stopped and started again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(  # noqa: ASYNC220 - a server, not awaited on
+            [
+                *("redis-server", "--bind", "127.0.0.1", "--port", str(self.port)),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        probe = redis.asyncio.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                await probe.ping()
+                break
+            except (redis.ConnectionError, OSError):
+                await asyncio.sleep(0.05)
+        await probe.aclose()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    async def calls(self) -> dict[str, int]:
+        """Commands this server ran so far, by name (INFO commandstats)."""
+        probe = redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+        stats = await probe.info("commandstats")
+        await probe.aclose()
+        return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
 
 
 def make_run_uvicorn_options() -> list[str]:

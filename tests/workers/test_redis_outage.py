@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.workers.conftest import deltas_text, free_port, open_client
+from tests.workers.conftest import PrivateRedis, deltas_text, open_client
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -24,26 +23,12 @@ def readyz(port: int) -> tuple[int, dict]:
 
 
 async def test_stream_survives_redis_going_away(spawn, alice, persona):
-    port = free_port()
-    redis = subprocess.Popen(  # noqa: ASYNC220 - a server started once, not awaited on
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    redis = PrivateRedis()
+    await redis.start()
     try:
-        await asyncio.sleep(0.3)
         a = spawn(
             "A",
-            REDIS_URL=f"redis://127.0.0.1:{port}/0",
+            REDIS_URL=redis.url,
             DEMO_TOKEN_DELAY_MS="30",
             DEMO_REPLY_WORDS="80",
             REDIS_TIMEOUT_SECONDS="0.5",
@@ -53,8 +38,7 @@ async def test_stream_survives_redis_going_away(spawn, alice, persona):
         frames = await client.until("chat.delta")
         accepted = frames[0]
 
-        redis.kill()
-        redis.wait(5)
+        redis.stop()
         frames += await client.until("chat.done", timeout=60)
 
         done = frames[-1]
@@ -66,5 +50,4 @@ async def test_stream_survives_redis_going_away(spawn, alice, persona):
         assert body["checks"]["channel_layer"] != "ok"
         await client.close()
     finally:
-        if redis.poll() is None:
-            redis.kill()
+        redis.stop()
