@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import FileChooser, Locator, Page, Route, expect
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from attachments.models import Attachment, Upload
 from conversations.models import Conversation, Message
@@ -110,26 +109,31 @@ DROP_FILES = """() => {
 }"""
 
 
-def press_for_file_chooser(page: Page, key: str, tries: int = 3) -> FileChooser:
-    """Press `key`, and again if no file chooser came. Headless Chromium now and then loses
-    the picker a key opens (microsoft/playwright#19051): a picker that comes takes well
-    under a second, so five seconds without one means lost, not late. A button that opens
-    nothing fails every try."""
-    for attempt in range(tries):
-        try:
-            with page.expect_file_chooser(timeout=5_000) as chooser:
-                page.keyboard.press(key)
-            return chooser.value
-        except PlaywrightTimeoutError:
-            if attempt == tries - 1:
-                raise
-    raise AssertionError("unreachable")
+def file_choosers(page: Page) -> list[FileChooser]:
+    """Every file chooser the page opens from now on. Listen long before a key may open one:
+    Playwright turns the interception of pickers on without waiting for it (fire and
+    forget), so `expect_file_chooser` just before the key press could lose the race. The
+    picker then opened natively, and, headless, stayed open: every later press was ignored
+    (seen as a test that no retry mended)."""
+    opened: list[FileChooser] = []
+    page.on("filechooser", lambda chooser: opened.append(chooser))
+    return opened
+
+
+def next_chooser(page: Page, opened: list[FileChooser], timeout_ms: int = 10_000) -> FileChooser:
+    waited = 0
+    while not opened and waited < timeout_ms:
+        page.wait_for_timeout(20)
+        waited += 20
+    assert opened, "no file chooser opened"
+    return opened.pop(0)
 
 
 def test_images_by_the_paperclip_and_by_paste_are_sent_shown_enlarged_and_kept(
     open_page: Callable[..., Page], alice: Any, persona: Any, tmp_path: Path
 ) -> None:
     page = open_page(alice)
+    choosers = file_choosers(page)
     photo = tmp_path / "cat.png"
     photo.write_bytes(png(640, 480))
     held = hold_uploads(page)
@@ -145,7 +149,8 @@ def test_images_by_the_paperclip_and_by_paste_are_sent_shown_enlarged_and_kept(
     expect(paperclip).to_be_enabled()
     paperclip.focus()
     expect(paperclip).to_be_focused()
-    chooser = press_for_file_chooser(page, "Enter")
+    page.keyboard.press("Enter")
+    chooser = next_chooser(page, choosers)
     assert chooser.is_multiple()
     chooser.set_files(photo)
     item = composer_files(page).first
