@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,6 +16,7 @@ import pytest_asyncio
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.db import connection, connections
 from django.test import Client
 
@@ -26,8 +28,16 @@ User = get_user_model()
 PASSWORD = "correct-horse-battery-staple"
 
 
+@functools.cache
+def password_hash() -> str:
+    """PASSWORD hashed once. The shipped hasher spends about 0.3 s a hash by design, and most
+    tests make a user or two; every user shares this hash (and its salt), which signs in with
+    PASSWORD as any other would, in the servers the tests start too."""
+    return make_password(PASSWORD)
+
+
 def make_user(username: str, display_name: str = "") -> Any:
-    user = User.objects.create_user(username=username, password=PASSWORD)
+    user = User.objects.create(username=username, password=password_hash())
     Profile.objects.filter(user=user).update(display_name=display_name)
     return user
 
