@@ -3,8 +3,9 @@
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/statements_bench \\
         python -m bench.statements [--history 40] [--sql]
 
-It prepares its own database (migrate, one persona, one user, a conversation of `--history`
-messages), then runs `turn_begin` for a new conversation and for the long one, `reply_save`,
+It prepares its own database (migrate, one persona, one user signed in, a conversation of
+`--history` messages), then runs `turn_begin` as a socket does (its session checked) for a
+new conversation and for the long one, `reply_save`,
 and (where the code has it) `turn_regenerate`, each inside CaptureQueriesContext. Statements
 include BEGIN-less savepoints and the COMMIT Django issues; they do not include the pool's
 own checks. A turn's statement count must not grow with the conversation's length.
@@ -38,6 +39,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
+    from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
     from conversations import services
@@ -49,6 +51,9 @@ def main() -> None:
     Conversation.objects.all().delete()
     Persona.objects.get_or_create(slug="bench", defaults={"name": "Bench", "is_default": True})
     user, _ = get_user_model().objects.get_or_create(username="statements-bench")
+    signed_in = Client()
+    signed_in.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    session_key = signed_in.session.session_key
 
     rows: list[tuple[str, list[str]]] = []
 
@@ -66,6 +71,7 @@ def main() -> None:
             content=content,
             client_id=uuid.uuid4(),
             history_limit=50,
+            session_key=session_key,
         )
 
     def save(ctx: Any) -> Any:
@@ -102,6 +108,7 @@ def main() -> None:
                 message_id=reply_id,
                 client_id=uuid.uuid4(),
                 history_limit=50,
+                session_key=session_key,
             ),
         )
     if args.time:

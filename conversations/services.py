@@ -18,7 +18,8 @@ from typing import Any, cast
 
 from channels.auth import get_user
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.db import connection, transaction
 from django.db.models import (
     Case,
@@ -29,6 +30,8 @@ from django.db.models import (
 )
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+from django.utils.module_loading import import_string
 
 from accounts.models import Profile
 from accounts.services import Period, duration_text, period_bounds
@@ -95,6 +98,42 @@ def session_user_id(*, session_key: str | None) -> int | None:
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     user = get_user.func({"session": store})
     return int(user.pk) if user.is_authenticated else None
+
+
+_DB_SESSIONS = "django.contrib.sessions.backends.db"
+
+
+def session_signs_in(user_id: int, session_key: str, row: turn_sql.SessionRow | None) -> bool:
+    """Whether the session read with a turn (`turn_sql.SessionRow`) still signs in `user_id`,
+    by the steps the handshake's `get_user` (Channels') takes to accept one: the session is
+    there and unexpired, names this user and a configured backend that loads users as
+    ModelBackend does, the user is active, and the password hash it holds is current. False
+    only means "not shown here": the caller then asks `session_user_id`, the handshake's own
+    check, which decides the rest (any other backend, a session gone)."""
+    if settings.SESSION_ENGINE != _DB_SESSIONS or row is None:
+        return False
+    if row.data is None or row.password is None:
+        return False
+    session = import_module(_DB_SESSIONS).SessionStore(session_key).decode(row.data)
+    backend_path = session.get(BACKEND_SESSION_KEY)
+    if backend_path not in settings.AUTHENTICATION_BACKENDS or not _gets_users_as_model_backend(
+        backend_path
+    ):
+        return False
+    if str(session.get(SESSION_KEY)) != str(user_id):
+        return False
+    signed_with = session.get(HASH_SESSION_KEY)
+    current = get_user_model()(pk=user_id, password=row.password).get_session_auth_hash()
+    return bool(signed_with) and constant_time_compare(signed_with, current)
+
+
+@functools.cache
+def _gets_users_as_model_backend(backend_path: str) -> bool:
+    backend = import_string(backend_path)
+    return (
+        backend.get_user is ModelBackend.get_user
+        and backend.user_can_authenticate is ModelBackend.user_can_authenticate
+    )
 
 
 def _check_user(user_id: int, session_key: str | None) -> None:
@@ -178,16 +217,19 @@ def _turn_begin(
     """The turn's transaction, in as few round trips as its rules allow: the socket's session
     (two, Django's own), one read of all else it needs, the lock of an existing
     conversation, one write, and the history of an existing one."""
-    if session_key is not None:
-        _check_user(user_id, session_key)
-    start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), timezone.now())
+    now = timezone.now()
+    start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), now)
     reads = turn_sql.turn_reads(
         user_id=user_id,
         client_id=client_id,
         budget_start=start.date(),
         new=conversation_id is None,
         persona_slug=persona_slug,
+        session_key=session_key if settings.SESSION_ENGINE == _DB_SESSIONS else None,
+        now=now,
     )
+    if session_key is not None and not session_signs_in(user_id, session_key, reads.session):
+        _check_user(user_id, session_key)
     if not reads.active:
         raise SessionEnded("Your session has ended; sign in again.")
     if reads.existing is not None:

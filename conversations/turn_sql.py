@@ -18,6 +18,7 @@ from datetime import date, datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
 from django.db import connection
 
 from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
@@ -145,10 +146,30 @@ class TurnReads:
     profile: ProfileInfo
     persona: PersonaInfo | None  # for a new conversation: the one it would get
     persona_id: int | None
+    session: SessionRow | None  # when asked for: the socket's session, read with the rest
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """A socket's session as the turn reads it, for `services` to check by Django's rules."""
+
+    data: str | None  # the encoded session, unless it is gone or expired
+    password: str | None  # the user's password hash, unless the user is gone or inactive
+
+
+def _session_columns() -> str:
+    """Two columns of a database-backed session; three %s: its key, now, the user."""
+    sessions = _table(Session)
+    users = _table(get_user_model())
+    return f"""
+        (SELECT {_q("session_data")} FROM {sessions}
+         WHERE {_q("session_key")} = %s AND {_q("expire_date")} > %s),
+        (SELECT password FROM {users} WHERE id = %s AND is_active)
+    """
 
 
 @functools.cache
-def _reads_sql(new: bool, by_slug: bool) -> str:
+def _reads_sql(new: bool, by_slug: bool, with_session: bool) -> str:
     users = _table(get_user_model())
     messages = _table(Message)
     profiles = _table(Profile)
@@ -167,7 +188,7 @@ def _reads_sql(new: bool, by_slug: bool) -> str:
              WHERE owner_id = %s AND role = 'user' AND client_id = %s),
             EXISTS (SELECT 1 FROM {users} WHERE id = %s AND is_active),
             pr.display_name, pr.about, p.id, {_persona_select("p")},
-            {budget_columns()}
+            {budget_columns()}{"," + _session_columns() if with_session else ""}
         FROM (SELECT 1 AS one) one
         LEFT JOIN {profiles} pr ON pr.user_id = %s
         LEFT JOIN {personas} p {persona_join}
@@ -181,19 +202,30 @@ def turn_reads(
     budget_start: date,
     new: bool,
     persona_slug: str | None,
+    session_key: str | None = None,
+    now: datetime | None = None,
 ) -> TurnReads:
-    # In the text's order: the columns, the budget's, the profile's join, the persona's.
+    """`session_key` (with `now`): also read that database-backed session."""
+    # In the text's order: the columns, the budget's, the session's, the profile's join, the
+    # persona's.
     params: list[Any] = [user_id, _uuid(client_id), user_id]
     params += budget_params(user_id, budget_start)
+    with_session = session_key is not None
+    if with_session:
+        assert now is not None
+        params += [session_key, _when(now), user_id]
     params.append(user_id)
     if new:
         params.append(user_id)
         if persona_slug is not None:
             params.append(persona_slug)
     with connection.cursor() as cursor:
-        cursor.execute(_reads_sql(new, persona_slug is not None), params)
+        cursor.execute(_reads_sql(new, persona_slug is not None, with_session), params)
         row = cursor.fetchone()
     existing, active, display_name, about, persona_id, *rest = row
+    session = SessionRow(*rest[-2:]) if with_session else None
+    if with_session:
+        rest = rest[:-2]
     persona_row, budget = rest[: len(PERSONA_COLUMNS)], rest[len(PERSONA_COLUMNS) :]
     return TurnReads(
         existing=as_uuid(existing),
@@ -202,6 +234,7 @@ def turn_reads(
         profile=ProfileInfo(display_name=display_name or "", about=about or ""),
         persona=_persona_from(tuple(persona_row)) if persona_id is not None else None,
         persona_id=persona_id,
+        session=session,
     )
 
 

@@ -61,9 +61,10 @@ class OIDCBackend(OIDCAuthenticationBackend):
     def OIDC_RP_CLIENT_SECRET(self) -> str:
         return str(settings.OIDC_CLIENT_SECRET)
 
-    def get_user(self, user_id: Any) -> Any:
-        # ModelBackend's, not mozilla-django-oidc's: a deactivated user's sessions must end.
-        return ModelBackend.get_user(self, user_id)
+    # ModelBackend's, not mozilla-django-oidc's: a deactivated user's sessions must end. The
+    # very function, so that a turn checks these sessions as it checks a password login's
+    # (conversations.services.session_signs_in).
+    get_user = ModelBackend.get_user
 
     def authenticate(self, request: HttpRequest | None, **kwargs: Any) -> Any:
         # Only the callback passes a nonce; a password login never reaches the provider.
