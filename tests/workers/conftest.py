@@ -369,7 +369,9 @@ def scratch_cookies(url: str, usernames: list[str]) -> dict[str, str]:
     return cookies
 
 
-async def open_with_cookie(worker: Worker, cookie: str, attempts: int = 5) -> Client:
+async def open_with_cookie(
+    worker: Worker, cookie: str, attempts: int = 5, close_timeout: float = 10
+) -> Client:
     """Connect as the page does: a failed handshake is retried with backoff."""
     for attempt in range(attempts):
         try:
@@ -380,6 +382,7 @@ async def open_with_cookie(worker: Worker, cookie: str, attempts: int = 5) -> Cl
                     "Origin": f"http://127.0.0.1:{worker.port}",
                 },
                 open_timeout=10,
+                close_timeout=close_timeout,
             )
             return Client(connection)
         except InvalidStatus:

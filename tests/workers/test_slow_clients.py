@@ -97,8 +97,8 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def stalled(spawn, server: str):
-    worker = spawn(f"slow-{server}", server=server, **SLOW_ENV)
+async def stalled(spawn, server: str, **env: str):
+    worker = spawn(f"slow-{server}", server=server, **(SLOW_ENV | env))
     alice, bob = await db_call(lambda: (make_user("alice"), make_user("bob")))()
     alice_cookie = await db_call(session_cookie)(alice)
     bob_cookie = await db_call(session_cookie)(bob)
@@ -148,7 +148,8 @@ class Tab:
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 async def test_never_reading_sockets_freeze_nobody(spawn, persona, server):
-    worker, alice_cookie, bob_cookie = await stalled(spawn, server)
+    # Replies of about 7 s: the buffers are full and one reply stopped within 3 s.
+    worker, alice_cookie, bob_cookie = await stalled(spawn, server, DEMO_REPLY_WORDS="2400")
     tab = Tab(await open_with_cookie(worker, alice_cookie))
     rss_before = rss_kib(worker.process.pid)
     # Three never-reading sockets of Alice's, each starting a long reply; the normal tab
@@ -172,8 +173,9 @@ async def test_never_reading_sockets_freeze_nobody(spawn, persona, server):
         stop_latency = time.monotonic() - asked
         assert stopped["status"] == "stopped"
 
-        # Another user can chat while Alice's sockets sit unread.
-        bobs = await open_with_cookie(worker, bob_cookie)
+        # Another user can chat while Alice's sockets sit unread. (Bob reads nothing after
+        # `accepted`: his client soon stops taking frames, and would wait 10 s to close.)
+        bobs = await open_with_cookie(worker, bob_cookie, close_timeout=1)
         await bobs.send_message("hello from bob")
         assert (await bobs.until("chat.accepted"))[-1]["type"] == "chat.accepted"
 
@@ -301,7 +303,8 @@ async def test_a_socket_that_falls_behind_is_dropped_and_resumes(spawn, persona,
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne"])
 async def test_a_socket_that_floods_frames_is_cut_off(spawn, persona, server):
-    worker, alice_cookie, bob_cookie = await stalled(spawn, server)
+    # Bob's reply after the flood need not be long.
+    worker, alice_cookie, bob_cookie = await stalled(spawn, server, DEMO_REPLY_WORDS="40")
     flooder = NeverReads(worker, alice_cookie)
     flooder.sock.settimeout(10)  # a server that stops reading must not hang the test
     rss_before = rss_kib(worker.process.pid)
