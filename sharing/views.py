@@ -34,6 +34,9 @@ from sharing.throttle import fork_wait
 GONE_MESSAGE = "This share link does not exist or was revoked."
 
 ShareView = Callable[..., HttpResponseBase]
+# HEAD is GET without the body (the server drops it): what link previews and `curl -I` send.
+READ_METHODS = ("GET", "HEAD")
+ALLOW_READ = "GET, HEAD"
 
 
 def private(view: ShareView) -> ShareView:
@@ -64,9 +67,9 @@ def find_share(token: str) -> Share:
 
 
 def share_read(view: Callable[..., HttpResponseBase]) -> ShareView:
-    """GET only; signed-in readers unless SHARE_PUBLIC; the share found by its token (or 404)
-    handed to the view. Anonymous callers get 401 before any lookup, so they learn nothing
-    about which tokens exist."""
+    """GET (and HEAD, which link previews send); signed-in readers unless SHARE_PUBLIC; the
+    share found by its token (or 404) handed to the view. Anonymous callers get 401 before
+    any lookup, so they learn nothing about which tokens exist."""
 
     # Exempt: nothing here changes anything, and a POST gets the JSON 405, not CSRF's page.
     @csrf_exempt
@@ -75,11 +78,11 @@ def share_read(view: Callable[..., HttpResponseBase]) -> ShareView:
     def wrapper(request: HttpRequest, token: str, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not readable(request):
             return error_response(401, "unauthorized", "Log in first.")
-        if request.method != "GET":
+        if request.method not in READ_METHODS:
             response = error_response(
                 405, "method_not_allowed", f"{request.method} is not allowed here."
             )
-            response["Allow"] = "GET"
+            response["Allow"] = ALLOW_READ
             return response
         try:
             return view(request, find_share(token), *args, **kwargs)
@@ -155,9 +158,9 @@ def share_fork(request: HttpRequest, token: str) -> HttpResponse:
 def share_page(request: HttpRequest, token: str) -> HttpResponseBase:
     """The snapshot as a read-only page; the messages are drawn by static/sharing/share.js
     from the JSON embedded with json_script (no inline script: the CSP forbids it)."""
-    if request.method != "GET":
+    if request.method not in READ_METHODS:
         response = HttpResponse(status=405)
-        response["Allow"] = "GET"
+        response["Allow"] = ALLOW_READ
         return response
     if not readable(request):
         return redirect_to_login(request.get_full_path())

@@ -277,13 +277,16 @@ def test_signed_out_readers_get_401_unless_shares_are_public(
     assert contents(answer.json())[0] == "Tell me about cats"
 
 
-def test_reading_is_get_only(alice: Any, bob: Any, branched: Branched) -> None:
+def test_reading_is_get_or_head_only(alice: Any, bob: Any, branched: Branched) -> None:
     token = shared(logged_in(alice), branched.chat)["token"]
 
     answer = logged_in(bob).post(f"/api/shares/{token}/")
 
     assert error_of(answer) == (405, "method_not_allowed")
-    assert answer["Allow"] == "GET"
+    assert answer["Allow"] == "GET, HEAD"
+    head = logged_in(bob).head(f"/api/shares/{token}/")
+    assert (head.status_code, head["Content-Type"], head.content) == (200, "application/json", b"")
+    assert logged_in(bob).head("/api/shares/" + "x" * 43 + "/").status_code == 404
 
 
 # --- links that do not work -------------------------------------------------------------------

@@ -181,7 +181,7 @@ def test_unknown_revoked_and_malformed_links_show_the_same_not_found_page(
         assert strip_csrf(answer.content) == strip_csrf(unknown.content)
 
 
-def test_the_page_answers_only_get_and_that_too_is_noindex(
+def test_the_page_answers_only_get_and_head_and_those_too_are_noindex(
     alice: Any, bob: Any, branched: Branched
 ) -> None:
     token = shared_token(alice, branched.chat)
@@ -189,8 +189,15 @@ def test_the_page_answers_only_get_and_that_too_is_noindex(
     answer = logged_in(bob, csrf=True).post(f"/s/{token}/")
 
     assert answer.status_code == 405
-    assert answer["Allow"] == "GET"
+    assert answer["Allow"] == "GET, HEAD"
     assert "noindex" in answer["X-Robots-Tag"]
+    # A link preview asks with HEAD first: the page's own answer, without its body.
+    page = logged_in(bob).get(f"/s/{token}/")
+    head = logged_in(bob).head(f"/s/{token}/")
+    assert (head.status_code, head.content) == (200, b"")
+    for header in ("Content-Type", "X-Robots-Tag", "Cache-Control", "Referrer-Policy"):
+        assert head[header] == page[header]
+    assert logged_in(bob).head("/s/" + "x" * 43 + "/").status_code == 404
 
 
 def strip_csrf(content: bytes) -> str:
