@@ -24,7 +24,9 @@ pytestmark = pytest.mark.django_db
 def signed_in(user: Any, backend: str = "django.contrib.auth.backends.ModelBackend") -> str:
     client = Client()
     client.force_login(user, backend=backend)
-    return client.session.session_key
+    key = client.session.session_key
+    assert key is not None
+    return key
 
 
 def begin(user: Any, session_key: str, content: str = "Hello") -> services.TurnContext:
