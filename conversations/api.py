@@ -21,6 +21,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
@@ -57,7 +58,7 @@ def error_response(status: int, code: str, message: str) -> JsonResponse:
 
 
 # What a view or the reading of a body may raise that is the client's mistake.
-REFUSALS = (Http404, ApiError, SuspiciousOperation, BadRequest)
+REFUSALS = (Http404, ApiError, SuspiciousOperation, BadRequest, MultiPartParserError)
 
 
 def refusal_response(exc: Exception) -> JsonResponse:
@@ -70,6 +71,16 @@ def refusal_response(exc: Exception) -> JsonResponse:
         return error_response(exc.status, exc.code, exc.message)
     if isinstance(exc, RequestDataTooBig):
         return error_response(413, "too_large", "The request body is too large.")
+    if isinstance(exc, MultiPartParserError):
+        if "header size" in str(exc):
+            # Django reads at most 1 KB of a part's headers, and a file's name is most of them.
+            return error_response(
+                400,
+                "invalid",
+                "The form could not be read: the file's name is too long to fit in it. "
+                "Rename the file to a shorter name.",
+            )
+        return error_response(400, "invalid", "The form data could not be read.")
     return error_response(400, "invalid", "The request could not be read.")
 
 

@@ -377,6 +377,26 @@ def test_a_long_name_is_cut_to_255_characters_keeping_its_extension(alice: Any) 
     assert answer.json()["content_type"] == "text/markdown"
 
 
+def test_a_name_too_long_for_the_form_itself_is_refused_as_json(alice: Any) -> None:
+    """Django reads at most 1 KB of a part's headers: a browser's FormData with a file name
+    of 1,000 characters got Django's HTML "Bad Request (400)" page. (Django's test client
+    cuts names to 255 characters before sending, so this body is written by hand.)"""
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{"n" * 1000}.md"\r\n'
+        "Content-Type: text/markdown\r\n\r\n# long\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    answer = logged_in(alice).generic(
+        "POST", "/api/uploads/", body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+
+    assert error_of(answer) == (400, "invalid")
+    assert "shorter name" in answer.json()["error"]["message"]
+    assert not Upload.objects.exists()
+
+
 # --- size, rate, quota ------------------------------------------------------------------------
 
 
