@@ -191,6 +191,9 @@ class Generation:
 
     def _show(self, upto: int) -> None:
         if upto > self.shown:
+            if self.shown == 0:
+                # When the sockets get the first delta: with the log on, once Redis has it.
+                metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.received_at)
             self.shown = upto
             self._catch_up()
 
@@ -210,8 +213,6 @@ class Generation:
 
     def _emit(self, text: str) -> None:
         self.frames.append(text)
-        if len(self.frames) == 1:
-            metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - self.received_at)
         if settings.REDIS_URL and not replylog.is_down():
             self._log_soon()  # shown once the log has it
         else:

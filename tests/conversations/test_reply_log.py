@@ -266,3 +266,37 @@ async def test_with_redis_away_a_socket_still_gets_every_delta_at_once(private_r
     generation._emit(", world")
 
     assert seen == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_the_first_token_time_runs_until_the_sockets_get_the_first_delta(private_redis):
+    """chat_time_to_first_token_seconds says when the user sees the reply begin. With the log
+    on, that is once Redis has the first delta; it was observed as the delta was made, so a
+    slow Redis never showed in it."""
+    from prometheus_client import REGISTRY
+
+    def observed() -> tuple[float, float]:
+        name = "chat_time_to_first_token_seconds"
+        return (
+            REGISTRY.get_sample_value(f"{name}_sum") or 0.0,
+            REGISTRY.get_sample_value(f"{name}_count") or 0.0,
+        )
+
+    generation = a_generation()
+    seen: list[float] = []
+    generation.follow("socket", lambda frame: seen.append(time.monotonic()) or True)
+    before = observed()
+    pauser = aioredis.Redis.from_url(private_redis.url)
+    await pauser.execute_command("CLIENT", "PAUSE", 300, "WRITE")  # Redis answers late
+    generation.received_at = time.monotonic()
+    generation._emit("Hello")
+    async with asyncio.timeout(5):
+        while not seen:
+            await asyncio.sleep(0.01)
+    await pauser.aclose()
+
+    total, count = (now - then for now, then in zip(observed(), before, strict=True))
+    assert count == 1
+    assert total >= 0.25  # the 300 ms Redis took, less the timer's slack
+    assert total <= seen[0] - generation.received_at + 0.05
+
