@@ -299,4 +299,3 @@ async def test_the_first_token_time_runs_until_the_sockets_get_the_first_delta(p
     assert count == 1
     assert total >= 0.25  # the 300 ms Redis took, less the timer's slack
     assert total <= seen[0] - generation.received_at + 0.05
-
