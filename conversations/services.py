@@ -214,9 +214,9 @@ def _turn_begin(
     check_persona: Callable[[PersonaInfo], object] | None,
     session_key: str | None,
 ) -> TurnContext:
-    """The turn's transaction, in as few round trips as its rules allow: the socket's session
-    (two, Django's own), one read of all else it needs, the lock of an existing
-    conversation, one write, and the history of an existing one."""
+    """The turn's transaction, in as few round trips as its rules allow: one read of all it
+    needs (the socket's session with it), the lock of an existing conversation, one write,
+    and the history of an existing one."""
     now = timezone.now()
     start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), now)
     reads = turn_sql.turn_reads(
