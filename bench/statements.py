@@ -124,23 +124,51 @@ def main() -> None:
 
 def timed(count: int, begin: Any, save: Any) -> None:
     """turn_begin's wall time per call, on a warm connection: median of each repeat, and the
-    median and min-max of those. Each pair saves its reply, so the history keeps growing."""
+    median and min-max of those. Each pair saves its reply, so the history keeps growing.
+    Also the CPU a pair (turn_begin + reply_save) costs this process and the PostgreSQL
+    backend serving it (read from /proc: a local server only)."""
     import statistics
     import time
 
-    repeats = []
+    from django.db import connection
+
+    def backend_cpu() -> float | None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    repeats, clients, backends = [], [], []
     for repeat in range(5):
         times = []
+        backend_before, client_before = backend_cpu(), time.process_time()
         for index in range(count):
             started = time.perf_counter()
             ctx = begin(f"timed {repeat}.{index}")
             times.append(time.perf_counter() - started)
             save(ctx)
+        clients.append((time.process_time() - client_before) / count * 1e3)
+        backend_after = backend_cpu()
+        if backend_before is not None and backend_after is not None:
+            backends.append((backend_after - backend_before) / count * 1e3)
         repeats.append(statistics.median(times) * 1e6)
-    print(
-        f"turn_begin: median {statistics.median(repeats):.0f} µs per call "
-        f"(repeats {min(repeats):.0f}-{max(repeats):.0f} µs, {count} calls each)"
-    )
+
+    def spread(values: list[float], unit: str, digits: int) -> str:
+        if not values:
+            return "n/a (not a local server)"
+        return (
+            f"median {statistics.median(values):.{digits}f} {unit} "
+            f"(repeats {min(values):.{digits}f}-{max(values):.{digits}f})"
+        )
+
+    print(f"turn_begin: {spread(repeats, 'µs per call', 0)}, {count} calls each")
+    print(f"CPU per turn_begin + reply_save, this process: {spread(clients, 'ms', 2)}")
+    print(f"CPU per turn_begin + reply_save, PostgreSQL backend: {spread(backends, 'ms', 2)}")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,13 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
             "max_size": envint("DB_POOL_MAX_SIZE", 10),
             "timeout": envfloat("DB_POOL_TIMEOUT", 5.0),
         }
+    # Server-side binding, and psycopg prepares what a connection runs again and again (from
+    # its 5th run): a turn's statements are then planned once per pooled connection, not on
+    # every turn, which was most of PostgreSQL's CPU per turn (docs/scaling.md). Django's
+    # default is neither, for PgBouncer's sake; behind one (DB_PGBOUNCER) it stays so.
+    if envbool("DB_PREPARED_STATEMENTS", True):
+        _options["server_side_binding"] = True
+        _options["prepare_threshold"] = 5
     _database["OPTIONS"] = _options
     _database["CONN_MAX_AGE"] = 0
     # With the pool, this tests each connection as it leaves the pool: after a database
@@ -138,6 +145,7 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
 # which replaces dead server connections itself.
 DB_PGBOUNCER = envbool("DB_PGBOUNCER", False)
 if DB_PGBOUNCER and _database["ENGINE"] == "django.db.backends.postgresql":
+    _database["OPTIONS"].pop("server_side_binding", None)
     _database["OPTIONS"]["prepare_threshold"] = None
     _database["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASES = {"default": _database}

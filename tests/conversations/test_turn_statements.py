@@ -76,3 +76,22 @@ def test_a_turn_in_a_new_conversation_is_two_statements_and_its_reply_one(
     conversation = Conversation.objects.get(id=ctx.conversation_id)
     assert conversation.current_leaf_id == reply.message_id
     assert services.budget_for(user_id=alice.id).used_tokens == 5
+
+
+def test_a_connection_plans_the_turns_read_once_not_on_every_turn(alice: Any, persona: Any) -> None:
+    """psycopg prepares a statement from its 5th run on a connection: the turn's big read is
+    then planned once per pooled connection. Planning was most of PostgreSQL's CPU per
+    turn."""
+    for index in range(6):
+        services.turn_begin(
+            user_id=alice.id,
+            conversation_id=None,
+            persona_slug=None,
+            content=f"Hello {index}",
+            client_id=uuid.uuid4(),
+            history_limit=50,
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("client_id" in sql and "SUM(tokens)" in sql for sql in prepared), prepared
