@@ -7,6 +7,7 @@ import logging
 import uuid
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -43,6 +44,18 @@ FLOOD_CLOSE_CODE = 4029
 
 class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
     inflow: FrameRate
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, less the `aclose_old_connections()` it awaits before every
+        message (the handshake, each frame, each group event). That call takes a turn on
+        asgiref's one shared sync thread, where Django runs every HTTP request's sync
+        middleware and views, so a busy page load held up every socket of the process, and
+        under a burst the turns queued behind each other. It closes connections this consumer
+        never leaves open: db_call gives its own back inside the call (conversations/db.py)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         user = self.scope.get("user")

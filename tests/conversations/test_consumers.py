@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from conversations.db import db_call
 from conversations.models import Conversation, Message
@@ -228,3 +230,34 @@ async def test_resume_with_nothing_in_flight_is_idle(ws, alice, persona, fast_de
     assert await socket.receive() == {"type": "chat.idle", "conversation_id": conversation_id}
     await socket.send({"type": "chat.stop", "conversation_id": conversation_id})
     assert await socket.receive() == {"type": "chat.idle", "conversation_id": conversation_id}
+
+
+async def test_a_turn_does_not_wait_for_the_shared_sync_thread(ws, alice, persona, fast_demo):
+    """asgiref runs every thread-sensitive sync call of the process on one thread: Django's
+    sync middleware and views for each HTTP request, among others. A socket's handshake,
+    frames and group events must not queue behind them: Channels' consumer took a turn on
+    that thread before every message it handled, only to close connections this consumer
+    never leaves open (db_call gives them back inside the call)."""
+    from django.conf import settings
+
+    if settings.DB_CALL_THREADS <= 0:
+        pytest.skip("db_call itself runs on the shared thread without its own threads")
+    busy = threading.Event()
+    release = threading.Event()
+
+    def hold_the_shared_thread() -> None:
+        busy.set()
+        release.wait(60)
+
+    holder = asyncio.ensure_future(sync_to_async(hold_the_shared_thread)())
+    try:
+        while not busy.is_set():
+            await asyncio.sleep(0.01)
+        socket = await ws(alice)
+        await socket.send_message("Hello while a slow request holds the shared thread")
+        frames = await socket.receive_until("chat.done")
+        assert frames[-1]["status"] == "complete"
+        assert not holder.done()  # the turn went through while the thread was still held
+    finally:
+        release.set()
+        await holder
