@@ -81,6 +81,8 @@ class Scenario:
 RAMP = Scenario("ramp", "ramp", words=200, delay_ms=20, ramp_s=5.0)  # 200 words at 50/s
 BURST = Scenario("burst", "burst", words=500, delay_ms=10)  # 500 words at 100/s, all at once
 PERTOKEN = Scenario("burst-pertoken", "burst", words=500, delay_ms=10, coalesce_ms=0)
+# What a turn itself costs, beside the words it streams: replies of two words, all at once.
+TURNS = Scenario("turns", "burst", words=2, delay_ms=10)
 SMOKE = Scenario("smoke", "burst", words=20, delay_ms=10)
 
 APP = "chatproject.asgi:application"
@@ -852,6 +854,8 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if scenario == TURNS.name:
+            lines += per_turn_lines(groups, keys)
         pairs = [("uvicorn", "daphne"), ("uvicorn", "uvicorn-shared-thread")]
         # The levers measured against the code before them, and scaling out against 1 worker.
         here = dict.fromkeys(k[0] for k in keys)
@@ -890,6 +894,22 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
             lines += ["", *[line for line in previous if line.startswith("Whole run:")], ""]
     (RESULTS / "results.md").write_text("\n".join(lines))
     plot(results)
+
+
+def per_turn_lines(
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]], keys: list[tuple[str, str, int]]
+) -> list[str]:
+    """The turns scenario's figure: CPU per turn (a turn streams `words` tokens)."""
+    out = []
+    for variant, scenario, n in sorted(keys, key=lambda k: (k[2], k[0])):
+        rows = groups[(variant, scenario, n)]
+        words = rows[0]["words"]
+        out.append(
+            f"- N={n}: {variant}: CPU per turn, all server-side "
+            f"{fmt_spread(rows, 'whole_cpu_per_token_us', 0, words)} µs, the server process "
+            f"{fmt_spread(rows, 'cpu_per_token_us', 0, words)} µs"
+        )
+    return [*out, ""]
 
 
 def capacity_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -1359,6 +1379,12 @@ def main() -> int:
         default="ceiling,ceiling-asyncio,daphne,uvicorn,uvicorn-shared-thread,daphne-redis,before",
     )
     parser.add_argument(
+        "--turns",
+        default="1000",
+        help="levels of the turns scenario (two-word replies, all at once: the cost of a turn)",
+    )
+    parser.add_argument("--turns-variants", default="ceiling,uvicorn")
+    parser.add_argument(
         "--before-max", type=int, default=500, help="highest N the before designs run at"
     )
     parser.add_argument("--nopool-levels", default="100,250", help="before-nopool ramp levels")
@@ -1430,6 +1456,7 @@ def main() -> int:
                 plan.runs.append(("before-nopool", RAMP, n))
     burst_variants = [v for v in args.burst_variants.split(",") if v]
     plan.add(burst_variants, BURST, parse_levels(args.burst))
+    plan.add([v for v in args.turns_variants.split(",") if v], TURNS, parse_levels(args.turns))
     if args.pertoken:
         plan.add(["ceiling-pertoken", "daphne-pertoken"], PERTOKEN, parse_levels(args.burst))
     if args.profile:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -33,3 +34,13 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# The cycle collector, tuned for a long-lived server. Everything loaded so far (Django, the
+# apps, the libraries) lives as long as the process: frozen, no collection walks it again.
+# A turn allocates thousands of objects that reference counting frees by itself; at CPython's
+# default (a collection every 700 allocations) a burst of 1,000 short turns spent 0.30 s in
+# the collector, from 50,000 on 0.04 s, and the worker's CPU per turn fell from 2.7 to 2.3 ms
+# (bench/results/gc). Cyclic garbage still goes, in larger and rarer collections.
+gc.collect()
+gc.freeze()
+gc.set_threshold(50_000, 20, 10)
