@@ -232,7 +232,7 @@ async def test_resume_with_nothing_in_flight_is_idle(ws, alice, persona, fast_de
     assert await socket.receive() == {"type": "chat.idle", "conversation_id": conversation_id}
 
 
-async def test_a_turn_does_not_wait_for_the_shared_sync_thread(ws, alice, persona, fast_demo):
+async def test_a_socket_does_not_wait_for_the_shared_sync_thread(ws, alice, persona, fast_demo):
     """asgiref runs every thread-sensitive sync call of the process on one thread: Django's
     sync middleware and views for each HTTP request, among others. A socket's handshake,
     frames and group events must not queue behind them: Channels' consumer took a turn on
@@ -257,7 +257,11 @@ async def test_a_turn_does_not_wait_for_the_shared_sync_thread(ws, alice, person
         await socket.send_message("Hello while a slow request holds the shared thread")
         frames = await socket.receive_until("chat.done")
         assert frames[-1]["status"] == "complete"
-        assert not holder.done()  # the turn went through while the thread was still held
+        # The page closes: the socket's consumer ends by itself, not cancelled by the
+        # communicator after waiting its 1 s for it.
+        await socket.communicator.disconnect()
+        assert not socket.communicator.future.cancelled()
+        assert not holder.done()  # all of it went through while the thread was still held
     finally:
         release.set()
         await holder
