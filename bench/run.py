@@ -89,7 +89,7 @@ APP = "chatproject.asgi:application"
 # The shipped defaults of the settings the bench may change (chatproject/settings.py). A run
 # that sets one to anything else prints it in results.md's header, per variant.
 SHIPPED = {
-    "DB_CALL_THREADS": "10 (DB_POOL_MAX_SIZE)",
+    "DB_CALL_THREADS": "4 (at most DB_POOL_MAX_SIZE)",
     "DB_POOL_MAX_SIZE": str(POOL_MAX),
     "MAX_GENERATIONS_PER_WORKER": "200",
     "MAX_GENERATIONS_PER_USER": "3",
