@@ -904,10 +904,13 @@ def per_turn_lines(
     for variant, scenario, n in sorted(keys, key=lambda k: (k[2], k[0])):
         rows = groups[(variant, scenario, n)]
         words = rows[0]["words"]
+        # The CPU of every turn over the turns that completed: errors would inflate it.
+        errors = sum(r["error_count"] for r in rows)
         out.append(
             f"- N={n}: {variant}: CPU per turn, all server-side "
             f"{fmt_spread(rows, 'whole_cpu_per_token_us', 0, words)} µs, the server process "
             f"{fmt_spread(rows, 'cpu_per_token_us', 0, words)} µs"
+            + (f" (inflated: {errors} turns failed)" if errors else "")
         )
     return [*out, ""]
 

@@ -49,10 +49,11 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, less the `aclose_old_connections()` it awaits before every
         message (the handshake, each frame, each group event). That call takes a turn on
-        asgiref's one shared sync thread, where Django runs every HTTP request's sync
-        middleware and views, so a busy page load held up every socket of the process, and
-        under a burst the turns queued behind each other. It closes connections this consumer
-        never leaves open: db_call gives its own back inside the call (conversations/db.py)."""
+        asgiref's one shared sync thread, which every thread-sensitive call made outside an
+        HTTP request shares: every socket's every message queued there, behind the other
+        sockets' and behind whatever else held the thread. It closes connections this
+        consumer never leaves open: db_call gives its own back inside the call
+        (conversations/db.py)."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")

@@ -3,7 +3,7 @@ most `TURN_BEGINS_AT_ONCE` of them run their transaction at a time.
 
 A turn's begin runs on a database thread, and most of its time there is Python (building
 the query, reading the rows), which holds the GIL. Ten begins at once (the thread pool's
-size) leave the event loop, which streams every reply in progress and writes every
+size then) leave the event loop, which streams every reply in progress and writes every
 `chat.accepted`, about a tenth of the interpreter: a burst of 250 starts stalled the
 streams already running and the starts themselves. A few at a time keep PostgreSQL busy
 (some begins wait on it while another runs Python) and leave the loop its share. Under a

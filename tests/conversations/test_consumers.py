@@ -233,11 +233,11 @@ async def test_resume_with_nothing_in_flight_is_idle(ws, alice, persona, fast_de
 
 
 async def test_a_socket_does_not_wait_for_the_shared_sync_thread(ws, alice, persona, fast_demo):
-    """asgiref runs every thread-sensitive sync call of the process on one thread: Django's
-    sync middleware and views for each HTTP request, among others. A socket's handshake,
-    frames and group events must not queue behind them: Channels' consumer took a turn on
-    that thread before every message it handled, only to close connections this consumer
-    never leaves open (db_call gives them back inside the call)."""
+    """asgiref runs every thread-sensitive sync call made outside an HTTP request on one
+    thread. A socket's handshake, frames and disconnect must not queue there behind whatever
+    holds it: Channels' consumer took a turn on that thread before every message it handled,
+    only to close connections this consumer never leaves open (db_call gives them back
+    inside the call)."""
     from django.conf import settings
 
     if settings.DB_CALL_THREADS <= 0:
@@ -251,8 +251,9 @@ async def test_a_socket_does_not_wait_for_the_shared_sync_thread(ws, alice, pers
 
     holder = asyncio.ensure_future(sync_to_async(hold_the_shared_thread)())
     try:
-        while not busy.is_set():
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while not busy.is_set():
+                await asyncio.sleep(0.01)
         socket = await ws(alice)
         await socket.send_message("Hello while a slow request holds the shared thread")
         frames = await socket.receive_until("chat.done")
