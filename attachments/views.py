@@ -20,7 +20,7 @@ from attachments.limits import FileSizeLimit, too_large_message, upload_wait
 from attachments.models import Upload
 from attachments.serve import attachment_dict, file_response, owner_url
 from conversations.api import ApiError, api_view, error_response, request_user
-from conversations.db import db_call
+from conversations.db import io_call
 
 AsyncView = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
@@ -122,7 +122,7 @@ async def uploads(request: HttpRequest) -> HttpResponse:
     name, data = await _read(request)
     try:
         name, judged = await _judge(name, data)
-        upload = await db_call(services.upload_create)(
+        upload = await io_call(services.upload_create)(
             owner_id=user_id,
             name=name,
             judged=judged,

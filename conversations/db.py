@@ -61,3 +61,14 @@ def db_call(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     if executor is None:
         return database_sync_to_async(released(func))
     return database_sync_to_async(released(func), thread_sensitive=False, executor=executor)
+
+
+def io_call(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """`db_call` for work that first waits on something other than the database (a file
+    written to S3) and then runs its short transaction. It runs on the event loop's default
+    threads, not the turns' few (`DB_CALL_THREADS`): a handful of slow uploads must not keep
+    every turn, reply save and socket handshake of the worker waiting. Its connection goes
+    back inside the call, as with `db_call`. SQLite keeps its one shared thread."""
+    if _turn_executor() is None:
+        return database_sync_to_async(released(func))
+    return database_sync_to_async(released(func), thread_sensitive=False)
