@@ -26,11 +26,11 @@ class HeldStorage(FileSystemStorage):
     waiting = 0
     lock = threading.Lock()
 
-    def _save(self, name: str, content: Any) -> str:
+    def save(self, name: str | None, content: Any, max_length: int | None = None) -> str:
         with HeldStorage.lock:
             HeldStorage.waiting += 1
         HeldStorage.release.wait(30)
-        return super()._save(name, content)
+        return super().save(name, content, max_length)
 
 
 async def test_uploads_waiting_on_the_storage_hold_up_no_chat(
