@@ -151,7 +151,7 @@ if DB_PGBOUNCER and _database["ENGINE"] == "django.db.backends.postgresql":
 DATABASES = {"default": _database}
 # Threads for the turn's database calls (0: Channels' single shared thread, which SQLite
 # keeps: it allows one writer at a time). Four, as many as TURN_BEGINS_AT_ONCE, and never more
-# than the pool holds: with ten, a burst of 1,000 short turns cost PostgreSQL 1.47 ms of CPU
+# than the pool holds: with ten, a burst of 1,000 short turns cost PostgreSQL 1.39 ms of CPU
 # a turn against 1.11 ms with four (more transactions at once, contending on a 2-core
 # machine), and the worker's threads contended for the GIL with its event loop
 # (bench/results/db-threads). A database far away (milliseconds a round trip) may want more.
