@@ -98,7 +98,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         if not self.counted:
             return
         self.counted = False
-        self.outbox.close()
+        self.outbox.detach()
         metrics.OPEN_SOCKETS.dec()
         registry.sockets.discard(self)
         registry.unfollow_all(self.channel_name)

@@ -232,6 +232,16 @@ class Outbox:
         self.queued_bytes = 0
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
+        # The task keeps its CancelledError, whose traceback holds `_run`'s frame and so this
+        # outbox: let go of the task, or the two are freed only by the cycle collector.
+        self._writer = None
+
+    def detach(self) -> None:
+        """The socket is gone: close, and let go of its writers, which refer back to the
+        consumer. A closed socket is then freed as soon as nothing holds it, not at the
+        cycle collector's next full collection, which comes rarely (chatproject/asgi.py)."""
+        self.close()
+        self._write = self._close = _gone
 
     async def _room(self, queued_at: float) -> bool:
         """Wait until the server holds little for this client, watching the bounds; False
@@ -271,6 +281,10 @@ class Outbox:
             # The socket went away; its disconnect closes the outbox.
             logger.debug("socket writer ended", exc_info=True)
             self.close()
+
+
+async def _gone(_: object) -> None:
+    """A detached outbox's writers: the socket they wrote to is gone."""
 
 
 _hanging_up: set[asyncio.Task[None]] = set()
