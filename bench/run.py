@@ -299,7 +299,7 @@ class Bench:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("DJANGO_", "DB_", "DEMO_", "REDIS", "STREAM_", "MAX_"))
+            if not k.startswith(("DJANGO_", "DB_", "DEMO_", "REDIS", "STREAM_", "MAX_", "GC_"))
         }
         env.update(
             {

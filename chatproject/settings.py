@@ -164,6 +164,9 @@ DB_CALL_THREADS = envint(
 TURN_BEGINS_AT_ONCE = envint("TURN_BEGINS_AT_ONCE", 4)
 # A begin that waited this long for its place is answered `busy`.
 TURN_BEGIN_WAIT_SECONDS = envfloat("TURN_BEGIN_WAIT_SECONDS", 5.0)
+# The cycle collector runs once this many objects were allocated (CPython's default: 700);
+# chatproject/asgi.py says what the larger default buys and costs.
+GC_FIRST_THRESHOLD = envint("GC_FIRST_THRESHOLD", 50_000)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
