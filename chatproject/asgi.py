@@ -41,8 +41,8 @@ application = ProtocolTypeRouter(
 # default (a collection every 700 allocations) a burst of 1,000 short turns spent 0.30 s in
 # the collector, from 50,000 on 0.04 s, and the worker's CPU per turn fell from 2.7 to 2.3 ms
 # (bench/results/gc). Cyclic garbage still goes, in larger and rarer collections. The price
-# is memory: while 10,000 sockets opened and closed, a worker's RSS levelled off at 172 MB
-# against 118 MB at 700 (GC_FIRST_THRESHOLD=700 brings back CPython's first threshold). So what a
+# is memory: while 10,000 sockets opened and closed, a worker's RSS rose to 172 MB, against
+# a flat 118 MB at 700 (GC_FIRST_THRESHOLD=700 brings back CPython's first threshold). So what a
 # closed socket leaves must not be cyclic (Outbox.detach).
 gc.collect()
 gc.freeze()
