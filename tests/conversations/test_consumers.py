@@ -257,7 +257,7 @@ async def test_a_socket_does_not_wait_for_the_shared_sync_thread(ws, alice, pers
             while not busy.is_set():
                 await asyncio.sleep(0.01)
         socket = await ws(alice)
-        await socket.send_message("Hello while a slow request holds the shared thread")
+        await socket.send_message("Hello while something else holds the shared thread")
         frames = await socket.receive_until("chat.done")
         assert frames[-1]["status"] == "complete"
         # The page closes: the socket's consumer ends by itself, not cancelled by the
