@@ -114,7 +114,8 @@ TEMPLATES = [
 # persistent connections are off (CONN_MAX_AGE=0), as Django recommends under ASGI.
 DATABASE_URL = envstr("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 _database: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
-if _database["ENGINE"] == "django.db.backends.postgresql":
+_postgresql = _database["ENGINE"] == "django.db.backends.postgresql"
+if _postgresql:
     _options: dict[str, Any] = {"connect_timeout": envint("DB_CONNECT_TIMEOUT", 5)}
     if envbool("DB_POOL", True):
         _options["pool"] = {
@@ -122,6 +123,11 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
             "max_size": envint("DB_POOL_MAX_SIZE", 10),
             "timeout": envfloat("DB_POOL_TIMEOUT", 5.0),
         }
+        # Django's backend, whose pool tests each connection as it leaves: after a database
+        # restart the pool still holds dead ones, and a turn must not be refused for them.
+        # Its test costs a round trip only where the server closed its side or said
+        # something (chatproject/postgresql/base.py); CONN_HEALTH_CHECKS' costs one each time.
+        _database["ENGINE"] = "chatproject.postgresql"
     # Server-side binding, and psycopg prepares what a connection runs again and again (from
     # its 5th run): a turn's statements are then planned once per pooled connection, not on
     # every turn, which was most of PostgreSQL's CPU per turn (docs/scaling.md). Django's
@@ -131,9 +137,6 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
         _options["prepare_threshold"] = 5
     _database["OPTIONS"] = _options
     _database["CONN_MAX_AGE"] = 0
-    # With the pool, this tests each connection as it leaves the pool: after a database
-    # restart the pool still holds dead ones, and a turn must not be refused for them.
-    _database["CONN_HEALTH_CHECKS"] = True
     if test_name := envstr("DATABASE_TEST_NAME"):
         _database["TEST"] = {"NAME": test_name}
 # DATABASE_URL names a PgBouncer in transaction pooling mode (docs/scaling.md): each
@@ -144,7 +147,7 @@ if _database["ENGINE"] == "django.db.backends.postgresql":
 # exist", tests/ops/test_pgbouncer.py). The pool's check then tests the link to PgBouncer,
 # which replaces dead server connections itself.
 DB_PGBOUNCER = envbool("DB_PGBOUNCER", False)
-if DB_PGBOUNCER and _database["ENGINE"] == "django.db.backends.postgresql":
+if DB_PGBOUNCER and _postgresql:
     _database["OPTIONS"].pop("server_side_binding", None)
     _database["OPTIONS"]["prepare_threshold"] = None
     _database["DISABLE_SERVER_SIDE_CURSORS"] = True
@@ -157,7 +160,7 @@ DATABASES = {"default": _database}
 # (bench/results/db-threads). A database far away (milliseconds a round trip) may want more.
 DB_CALL_THREADS = envint(
     "DB_CALL_THREADS",
-    min(4, envint("DB_POOL_MAX_SIZE", 10)) if _database["ENGINE"].endswith("postgresql") else 0,
+    min(4, envint("DB_POOL_MAX_SIZE", 10)) if _postgresql else 0,
 )
 # Turn begins running their transaction at once; more queue, first come first served
 # (conversations/replies/admission.py). 0: as many as there are threads.

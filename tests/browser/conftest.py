@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.conftest import session_cookie, subprocess_database_url
@@ -57,7 +58,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="package")
 def app_url(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """The base URL of a Daphne process serving the pytest-django test database."""
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if connection.vendor != "postgresql":
         pytest.skip("browser tests share the test database with Daphne: needs PostgreSQL")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
