@@ -17,6 +17,7 @@ from conversations import metrics, services
 from conversations.db import db_call
 from conversations.errors import ChatError, NotFound, SessionEnded, Unavailable
 from conversations.replies import worker
+from conversations.replies.layer import LocalChannelLayer
 from conversations.replies.outbox import SERVER_SOCKET_KEY, Outbox, ServerSocket
 from conversations.replies.protocol import (
     FINAL_ONLY,
@@ -186,6 +187,9 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
 
     async def _tell_other_tabs(self, accepted: Frame) -> None:
         """Multi-tab sync: the user's other sockets, on any worker, follow this reply too."""
+        layer = self.channel_layer
+        if isinstance(layer, LocalChannelLayer) and layer.alone(self.group, self.channel_name):
+            return  # one process, one tab: its own copy would only be dropped (chat_started)
         try:
             await self.channel_layer.group_send(
                 self.group,

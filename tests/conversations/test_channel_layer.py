@@ -69,3 +69,32 @@ async def test_a_full_channel_is_still_refused():
     await layer.send(channel, {"type": "b"})
     with pytest.raises(ChannelFull):
         await layer.send(channel, {"type": "c"})
+
+
+async def test_a_group_send_reaches_every_member_past_a_full_one():
+    from channels.exceptions import ChannelFull
+
+    layer = LocalChannelLayer(capacity=1)
+    full, first, last = [await layer.new_channel() for _ in range(3)]
+    for channel in (first, full, last):
+        await layer.group_add("user-1", channel)
+    await layer.send(full, {"type": "unread"})
+    with pytest.raises(ChannelFull):
+        await layer.send(full, {"type": "refused"})
+
+    await layer.group_send("user-1", {"type": "chat.started"})
+
+    assert await layer.receive(first) == {"type": "chat.started"}
+    assert await layer.receive(last) == {"type": "chat.started"}
+    assert await layer.receive(full) == {"type": "unread"}  # the send to it was skipped
+
+
+async def test_a_lone_socket_has_nobody_to_tell():
+    layer = LocalChannelLayer()
+    mine, other = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("user-1", mine)
+    assert layer.alone("user-1", mine)
+    await layer.group_add("user-1", other)
+    assert not layer.alone("user-1", mine)
+    await layer.group_discard("user-1", other)
+    assert layer.alone("user-1", mine)
