@@ -583,7 +583,8 @@ class Bench:
                             "--rate",
                             "200",
                             "--duration",
-                            str(int(scenario.ideal_s + scenario.ramp_s + 2)),
+                            # A thousand short turns outlast their ideal: 10 s covers them.
+                            str(max(10, int(scenario.ideal_s + scenario.ramp_s + 2))),
                             "--format",
                             "raw",
                             "--nonblocking",
@@ -628,7 +629,7 @@ class Bench:
 
     def profile_targets(self) -> set[tuple[str, str, int]]:
         burst = {(v, "burst", 250) for v in HEADLINE}
-        return burst | {("uvicorn", "ramp", 300)}
+        return burst | {("uvicorn", "ramp", 300), ("uvicorn", "turns", 1000)}
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -1467,6 +1468,7 @@ def main() -> int:
         plan = Plan()
         plan.add(list(HEADLINE), BURST, [250])
         plan.add(["uvicorn"], RAMP, [300])
+        plan.add(["uvicorn"], TURNS, [1000])
 
     missing = {
         "uvicorn-2workers": "nginx" if not topology.nginx_available() else "",
@@ -1486,18 +1488,21 @@ def main() -> int:
         plan.runs = [r for r in plan.runs if r[0] != "before-nopool"]
     results: list[dict[str, Any]] = []
     notes: list[str] = []
-    # Repeats interleaved: every (scenario, N) runs its variants A, B, C, A, B, C, ...
+    # Repeats interleaved: every (scenario, N) runs its variants A, B, C, B, C, A, ...
     repeats = 1 if args.profile else max(1, args.repeats)
     groups: dict[tuple[str, int], list[str]] = {}
     scenarios = {}
     for variant, scenario, n in plan.runs:
         groups.setdefault((scenario.name, n), []).append(variant)
         scenarios[scenario.name] = scenario
+    # Each round starts one variant later (A, B, C, then B, C, A, ...): a variant that always
+    # ran first, right after another scenario, would carry whatever that left behind.
     runs = [
         (variant, scenarios[name], n, k)
         for (name, n), variants_here in groups.items()
         for k in range(repeats)
-        for variant in variants_here
+        for variant in variants_here[k % len(variants_here) :]
+        + variants_here[: k % len(variants_here)]
     ]
 
     def probe(label: str, variant: str, scenario: Scenario, n: int, k: int) -> None:
