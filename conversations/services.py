@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from channels.auth import get_user
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.core.signals import setting_changed
 from django.db import connection, transaction
 from django.db.models import (
     Case,
@@ -29,6 +31,7 @@ from django.db.models import (
     When,
 )
 from django.db.models.expressions import RawSQL
+from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.utils.module_loading import import_string
@@ -103,6 +106,23 @@ def session_user_id(*, session_key: str | None) -> int | None:
 _DB_SESSIONS = "django.contrib.sessions.backends.db"
 
 
+# The sessions `session_signs_in` accepted lately, each with its data and its user's password
+# hash exactly as the turn read them. The verdict depends on nothing else but settings, so
+# a socket's later messages skip decoding the session and hashing (an eighth of a begin's
+# CPU, micro-measured): any change to the row (a new password, a re-signed session) misses,
+# and a session gone, expired or of an inactive user never gets here.
+_signed_in: dict[tuple[int, str, str, str], bool] = {}
+_signed_in_lock = threading.Lock()  # turns begin on several threads
+_SIGNED_IN_KEPT = 4096
+
+
+@receiver(setting_changed)
+def _forget_sessions_signed_in(**kwargs: Any) -> None:
+    """A test's changed setting (the backends, the key) may change a verdict: forget them."""
+    with _signed_in_lock:
+        _signed_in.clear()
+
+
 def session_signs_in(user_id: int, session_key: str, row: turn_sql.SessionRow | None) -> bool:
     """Whether the session read with a turn (`turn_sql.SessionRow`) still signs in `user_id`,
     by the steps the handshake's `get_user` (Channels') takes to accept one: the session is
@@ -114,6 +134,9 @@ def session_signs_in(user_id: int, session_key: str, row: turn_sql.SessionRow | 
         return False
     if row.data is None or row.password is None:
         return False
+    seen = (user_id, session_key, row.data, row.password)
+    if seen in _signed_in:
+        return True
     session = import_module(_DB_SESSIONS).SessionStore(session_key).decode(row.data)
     backend_path = session.get(BACKEND_SESSION_KEY)
     if backend_path not in settings.AUTHENTICATION_BACKENDS or not _gets_users_as_model_backend(
@@ -124,7 +147,13 @@ def session_signs_in(user_id: int, session_key: str, row: turn_sql.SessionRow | 
         return False
     signed_with = session.get(HASH_SESSION_KEY)
     current = get_user_model()(pk=user_id, password=row.password).get_session_auth_hash()
-    return bool(signed_with) and constant_time_compare(signed_with, current)
+    if not (signed_with and constant_time_compare(signed_with, current)):
+        return False
+    with _signed_in_lock:
+        _signed_in[seen] = True
+        if len(_signed_in) > _SIGNED_IN_KEPT:
+            del _signed_in[next(iter(_signed_in))]  # the oldest (dicts keep their order)
+    return True
 
 
 @functools.cache
