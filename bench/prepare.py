@@ -33,9 +33,10 @@ def ensure_database(url: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def django_setup() -> None:
+def django_setup(pool: bool = False) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
-    os.environ["DB_POOL"] = "false"  # a one-shot command: plain connections
+    if not pool:
+        os.environ["DB_POOL"] = "false"  # a one-shot command: plain connections
     import django
 
     django.setup()

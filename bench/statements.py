@@ -34,7 +34,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     ensure_database(os.environ["DATABASE_URL"])
-    django_setup()
+    django_setup(pool=bool(args.time))  # timed as the worker runs: through Django's pool
 
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
@@ -123,25 +123,37 @@ def main() -> None:
 
 
 def timed(count: int, begin: Any, save: Any) -> None:
-    """turn_begin's wall time per call, on a warm connection: median of each repeat, and the
-    median and min-max of those. Each pair saves its reply, so the history keeps growing.
-    Also the CPU a pair (turn_begin + reply_save) costs this process and the PostgreSQL
-    backend serving it (read from /proc: a local server only)."""
+    """turn_begin's wall time per call, as the worker makes it: each call takes a connection
+    from Django's pool and gives it back (`conversations.db.released`, what `db_call` runs),
+    so the pool's check counts. The median of each repeat, and the median and min-max of
+    those. Each pair saves its reply, so the history keeps growing. Also the CPU a pair
+    (turn_begin + reply_save) costs this process and the PostgreSQL backends of this
+    database (read from /proc: a local server only). The session is the same on every call,
+    as a socket's is."""
     import statistics
     import time
 
     from django.db import connection
 
+    from conversations.db import released
+
+    begin, save = released(begin), released(save)
+
+    @released
     def backend_cpu() -> float | None:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid()")
-            pid = cursor.fetchone()[0]
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            pids = [row[0] for row in cursor.fetchall()]
+        total, read = 0.0, False
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # not on this machine, or gone since
+            read = True
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total if read else None
 
     repeats, clients, backends = [], [], []
     for repeat in range(5):
