@@ -140,20 +140,23 @@ def timed(count: int, begin: Any, save: Any) -> None:
     begin, save = released(begin), released(save)
 
     @released
-    def backend_cpu() -> float | None:
+    def backend_cpu() -> dict[int, float]:
+        """CPU seconds of each client backend of this database (none: not a local server)."""
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND backend_type = 'client backend'"
+            )
             pids = [row[0] for row in cursor.fetchall()]
-        total, read = 0.0, False
+        seconds = {}
         for pid in pids:
             try:
                 with open(f"/proc/{pid}/stat") as stat:
                     fields = stat.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # not on this machine, or gone since
-            read = True
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total if read else None
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return seconds
 
     repeats, clients, backends = [], [], []
     for repeat in range(5):
@@ -166,8 +169,12 @@ def timed(count: int, begin: Any, save: Any) -> None:
             save(ctx)
         clients.append((time.process_time() - client_before) / count * 1e3)
         backend_after = backend_cpu()
-        if backend_before is not None and backend_after is not None:
-            backends.append((backend_after - backend_before) / count * 1e3)
+        # Only backends there before and after: one that came or went would count as all
+        # or none of its CPU.
+        both = backend_before.keys() & backend_after.keys()
+        if both:
+            spent = sum(backend_after[pid] - backend_before[pid] for pid in both)
+            backends.append(spent / count * 1e3)
         repeats.append(statistics.median(times) * 1e6)
 
     def spread(values: list[float], unit: str, digits: int) -> str:
@@ -180,7 +187,7 @@ def timed(count: int, begin: Any, save: Any) -> None:
 
     print(f"turn_begin: {spread(repeats, 'µs per call', 0)}, {count} calls each")
     print(f"CPU per turn_begin + reply_save, this process: {spread(clients, 'ms', 2)}")
-    print(f"CPU per turn_begin + reply_save, PostgreSQL backend: {spread(backends, 'ms', 2)}")
+    print(f"CPU per turn_begin + reply_save, PostgreSQL backends: {spread(backends, 'ms', 2)}")
 
 
 if __name__ == "__main__":

@@ -144,8 +144,9 @@ if _postgresql:
 # prepares no statements (Django's default, pinned: PgBouncer before 1.21 cannot route them),
 # and `.iterator()` reads through a plain cursor: outside atomic() it would DECLARE a WITH HOLD
 # cursor that the next transaction's server connection does not have ("cursor ... does not
-# exist", tests/ops/test_pgbouncer.py). The pool's check then tests the link to PgBouncer,
-# which replaces dead server connections itself.
+# exist", tests/ops/test_pgbouncer.py). The pool's check then tests the link to PgBouncer
+# (a round trip when it was quiet or PgBouncer closed it), and PgBouncer replaces dead server
+# connections itself.
 DB_PGBOUNCER = envbool("DB_PGBOUNCER", False)
 if DB_PGBOUNCER and _postgresql:
     _database["OPTIONS"].pop("server_side_binding", None)

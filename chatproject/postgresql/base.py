@@ -1,4 +1,5 @@
-"""Django's PostgreSQL backend, whose pool checks connections without a round trip.
+"""Django's PostgreSQL backend, whose pool checks a busy worker's connections without a
+round trip.
 
 Each connection is tested as it leaves the pool: after a database restart the pool still
 holds dead ones, and a turn must not be refused for them. psycopg_pool's own check
@@ -8,20 +9,28 @@ transaction, two of a turn's seven.
 
 A live server sends nothing to a connection that sits idle in the pool. When the server goes
 away (a restart, a crash, `pg_terminate_backend`), it closes its side, usually after a FATAL
-message, and the socket turns readable. So a socket with nothing to read passes at once, and
-one with something to read gets psycopg_pool's full check, which fails on a dead connection;
-the pool then discards it and hands out another.
+message, and the socket turns readable. So a connection handed out within the last
+`QUIET_SECONDS` whose socket has nothing to read passes at once; any other gets psycopg_pool's
+full check, which fails on a dead connection, and the pool then discards it and hands out
+another. A busy worker reuses its few connections many times a second and skips the round
+trip where it costs; a quiet one pays it, as before.
 
-Neither check sees a server that vanished without closing its side (a host powered off): the
-full check, like the turn itself, would wait for TCP to give up.
+What only the round trip sees is a path that went silent: a NAT or firewall that forgot the
+connection, an address moved to another host in a failover. The socket stays quiet until
+something is sent, and the answer is a reset. A connection quiet for longer than
+`QUIET_SECONDS` gets the round trip; one in use moments before the path broke fails its
+turn's first statement instead (`unavailable`, nothing saved), once per pooled connection.
 
 Django takes the pool's `check` from `CONN_HEALTH_CHECKS` alone, so this backend builds the
-pool itself, as Django 5.2 does, with `check_idle_connection`.
+pool itself, as Django 5.2 does (tests/conversations/test_pool_check.py holds the two
+alike), with `check_idle_connection`.
 """
 
 from __future__ import annotations
 
+import math
 import select
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +39,17 @@ from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from psycopg_pool import ConnectionPool
 
+# A connection handed out less than this long ago, with nothing to read, skips the round trip.
+QUIET_SECONDS = 5.0
+
 
 def check_idle_connection(conn: Any) -> None:
     """psycopg_pool's `check` callback: return at once, or raise for a dead connection."""
-    if conn.closed or _has_input(conn.fileno()):
+    now = time.monotonic()
+    recent = now - getattr(conn, "_chat_handed_out", -math.inf) < QUIET_SECONDS
+    if conn.closed or not recent or _has_input(conn.fileno()):
         ConnectionPool.check_connection(conn)
+    conn._chat_handed_out = now
 
 
 def _has_input(fd: int) -> bool:

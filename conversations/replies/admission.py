@@ -54,18 +54,17 @@ class Admission:
         if gate is None:
             yield
             return
-        if not gate.locked():
-            # A place is free and nobody waits for one: taken at once, with no timer and no
-            # task (`wait_for`'s), so a turn on a quiet server loses no pass of the loop here.
-            await gate.acquire()
-        else:
-            self.waiting += 1
-            try:
-                await asyncio.wait_for(gate.acquire(), settings.TURN_BEGIN_WAIT_SECONDS)
-            except TimeoutError:
-                raise Busy("The server is busy; try again in a moment.") from None
-            finally:
-                self.waiting -= 1
+        self.waiting += 1
+        try:
+            # Not wait_for: on Python 3.11 it runs the acquire as a task of its own, and a
+            # socket closing (its task cancelled) just as that task is granted a place
+            # loses the place for good.
+            async with asyncio.timeout(settings.TURN_BEGIN_WAIT_SECONDS):
+                await gate.acquire()  # a free place is taken without a pass of the loop
+        except TimeoutError:
+            raise Busy("The server is busy; try again in a moment.") from None
+        finally:
+            self.waiting -= 1
         try:
             yield
         finally:

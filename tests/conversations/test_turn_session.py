@@ -166,9 +166,18 @@ def end_by_a_forged_row(user: Any, key: str) -> None:
 )
 def test_a_session_accepted_before_is_refused_once_it_ends(alice, persona, end):
     """A socket's later turns skip the checks the first one passed (services._signed_in);
-    whatever ended the session since, the next turn is refused all the same."""
+    whatever ended the session since, the next turn is refused all the same. A new password
+    and a forged row reach the memo with a row it has not seen; a session gone, expired or
+    of an inactive user reads as no row at all."""
     key = signed_in(alice)
     assert not refused(alice, key)
     assert not refused(alice, key)  # accepted again, now without decoding the session
     end(alice, key)
     assert refused(alice, key)
+
+
+def test_a_session_accepted_for_one_user_is_refused_to_another(alice, bob, persona):
+    key = signed_in(alice)
+    assert not refused(alice, key)
+    assert not refused(alice, key)
+    assert refused(bob, key)
