@@ -126,7 +126,8 @@ if _postgresql:
         # Django's backend, whose pool tests each connection as it leaves: after a database
         # restart the pool still holds dead ones, and a turn must not be refused for them.
         # Its test costs a round trip only where the server closed its side or said
-        # something (chatproject/postgresql/base.py); CONN_HEALTH_CHECKS' costs one each time.
+        # something, or the connection sat unused for 5 s (chatproject/postgresql/base.py);
+        # CONN_HEALTH_CHECKS' costs one every time.
         _database["ENGINE"] = "chatproject.postgresql"
     # Server-side binding, and psycopg prepares what a connection runs again and again (from
     # its 5th run): a turn's statements are then planned once per pooled connection, not on

@@ -8,6 +8,7 @@ await returns.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import threading
 import uuid
@@ -106,12 +107,14 @@ def session_user_id(*, session_key: str | None) -> int | None:
 _DB_SESSIONS = "django.contrib.sessions.backends.db"
 
 
-# The sessions `session_signs_in` accepted lately, each with its data and its user's password
-# hash exactly as the turn read them. The verdict depends on nothing else but settings, so
-# a socket's later messages skip decoding the session and hashing (an eighth of a begin's
-# CPU, micro-measured): any change to the row (a new password, a re-signed session) misses,
-# and a session gone, expired or of an inactive user never gets here.
-_signed_in: dict[tuple[int, str, str, str], bool] = {}
+# The sessions `session_signs_in` accepted lately: a digest of the user, the session key, its
+# data and the user's password hash, exactly as the turn read them (a digest, so no password
+# hash outlives its turn in memory). The verdict depends on nothing else but settings, so a
+# socket's later messages skip decoding the session and hashing (about a sixth of a turn's
+# CPU on its database thread, micro-measured): any change to the row (a new password, a
+# re-signed session) misses, and a session gone, expired or of an inactive user never gets
+# here.
+_signed_in: dict[bytes, bool] = {}
 _signed_in_lock = threading.Lock()  # turns begin on several threads
 _SIGNED_IN_KEPT = 4096
 
@@ -134,7 +137,9 @@ def session_signs_in(user_id: int, session_key: str, row: turn_sql.SessionRow | 
         return False
     if row.data is None or row.password is None:
         return False
-    seen = (user_id, session_key, row.data, row.password)
+    seen = hashlib.blake2b(
+        "\0".join((str(user_id), session_key, row.data, row.password)).encode(), digest_size=32
+    ).digest()
     if seen in _signed_in:
         return True
     session = import_module(_DB_SESSIONS).SessionStore(session_key).decode(row.data)

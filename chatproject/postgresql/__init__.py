@@ -1,1 +1,1 @@
-"""Django's PostgreSQL backend, with a pool check that costs no round trip (see `base`)."""
+"""Django's PostgreSQL backend, whose pool check costs a busy worker no round trip."""

@@ -5,7 +5,7 @@ Each connection is tested as it leaves the pool: after a database restart the po
 holds dead ones, and a turn must not be refused for them. psycopg_pool's own check
 (`ConnectionPool.check_connection`, which Django installs for `CONN_HEALTH_CHECKS`) sends an
 empty statement and waits for the answer: a round trip to PostgreSQL before every
-transaction, two of a turn's seven.
+transaction, two of the seven a new conversation's turn made.
 
 A live server sends nothing to a connection that sits idle in the pool. When the server goes
 away (a restart, a crash, `pg_terminate_backend`), it closes its side, usually after a FATAL
