@@ -1398,7 +1398,11 @@ def main() -> int:
         action="store_false",
         help="skip the coalescing-off burst (ceiling and daphne, one frame per word)",
     )
-    parser.add_argument("--profile", action="store_true", help="py-spy the 250 burst")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the 250 burst, the 300 ramp and 1,000 short turns",
+    )
     parser.add_argument("--uvicorn-ws", default="websockets-sansio")
     parser.add_argument(
         "--pgbouncer-pool",
