@@ -73,6 +73,17 @@ def bob(django_db_blocker: Any) -> Any:
 
 
 @pytest.fixture
+def released_main(alice: Any) -> None:
+    """Alice saved, and the test thread's connection back in the pool: counting what db_call
+    leaves checked out must not count the test's own."""
+    connection.close()
+
+
+def count_users() -> int:
+    return User.objects.count()
+
+
+@pytest.fixture
 def persona(django_db_blocker: Any) -> Persona:
     return Persona.objects.create(
         slug="assistant",

@@ -6,22 +6,12 @@ import asyncio
 import contextvars
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection
 
 from conversations.db import db_call
-from tests.conftest import pool_checked_out, release_shared_thread
+from tests.conftest import count_users, pool_checked_out, release_shared_thread
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
-
-
-def count_users() -> int:
-    return get_user_model().objects.count()
-
-
-@pytest.fixture
-def released_main(alice):
-    connection.close()
 
 
 async def test_db_call_releases_from_tasks_and_fresh_contexts(alice, released_main):

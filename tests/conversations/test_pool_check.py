@@ -9,13 +9,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.backends.postgresql.base import DatabaseWrapper as DjangoPostgreSQL
 
 from chatproject.postgresql.base import QUIET_SECONDS, DatabaseWrapper, check_idle_connection
 from conversations.db import db_call
-from tests.conftest import admin_dsn, release_shared_thread
+from tests.conftest import admin_dsn, count_users, release_shared_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,10 +91,6 @@ def test_the_pool_is_built_as_djangos_but_for_its_check(settings: Any) -> None:
             DjangoPostgreSQL._connection_pools.pop(alias, None)  # type: ignore[attr-defined]
 
 
-def count_users() -> int:
-    return get_user_model().objects.count()
-
-
 def pool_backends() -> list[int]:
     """The pids of every connection the pool holds, each taken out once."""
     pool = connection.pool  # type: ignore[attr-defined]
@@ -105,11 +100,6 @@ def pool_backends() -> list[int]:
     finally:
         for conn in taken:
             pool.putconn(conn)
-
-
-@pytest.fixture
-def released_main(alice: object) -> None:
-    connection.close()
 
 
 @pytest.mark.asyncio
