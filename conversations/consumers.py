@@ -191,7 +191,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         if isinstance(layer, LocalChannelLayer) and layer.alone(self.group, self.channel_name):
             return  # one process, one tab: its own copy would only be dropped (chat_started)
         try:
-            await self.channel_layer.group_send(
+            await layer.group_send(
                 self.group,
                 {"type": "chat.started", "frame": accepted, "sender": self.channel_name},
             )
