@@ -13,6 +13,7 @@ import math
 import threading
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import import_module
@@ -206,19 +207,20 @@ def turn_begin(
     session: a socket outlives logout until it hears of it, so the turn checks it here.
     """
     try:
-        return _turn_begin(
-            user_id=user_id,
-            conversation_id=conversation_id,
-            persona_slug=persona_slug,
-            content=content,
-            client_id=client_id,
-            history_limit=history_limit,
-            parent_id=parent_id,
-            parent_given=parent_given,
-            attachment_ids=attachment_ids,
-            check_persona=check_persona,
-            session_key=session_key,
-        )
+        with _begin_transaction(conversation_id, attachment_ids):
+            return _turn_begin(
+                user_id=user_id,
+                conversation_id=conversation_id,
+                persona_slug=persona_slug,
+                content=content,
+                client_id=client_id,
+                history_limit=history_limit,
+                parent_id=parent_id,
+                parent_given=parent_given,
+                attachment_ids=attachment_ids,
+                check_persona=check_persona,
+                session_key=session_key,
+            )
     except _SentMeanwhile:
         # A concurrent send of the same client_id (another socket, worker or the HTTP API)
         # committed first; our transaction, and the conversation we made, rolled back.
@@ -233,7 +235,21 @@ class _SentMeanwhile(Exception):
     pass
 
 
-@transaction.atomic
+def _begin_transaction(
+    conversation_id: uuid.UUID | None, attachment_ids: tuple[uuid.UUID, ...]
+) -> AbstractContextManager[object]:
+    """The turn's transaction, or none where a new conversation's turn writes once.
+
+    On PostgreSQL a new conversation and its message are one statement, atomic on its own
+    (`turn_sql.message_insert`), and nothing before it writes. BEGIN and COMMIT would add
+    two round trips to the turn's two and hold no lock or snapshot the turn needs: under
+    READ COMMITTED each statement sees the data as of its own start, in a transaction or
+    not. Attachments are a second write, so a turn with any keeps its transaction."""
+    if conversation_id is None and not attachment_ids and connection.vendor == "postgresql":
+        return nullcontext()
+    return transaction.atomic()
+
+
 def _turn_begin(
     *,
     user_id: int,
@@ -248,9 +264,10 @@ def _turn_begin(
     check_persona: Callable[[PersonaInfo], object] | None,
     session_key: str | None,
 ) -> TurnContext:
-    """The turn's transaction, in as few round trips as its rules allow: one read of all it
-    needs (the socket's session with it), the lock of an existing conversation, one write,
-    and the history of an existing one."""
+    """The turn's reads and write, in as few round trips as its rules allow: one read of all
+    it needs (the socket's session with it), the lock of an existing conversation, one
+    write, and the history of an existing one. The caller holds the transaction
+    (`_begin_transaction`)."""
     now = timezone.now()
     start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), now)
     reads = turn_sql.turn_reads(

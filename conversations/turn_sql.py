@@ -334,12 +334,9 @@ def message_insert(
     with connection.cursor() as cursor:
         if new_conversation is not None:
             persona_id, title = new_conversation
-            # Created pointing at its message (the foreign key is checked at commit).
-            conversation = f"""
-                INSERT INTO {conversations}
-                    (id, owner_id, persona_id, title, created_at, updated_at, current_leaf_id)
-                VALUES (%s, %s, %s, %s, %s, %s, %s)
-            """
+            # Created pointing at its message, and the message in it: both foreign keys are
+            # checked at commit, which is this statement's end where no transaction is open.
+            columns = "(id, owner_id, persona_id, title, created_at, updated_at, current_leaf_id)"
             conversation_params = [
                 _uuid(conversation_id),
                 user_id,
@@ -350,12 +347,20 @@ def message_insert(
                 _uuid(message_id),
             ]
             if connection.vendor == "postgresql":
+                # One statement: the conversation is made only if the message was inserted,
+                # so a client_id sent before leaves nothing behind, in a transaction or not.
                 cursor.execute(
-                    f"WITH c AS ({conversation} RETURNING id) {insert}",
-                    conversation_params + message,
+                    f"""WITH m AS ({insert}), c AS (
+                        INSERT INTO {conversations} {columns}
+                        SELECT %s, %s, %s, %s, %s, %s, %s FROM m
+                    ) SELECT id FROM m""",
+                    message + conversation_params,
                 )
                 return cursor.fetchone() is not None
-            cursor.execute(conversation, conversation_params)
+            cursor.execute(
+                f"INSERT INTO {conversations} {columns} VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                conversation_params,
+            )
             cursor.execute(insert, message)
             return cursor.fetchone() is not None
         move = f"UPDATE {conversations} SET updated_at = %s, current_leaf_id = "

@@ -77,6 +77,6 @@ def test_a_send_racing_its_twin_gets_the_twins_message_and_leaves_no_conversatio
     assert results["second"].duplicate
     assert results["second"].user_message_id == results["first"].user_message_id
     assert results["second"].conversation_id == results["first"].conversation_id
-    # The conversation the second send began to create was rolled back with it.
+    # The second send left no conversation of its own behind.
     assert Conversation.objects.filter(owner=alice).count() == 1
     assert Message.objects.filter(owner=alice, client_id=client_id).count() == 1

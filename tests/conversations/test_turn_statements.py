@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,3 +98,64 @@ def test_a_connection_plans_the_turns_read_once_not_on_every_turn(alice: Any, pe
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
     assert any("client_id" in sql and "SUM(tokens)" in sql for sql in prepared), prepared
+
+
+def round_trips(trace: Path) -> tuple[int, str]:
+    """How often one trace waited on the server (each wait ends in ReadyForQuery), and
+    what it sent."""
+    lines = trace.read_text().splitlines()
+    waits = sum("\tReadyForQuery\t" in line for line in lines)
+    sent = [
+        line for line in lines if "\tF\t" in line and ("\tQuery\t" in line or "\tParse\t" in line)
+    ]
+    return waits, "\n".join(sent)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_conversations_turn_waits_on_postgresql_twice(
+    alice: Any, persona: Any, tmp_path: Path
+) -> None:
+    """Its one read and its one write, with no BEGIN or COMMIT around them: the write is a
+    single statement, atomic on its own. An existing conversation keeps its transaction."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement begin is PostgreSQL's")
+    first = tmp_path / "new.trace"
+    with traced(first):
+        ctx = services.turn_begin(
+            user_id=alice.id,
+            conversation_id=None,
+            persona_slug=None,
+            content="Hello",
+            client_id=uuid.uuid4(),
+            history_limit=50,
+        )
+    waits, sent = round_trips(first)
+    assert waits == 2, sent
+    assert "BEGIN" not in sent and "COMMIT" not in sent
+    assert Conversation.objects.get(id=ctx.conversation_id).current_leaf_id == ctx.user_message_id
+
+    again = tmp_path / "existing.trace"
+    with traced(again):
+        services.turn_begin(
+            user_id=alice.id,
+            conversation_id=ctx.conversation_id,
+            persona_slug=None,
+            content="More",
+            client_id=uuid.uuid4(),
+            history_limit=50,
+        )
+    _, sent = round_trips(again)
+    assert "BEGIN" in sent and "COMMIT" in sent, sent
+
+
+@contextlib.contextmanager
+def traced(path: Path) -> Iterator[None]:
+    """libpq's trace of everything this thread's connection sends and reads meanwhile."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    with path.open("w") as out:
+        pgconn.trace(out.fileno())
+        try:
+            yield
+        finally:
+            pgconn.untrace()
