@@ -1,6 +1,7 @@
 """Sync ORM functions: the only place chat code touches the database.
 
-Each function is one short transaction and returns plain values. Async code calls them
+Each function is one short transaction (or, where its one write is a single statement,
+no more than that statement's own) and returns plain values. Async code calls them
 through `conversations.db.db_call`, which gives the connection back to the pool before the
 await returns.
 """
