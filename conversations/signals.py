@@ -3,7 +3,8 @@
 Logout names the session, so its sockets close at once. A user saved (password changed,
 deactivated) or deleted asks each of the user's sockets to check its own session again, after
 the change commits; a socket whose session no longer signs that user in closes. Whatever
-slips between the change and the event, `turn_begin` checks inside its own transaction.
+slips between the change and the event, `turn_begin` checks in its own read, just before
+it writes.
 """
 
 from __future__ import annotations
