@@ -265,12 +265,14 @@ def _turn_begin(
     check_persona: Callable[[PersonaInfo], object] | None,
     session_key: str | None,
 ) -> TurnContext:
-    """The turn's reads and write, in as few round trips as its rules allow: one read of all
-    it needs (the socket's session with it), the lock of an existing conversation, one
-    write, and the history of an existing one. The caller holds the transaction
-    (`_begin_transaction`)."""
+    """The turn's reads and write, in as few round trips as its rules allow. On PostgreSQL:
+    one read of all it needs (the socket's session, and an existing conversation locked,
+    with it), and one write (with an existing conversation's history). SQLite locks, writes
+    and reads the history apart. The caller holds the transaction (`_begin_transaction`)."""
     now = timezone.now()
     start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), now)
+    # PostgreSQL locks an existing conversation in the same read (a lateral subquery).
+    one_read = connection.vendor == "postgresql"
     reads = turn_sql.turn_reads(
         user_id=user_id,
         client_id=client_id,
@@ -279,6 +281,7 @@ def _turn_begin(
         persona_slug=persona_slug,
         session_key=session_key if settings.SESSION_ENGINE == _DB_SESSIONS else None,
         now=now,
+        lock_conversation=conversation_id if one_read else None,
     )
     if session_key is not None and not session_signs_in(user_id, session_key, reads.session):
         _check_user(user_id, session_key)
@@ -299,7 +302,11 @@ def _turn_begin(
             )
         persona, persona_id, title = reads.persona, reads.persona_id, ""
     else:
-        locked = turn_sql.conversation_locked(user_id=user_id, conversation_id=conversation_id)
+        locked = (
+            reads.locked
+            if one_read
+            else turn_sql.conversation_locked(user_id=user_id, conversation_id=conversation_id)
+        )
         if locked is None:
             raise NotFound("No such conversation.")
         if not locked.usable:
@@ -319,25 +326,41 @@ def _turn_begin(
     # foreign key is checked at commit): no second write to set the active leaf.
     message_id = uuid.uuid4()
     target = conversation_id or uuid.uuid4()
-    if not turn_sql.message_insert(
-        message_id=message_id,
-        conversation_id=target,
-        user_id=user_id,
-        content=content,
-        client_id=client_id,
-        parent_id=parent,
-        now=timezone.now(),
-        new_conversation=(persona_id, title) if conversation_id is None else None,
-    ):
+    path: list[tuple[uuid.UUID, HistoryItem]] | None = None
+    if conversation_id is not None and one_read:
+        # The write and the history (the path to the new message's parent), one statement.
+        inserted, rows = turn_sql.message_append_pg(
+            message_id=message_id,
+            conversation_id=target,
+            user_id=user_id,
+            content=content,
+            client_id=client_id,
+            parent_id=parent,
+            now=timezone.now(),
+            history_limit=history_limit,
+        )
+        path = _items_from(rows)
+    else:
+        inserted = turn_sql.message_insert(
+            message_id=message_id,
+            conversation_id=target,
+            user_id=user_id,
+            content=content,
+            client_id=client_id,
+            parent_id=parent,
+            now=timezone.now(),
+            new_conversation=(persona_id, title) if conversation_id is None else None,
+        )
+    if not inserted:
         raise _SentMeanwhile
     if uploads:
         Attachment.objects.bulk_create(
             Attachment(message_id=message_id, upload=upload, position=position)
             for position, upload in enumerate(uploads)
         )
-    history: tuple[HistoryItem, ...] = ()
-    if parent is not None and history_limit > 0:
-        history = tuple(item for _, item in _path_items(parent, history_limit))
+    if path is None:
+        path = _path_items(parent, history_limit)
+    history = tuple(item for _, item in path)
     profile = reads.profile
     return TurnContext(
         user_id=user_id,
@@ -623,30 +646,11 @@ def _path_items(leaf_id: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, 
     same statement: attachments cost a turn no round trip of its own."""
     if leaf_id is None or limit <= 0:
         return []
-    quote = connection.ops.quote_name
-    table = quote(Message._meta.db_table)
-    attachments = quote(Attachment._meta.db_table)
-    uploads = quote(Upload._meta.db_table)
-    pk = Message._meta.pk
-    assert pk is not None
-    sql = f"""
-        WITH RECURSIVE path(id, parent_id, role, content, depth) AS (
-            SELECT id, parent_id, role, content, 0 FROM {table} WHERE id = %s
-            UNION ALL
-            SELECT m.id, m.parent_id, m.role, m.content, path.depth + 1
-            FROM {table} m JOIN path ON m.id = path.parent_id
-            WHERE path.depth + 1 < %s
-        )
-        SELECT path.id, path.role, path.content, u.id, u.name, u.kind, u.content_type,
-            u.file, u.text, u.width, u.height
-        FROM path
-        LEFT JOIN {attachments} a ON a.message_id = path.id
-        LEFT JOIN {uploads} u ON u.id = a.upload_id
-        ORDER BY path.depth DESC, a.position
-    """  # the table names are the models' own, never user input
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [pk.get_db_prep_value(leaf_id, connection), limit])
-        rows = cursor.fetchall()
+    return _items_from(turn_sql.path_rows(leaf_id, limit))
+
+
+def _items_from(rows: list[tuple[Any, ...]]) -> list[tuple[uuid.UUID, HistoryItem]]:
+    """`turn_sql.path_rows`'s rows as (message id, item), empty messages left out."""
     items: dict[uuid.UUID, tuple[str, str, list[AttachmentInfo]]] = {}
     for message_id, role, content, upload_id, *upload in rows:
         message_id = _as_uuid(message_id)

@@ -3,9 +3,10 @@
 A turn is the one thing every user does many times a minute, and under a burst its ORM work
 (compiling a dozen querysets, one round trip each) was what the burst waited for: 250 turns
 begun at once queued for seconds on the pool while Python built SQL. Here the reads a turn
-needs before it writes (the duplicate check, the user, the persona, the budget, the profile)
-are one SELECT, the conversation's lock is one more, and the writes are one statement on
-PostgreSQL (data-modifying CTEs) or a few on SQLite. `services` keeps the rules; this module
+needs before it writes (the duplicate check, the user, the persona, the budget, the profile,
+and on PostgreSQL an existing conversation's lock) are one SELECT, and the writes are one
+statement on PostgreSQL (data-modifying CTEs, with an existing conversation's history) or a
+few on SQLite. `services` keeps the rules; this module
 only knows the tables. The table and column names are the models' own, never user input.
 """
 
@@ -22,6 +23,7 @@ from django.contrib.sessions.models import Session
 from django.db import connection
 
 from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
+from attachments.models import Attachment, Upload
 from conversations.context import PersonaInfo, ProfileInfo
 from conversations.models import Conversation, Message, TokenUsage
 from personas.models import Persona
@@ -147,6 +149,9 @@ class TurnReads:
     persona: PersonaInfo | None  # for a new conversation: the one it would get
     persona_id: int | None
     session: SessionRow | None  # when asked for: the socket's session, read with the rest
+    # When asked for (PostgreSQL): the conversation, locked by this same read; None if the
+    # user has no such conversation.
+    locked: LockedConversation | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ def _session_columns() -> str:
 
 
 @functools.cache
-def _reads_sql(new: bool, by_slug: bool, with_session: bool) -> str:
+def _reads_sql(new: bool, by_slug: bool, with_session: bool, locking: bool = False) -> str:
     users = _table(get_user_model())
     messages = _table(Message)
     profiles = _table(Profile)
@@ -189,9 +194,11 @@ def _reads_sql(new: bool, by_slug: bool, with_session: bool) -> str:
             EXISTS (SELECT 1 FROM {users} WHERE id = %s AND is_active),
             pr.display_name, pr.about, p.id, {_persona_select("p")},
             {budget_columns()}{"," + _session_columns() if with_session else ""}
+        {", k.*" if locking else ""}
         FROM (SELECT 1 AS one) one
         LEFT JOIN {profiles} pr ON pr.user_id = %s
         LEFT JOIN {personas} p {persona_join}
+        {f"LEFT JOIN LATERAL ({_locked_sql()}) k ON true" if locking else ""}
     """
 
 
@@ -204,8 +211,11 @@ def turn_reads(
     persona_slug: str | None,
     session_key: str | None = None,
     now: datetime | None = None,
+    lock_conversation: uuid.UUID | None = None,
 ) -> TurnReads:
-    """`session_key` (with `now`): also read that database-backed session."""
+    """`session_key` (with `now`): also read that database-backed session.
+    `lock_conversation` (PostgreSQL): also read and lock that conversation of the user's, as
+    `conversation_locked` does, in this same round trip."""
     # In the text's order: the columns, the budget's, the session's, the profile's join, the
     # persona's.
     params: list[Any] = [user_id, _uuid(client_id), user_id]
@@ -219,9 +229,17 @@ def turn_reads(
         params.append(user_id)
         if persona_slug is not None:
             params.append(persona_slug)
+    locking = lock_conversation is not None
+    if lock_conversation is not None:
+        params += _locked_params(user_id, lock_conversation)
+    sql = _reads_sql(new, persona_slug is not None, with_session, locking)
     with connection.cursor() as cursor:
-        cursor.execute(_reads_sql(new, persona_slug is not None, with_session), params)
+        cursor.execute(sql, params)
         row = cursor.fetchone()
+    locked = None
+    if locking:
+        row, locked_row = row[:-_LOCKED_WIDTH], row[-_LOCKED_WIDTH:]
+        locked = _locked(locked_row) if locked_row[1] is not None else None
     existing, active, display_name, about, persona_id, *rest = row
     session = SessionRow(*rest[-2:]) if with_session else None
     if with_session:
@@ -235,6 +253,7 @@ def turn_reads(
         persona=_persona_from(tuple(persona_row)) if persona_id is not None else None,
         persona_id=persona_id,
         session=session,
+        locked=locked,
     )
 
 
@@ -257,7 +276,7 @@ def _locked_sql() -> str:
     lock = " FOR UPDATE OF c" if connection.features.has_select_for_update_of else ""
     return f"""
         SELECT c.title, c.persona_id, {_persona_select("p")}, p.is_active,
-            {usable_sql("c.persona_id")}, l.id, l.role, l.parent_id
+            {usable_sql("c.persona_id")}, c.current_leaf_id, l.id, l.role, l.parent_id
         FROM {conversations} c
         JOIN {personas} p ON p.id = c.persona_id
         LEFT JOIN {messages} l ON l.id = c.current_leaf_id
@@ -265,17 +284,43 @@ def _locked_sql() -> str:
     """
 
 
+# The columns `_locked_sql` selects: title, persona id, the persona's, is_active, usable, the
+# active leaf's id as the conversation holds it, and the leaf's id, role and parent as joined.
+_LOCKED_WIDTH = 2 + len(PERSONA_COLUMNS) + 6
+
+
+def _locked_params(user_id: int, conversation_id: uuid.UUID) -> list[Any]:
+    return [user_id, _uuid(conversation_id), user_id]
+
+
 def conversation_locked(*, user_id: int, conversation_id: uuid.UUID) -> LockedConversation | None:
     """The user's conversation, its persona and its active leaf, with the row locked: the
     lock serialises concurrent turns on one conversation across workers."""
     with connection.cursor() as cursor:
-        cursor.execute(_locked_sql(), [user_id, _uuid(conversation_id), user_id])
+        cursor.execute(_locked_sql(), _locked_params(user_id, conversation_id))
         row = cursor.fetchone()
     if row is None:
         return None
+    return _locked(row)
+
+
+def _locked(row: tuple[Any, ...]) -> LockedConversation:
+    """The locked conversation from `_locked_sql`'s columns, its leaf as it is now.
+
+    A statement that waited for the lock (another turn, or a reply's save, held it) sees
+    the conversation's row as that transaction left it, but every other row as of its own
+    start: a leaf the other transaction wrote is not there to join. The leaf is then read
+    again, by a statement of its own that sees the commit (the lock is held by now)."""
     title, persona_id, *rest = row
     persona_row = rest[: len(PERSONA_COLUMNS)]
-    active, member, leaf_id, leaf_role, leaf_parent = rest[len(PERSONA_COLUMNS) :]
+    active, member, current_leaf, leaf_id, leaf_role, leaf_parent = rest[len(PERSONA_COLUMNS) :]
+    if current_leaf is not None and leaf_id != current_leaf:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id, role, parent_id FROM {_table(Message)} WHERE id = %s",
+                [_uuid(as_uuid(current_leaf))],
+            )
+            leaf_id, leaf_role, leaf_parent = cursor.fetchone()
     return LockedConversation(
         title=title,
         persona_id=persona_id,
@@ -376,6 +421,95 @@ def message_insert(
             return False
         cursor.execute(f"{move} %s WHERE id = %s", [_when(now), message[0], message[1]])
         return True
+
+
+def message_append_pg(
+    *,
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_id: int,
+    content: str,
+    client_id: uuid.UUID,
+    parent_id: uuid.UUID | None,
+    now: datetime,
+    history_limit: int,
+) -> tuple[bool, list[tuple[Any, ...]]]:
+    """PostgreSQL, one statement: `message_insert` into an existing conversation, and the
+    path that ends at `parent_id` (its last `history_limit` messages) as `path_rows` gives
+    it. The path is read as of the statement's start, so without the new message, as the
+    history must be. False (and no rows to use) when a message of this client_id exists."""
+    conversations = _table(Conversation)
+    path_from = parent_id if history_limit > 0 else None
+    sql = f"""
+        WITH RECURSIVE sent AS ({_user_message_insert()}), moved AS (
+            UPDATE {conversations} SET updated_at = %s, current_leaf_id = sent.id FROM sent
+            WHERE {conversations}.id = %s
+            RETURNING sent.id
+        ), {_path_cte()}
+        SELECT moved.id, {_PATH_COLUMNS}
+        FROM (SELECT 1 AS one) one
+        LEFT JOIN moved ON true
+        LEFT JOIN path ON true
+        {_path_joins()}
+    """
+    params = [
+        _uuid(message_id),
+        _uuid(conversation_id),
+        content,
+        _uuid(client_id),
+        user_id,
+        _uuid(parent_id),
+        _when(now),
+        _when(now),
+        _uuid(conversation_id),
+        _uuid(path_from),
+        history_limit,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if rows[0][0] is None:
+        return False, []
+    return True, [row[1:] for row in rows if row[1] is not None]
+
+
+# --- the path: a conversation's history along its active branch -----------------------------
+
+_PATH_COLUMNS = (
+    "path.id, path.role, path.content, u.id, u.name, u.kind, u.content_type, u.file, u.text, "
+    "u.width, u.height"
+)
+
+
+def _path_cte() -> str:
+    """`path`: the messages from the one at the first %s up to the root, at most the second
+    %s of them, each with its depth (0: the first)."""
+    messages = _table(Message)
+    return f"""path(id, parent_id, role, content, depth) AS (
+            SELECT id, parent_id, role, content, 0 FROM {messages} WHERE id = %s
+            UNION ALL
+            SELECT m.id, m.parent_id, m.role, m.content, path.depth + 1
+            FROM {messages} m JOIN path ON m.id = path.parent_id
+            WHERE path.depth + 1 < %s
+        )"""
+
+
+def _path_joins() -> str:
+    """Each message's attachments, joined to `path`, oldest message first."""
+    return f"""
+        LEFT JOIN {_table(Attachment)} a ON a.message_id = path.id
+        LEFT JOIN {_table(Upload)} u ON u.id = a.upload_id
+        ORDER BY path.depth DESC, a.position
+    """
+
+
+def path_rows(leaf_id: uuid.UUID, limit: int) -> list[tuple[Any, ...]]:
+    """The path ending at `leaf_id`, at most `limit` messages: one row per message and
+    attachment (`_PATH_COLUMNS`), oldest first. One recursive query, however long."""
+    sql = f"WITH RECURSIVE {_path_cte()} SELECT {_PATH_COLUMNS} FROM path {_path_joins()}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_uuid(leaf_id), limit])
+        return list(cursor.fetchall())
 
 
 @dataclass(frozen=True)

@@ -112,11 +112,12 @@ def round_trips(trace: Path) -> tuple[int, str]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_new_conversations_turn_waits_on_postgresql_twice(
+def test_a_turn_waits_on_postgresql_twice_in_a_new_conversation_and_four_times_after(
     alice: Any, persona: Any, tmp_path: Path
 ) -> None:
-    """Its one read and its one write, with no BEGIN or COMMIT around them: the write is a
-    single statement, atomic on its own. An existing conversation keeps its transaction."""
+    """A new conversation: its one read and its one write, with no BEGIN or COMMIT around
+    them (the write is a single statement, atomic on its own). An existing one: BEGIN, the
+    read with the conversation's lock, the write with the history, COMMIT."""
     if connection.vendor != "postgresql":
         pytest.skip("the one-statement begin is PostgreSQL's")
     first = tmp_path / "new.trace"
@@ -134,9 +135,19 @@ def test_a_new_conversations_turn_waits_on_postgresql_twice(
     assert "BEGIN" not in sent and "COMMIT" not in sent
     assert Conversation.objects.get(id=ctx.conversation_id).current_leaf_id == ctx.user_message_id
 
+    services.reply_save(
+        message_id=ctx.message_id,
+        conversation_id=ctx.conversation_id,
+        user_message_id=ctx.user_message_id,
+        content="Hi, Alice.",
+        status="complete",
+        input_tokens=3,
+        output_tokens=2,
+        error="",
+    )
     again = tmp_path / "existing.trace"
     with traced(again):
-        services.turn_begin(
+        later = services.turn_begin(
             user_id=alice.id,
             conversation_id=ctx.conversation_id,
             persona_slug=None,
@@ -144,8 +155,11 @@ def test_a_new_conversations_turn_waits_on_postgresql_twice(
             client_id=uuid.uuid4(),
             history_limit=50,
         )
-    _, sent = round_trips(again)
+    waits, sent = round_trips(again)
+    assert waits == 4, sent
     assert "BEGIN" in sent and "COMMIT" in sent, sent
+    assert "FOR UPDATE" in again.read_text()  # the read took the conversation's lock
+    assert [item.content for item in later.history] == ["Hello", "Hi, Alice."]
 
 
 @contextlib.contextmanager
