@@ -224,7 +224,8 @@ def turn_begin(
             )
     except _SentMeanwhile:
         # A concurrent send of the same client_id (another socket, worker or the HTTP API)
-        # committed first; our transaction, and the conversation we made, rolled back.
+        # committed first. Our write saved nothing: the conversation we would have made is
+        # made only with its message (or our transaction rolled it back).
         with transaction.atomic():
             existing = Message.objects.get(
                 owner_id=user_id, role=Message.Role.USER, client_id=client_id
@@ -245,8 +246,15 @@ def _begin_transaction(
     (`turn_sql.message_insert`), and nothing before it writes. BEGIN and COMMIT would add
     two round trips to the turn's two and hold no lock or snapshot the turn needs: under
     READ COMMITTED each statement sees the data as of its own start, in a transaction or
-    not. Attachments are a second write, so a turn with any keeps its transaction."""
-    if conversation_id is None and not attachment_ids and connection.vendor == "postgresql":
+    not. Attachments are a second write, so a turn with any keeps its transaction. Inside
+    a caller's transaction it takes a savepoint, so a failed write leaves that transaction
+    usable."""
+    if (
+        conversation_id is None
+        and not attachment_ids
+        and connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+    ):
         return nullcontext()
     return transaction.atomic()
 

@@ -364,7 +364,8 @@ def message_insert(
 ) -> bool:
     """Insert the user's message and make it the conversation's active leaf, creating the
     conversation first when `new_conversation` (persona id, title) is given. False, with
-    nothing to keep, when a message of this client_id exists (the caller rolls back)."""
+    nothing written, when a message of this client_id exists (on SQLite the caller rolls
+    back the conversation it inserted first)."""
     message = [
         _uuid(message_id),
         _uuid(conversation_id),

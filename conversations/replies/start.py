@@ -143,9 +143,10 @@ TWIN_POLL_SECONDS = 0.05
 
 
 async def turn_start(*, user_id: int, command: Turn, session_key: str | None = None) -> Started:
-    """Steps 1-4 of a turn: limits, begin in one transaction, then start the generation.
+    """Steps 1-4 of a turn: limits, begin in one short transaction, then start the
+    generation.
 
-    `session_key` is the socket's session, checked again inside the turn's transaction.
+    `session_key` is the socket's session, checked again by the turn's read.
     """
     # Heartbeats, remote stops and recovery must run wherever a turn starts (socket, HTTP,
     # the chat command), or another worker would take this reply for a dead worker's.
@@ -278,7 +279,8 @@ async def _begin(
 
 
 async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> TurnContext:
-    """Step 2: the turn's one transaction, for a new message or a new version of a reply."""
+    """Step 2: the turn's one short transaction (`services.turn_begin` says when a single
+    statement is all it takes), for a new message or a new version of a reply."""
     if isinstance(command, Regenerate):
         return await db_call(services.turn_regenerate)(
             user_id=user_id,
