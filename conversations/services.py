@@ -501,10 +501,12 @@ def _may_use_persona_sql() -> str:
 
 def _conversation_locked(user_id: int, conversation_id: uuid.UUID) -> Conversation:
     # The row lock serialises concurrent turns on one conversation across workers. Whether
-    # the user may still use its persona is read in the same statement.
+    # the user may still use its persona is read in the same statement. The active leaf is
+    # not joined here: a statement that waited for the lock would join it as of its own
+    # start, not as the transaction it waited for left it (see `turn_sql._locked`).
     conversation = (
         Conversation.objects.select_for_update(of=("self",))
-        .select_related("persona", "current_leaf")
+        .select_related("persona")
         .filter(id=conversation_id, owner_id=user_id)
         .annotate(member=RawSQL(_may_use_persona_sql(), [user_id]))
         .first()
