@@ -328,7 +328,9 @@ async def test_the_limit_counts_characters_as_on_the_socket(
         assert await db_call(message_count)() == 0
 
 
-async def test_over_the_rate_limit_is_429_with_whole_seconds_to_wait(alice, persona, fast_demo):
+async def test_over_the_rate_limit_is_429_with_whole_seconds_to_wait(
+    alice, persona, fast_demo, one_rate_window
+):
     fast_demo.MESSAGES_PER_MINUTE = 1
     chat = await db_call(conversation_of)(alice, persona)
     client = await logged_in(alice)

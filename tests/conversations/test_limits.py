@@ -10,7 +10,9 @@ from conversations.models import Message
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
-async def test_messages_per_minute_is_rate_limited_with_retry_after(ws, alice, persona, fast_demo):
+async def test_messages_per_minute_is_rate_limited_with_retry_after(
+    ws, alice, persona, fast_demo, one_rate_window
+):
     fast_demo.MESSAGES_PER_MINUTE = 3
     socket = await ws(alice)
     for i in range(3):
@@ -33,7 +35,7 @@ async def test_messages_per_minute_is_rate_limited_with_retry_after(ws, alice, p
     assert len(contents) == 3
 
 
-async def test_rate_limit_is_per_user(ws, alice, bob, persona, fast_demo):
+async def test_rate_limit_is_per_user(ws, alice, bob, persona, fast_demo, one_rate_window):
     fast_demo.MESSAGES_PER_MINUTE = 1
     first, second = await ws(alice), await ws(bob)
     await first.send_message("Alice's only message")

@@ -99,7 +99,7 @@ async def test_another_users_busy_conversation_is_not_found(ws, alice, bob, pers
 
 
 @pytest.mark.asyncio
-async def test_refused_sends_use_none_of_the_budget(ws, alice, persona, fast_demo):
+async def test_refused_sends_use_none_of_the_budget(ws, alice, persona, fast_demo, one_rate_window):
     fast_demo.MESSAGES_PER_MINUTE = 2
     socket = await ws(alice)
     for _ in range(3):
@@ -116,7 +116,7 @@ async def test_refused_sends_use_none_of_the_budget(ws, alice, persona, fast_dem
 
 
 @pytest.mark.asyncio
-async def test_a_resend_uses_none_of_the_budget(ws, alice, persona, fast_demo):
+async def test_a_resend_uses_none_of_the_budget(ws, alice, persona, fast_demo, one_rate_window):
     fast_demo.MESSAGES_PER_MINUTE = 1
     socket = await ws(alice)
     client_id = await socket.send_message("Once")

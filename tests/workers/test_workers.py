@@ -189,7 +189,7 @@ async def test_sigterm_drains_then_saves_the_rest_interrupted(
     assert after.get("idle in transaction", 0) == 0
 
 
-async def test_rate_limit_holds_across_workers(spawn, alice, persona):
+async def test_rate_limit_holds_across_workers(spawn, alice, persona, one_rate_window):
     a = spawn("A", MESSAGES_PER_MINUTE="3", DEMO_REPLY_WORDS="5", DEMO_TOKEN_DELAY_MS="1")
     b = spawn("B", MESSAGES_PER_MINUTE="3", DEMO_REPLY_WORDS="5", DEMO_TOKEN_DELAY_MS="1")
     on_a, on_b = await open_client(a, alice), await open_client(b, alice)
