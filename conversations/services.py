@@ -334,31 +334,18 @@ def _turn_begin(
     # foreign key is checked at commit): no second write to set the active leaf.
     message_id = uuid.uuid4()
     target = conversation_id or uuid.uuid4()
-    path: list[tuple[uuid.UUID, HistoryItem]] | None = None
-    if conversation_id is not None and one_read:
-        # The write and the history (the path to the new message's parent), one statement.
-        inserted, rows = turn_sql.message_append_pg(
-            message_id=message_id,
-            conversation_id=target,
-            user_id=user_id,
-            content=content,
-            client_id=client_id,
-            parent_id=parent,
-            now=timezone.now(),
-            history_limit=history_limit,
-        )
-        path = _items_from(rows)
-    else:
-        inserted = turn_sql.message_insert(
-            message_id=message_id,
-            conversation_id=target,
-            user_id=user_id,
-            content=content,
-            client_id=client_id,
-            parent_id=parent,
-            now=timezone.now(),
-            new_conversation=(persona_id, title) if conversation_id is None else None,
-        )
+    # On PostgreSQL an existing conversation's write also reads its history.
+    inserted, path_rows = turn_sql.message_insert(
+        message_id=message_id,
+        conversation_id=target,
+        user_id=user_id,
+        content=content,
+        client_id=client_id,
+        parent_id=parent,
+        now=timezone.now(),
+        new_conversation=(persona_id, title) if conversation_id is None else None,
+        history_limit=history_limit,
+    )
     if not inserted:
         raise _SentMeanwhile
     if uploads:
@@ -366,8 +353,7 @@ def _turn_begin(
             Attachment(message_id=message_id, upload=upload, position=position)
             for position, upload in enumerate(uploads)
         )
-    if path is None:
-        path = _path_items(parent, history_limit)
+    path = _path_items(parent, history_limit) if path_rows is None else _items_from(path_rows)
     history = tuple(item for _, item in path)
     profile = reads.profile
     return TurnContext(

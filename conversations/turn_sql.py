@@ -361,11 +361,17 @@ def message_insert(
     parent_id: uuid.UUID | None,
     now: datetime,
     new_conversation: tuple[int, str] | None,
-) -> bool:
+    history_limit: int = 0,
+) -> tuple[bool, list[tuple[Any, ...]] | None]:
     """Insert the user's message and make it the conversation's active leaf, creating the
     conversation first when `new_conversation` (persona id, title) is given. False, with
     nothing written, when a message of this client_id exists (on SQLite the caller rolls
-    back the conversation it inserted first)."""
+    back the conversation it inserted first).
+
+    On PostgreSQL, into an existing conversation, the same statement also reads the path
+    that ends at `parent_id` (its last `history_limit` messages), as `path_rows` gives it.
+    It is read as of the statement's start, so without the new message, as the history
+    must be. Elsewhere no path comes back (None), and the caller reads it."""
     message = [
         _uuid(message_id),
         _uuid(conversation_id),
@@ -402,76 +408,37 @@ def message_insert(
                     ) SELECT id FROM m""",
                     message + conversation_params,
                 )
-                return cursor.fetchone() is not None
+                return cursor.fetchone() is not None, None
             cursor.execute(
                 f"INSERT INTO {conversations} {columns} VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 conversation_params,
             )
             cursor.execute(insert, message)
-            return cursor.fetchone() is not None
+            return cursor.fetchone() is not None, None
         move = f"UPDATE {conversations} SET updated_at = %s, current_leaf_id = "
         if connection.vendor == "postgresql":
+            path_from = parent_id if history_limit > 0 else None
             cursor.execute(
-                f"WITH m AS ({insert}) {move} m.id FROM m WHERE {conversations}.id = %s "
-                "RETURNING m.id",
-                [*message, _when(now), _uuid(conversation_id)],
+                f"""WITH RECURSIVE sent AS ({insert}), moved AS (
+                    {move} sent.id FROM sent WHERE {conversations}.id = %s
+                    RETURNING sent.id
+                ), {_path_cte()}
+                SELECT moved.id, {_PATH_COLUMNS}
+                FROM (SELECT 1 AS one) one
+                LEFT JOIN moved ON true
+                LEFT JOIN path ON true
+                {_path_joins()}""",
+                [*message, _when(now), _uuid(conversation_id), _uuid(path_from), history_limit],
             )
-            return cursor.fetchone() is not None
+            rows = cursor.fetchall()
+            if rows[0][0] is None:
+                return False, None
+            return True, [row[1:] for row in rows if row[1] is not None]
         cursor.execute(insert, message)
         if cursor.fetchone() is None:
-            return False
+            return False, None
         cursor.execute(f"{move} %s WHERE id = %s", [_when(now), message[0], message[1]])
-        return True
-
-
-def message_append_pg(
-    *,
-    message_id: uuid.UUID,
-    conversation_id: uuid.UUID,
-    user_id: int,
-    content: str,
-    client_id: uuid.UUID,
-    parent_id: uuid.UUID | None,
-    now: datetime,
-    history_limit: int,
-) -> tuple[bool, list[tuple[Any, ...]]]:
-    """PostgreSQL, one statement: `message_insert` into an existing conversation, and the
-    path that ends at `parent_id` (its last `history_limit` messages) as `path_rows` gives
-    it. The path is read as of the statement's start, so without the new message, as the
-    history must be. False (and no rows to use) when a message of this client_id exists."""
-    conversations = _table(Conversation)
-    path_from = parent_id if history_limit > 0 else None
-    sql = f"""
-        WITH RECURSIVE sent AS ({_user_message_insert()}), moved AS (
-            UPDATE {conversations} SET updated_at = %s, current_leaf_id = sent.id FROM sent
-            WHERE {conversations}.id = %s
-            RETURNING sent.id
-        ), {_path_cte()}
-        SELECT moved.id, {_PATH_COLUMNS}
-        FROM (SELECT 1 AS one) one
-        LEFT JOIN moved ON true
-        LEFT JOIN path ON true
-        {_path_joins()}
-    """
-    params = [
-        _uuid(message_id),
-        _uuid(conversation_id),
-        content,
-        _uuid(client_id),
-        user_id,
-        _uuid(parent_id),
-        _when(now),
-        _when(now),
-        _uuid(conversation_id),
-        _uuid(path_from),
-        history_limit,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    if rows[0][0] is None:
-        return False, []
-    return True, [row[1:] for row in rows if row[1] is not None]
+        return True, None
 
 
 # --- the path: a conversation's history along its active branch -----------------------------
