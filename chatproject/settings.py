@@ -167,6 +167,10 @@ DB_CALL_THREADS = envint(
 # Turn begins running their transaction at once; more queue, first come first served
 # (conversations/replies/admission.py). 0: as many as there are threads.
 TURN_BEGINS_AT_ONCE = envint("TURN_BEGINS_AT_ONCE", 4)
+# A turn's begin runs on the event loop, on an async connection of the worker's own (at most
+# TURN_BEGINS_AT_ONCE of them, beside the pool): no thread hop (conversations/db.py). Off: on
+# the turn threads, as every other database call. PostgreSQL only.
+TURN_BEGINS_ON_LOOP = envbool("TURN_BEGINS_ON_LOOP", True)
 # A begin that waited this long for its place is answered `busy`.
 TURN_BEGIN_WAIT_SECONDS = envfloat("TURN_BEGIN_WAIT_SECONDS", 5.0)
 # The cycle collector runs once this many objects were allocated (CPython's default: 700);

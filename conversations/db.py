@@ -1,21 +1,40 @@
-"""The one way async chat code reaches the database.
+"""The ways async chat code reaches the database.
 
 `db_call(func)` runs a sync ORM function on a worker thread and gives its connection back to
 the pool *inside* that call, before the await returns. Relying on the connection being closed
 after the call is not enough: a connection left open there stays checked out of the pool until
 the same thread happens to run again, and that is exactly the leak this project exists to fix.
+
+`loop_run(steps)` runs a turn's begin (`services.turn_begin_steps`) on the event loop itself,
+on PostgreSQL: its one read and one write go out on an async psycopg connection of the loop's
+own few (`LoopConnections`), with no thread to hop to and back. Under load that hop, and the
+thread's wait for the core and the GIL between its round trips, were most of a begin's time
+(bench/results/loop-begin). The connection goes back as soon as the steps end, as with
+`db_call`. A begin that takes a rare path (a re-send, an edit, attachments) says so before it
+writes anything, and runs again on a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+import psycopg
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
+from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
+
+from chatproject.postgresql.base import QUIET_SECONDS, has_input
+
+if TYPE_CHECKING:
+    from conversations.turn_sql import Steps
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -72,3 +91,149 @@ def io_call(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     if _turn_executor() is None:
         return database_sync_to_async(released(func))
     return database_sync_to_async(released(func), thread_sensitive=False)
+
+
+# --- the turn's begin on the event loop ------------------------------------------------------
+
+
+class NeedsThread(Exception):
+    """The steps took a path that uses the ORM (`turn_sql.ORM`): run them on a thread."""
+
+
+def loop_begins() -> bool:
+    """Whether a turn begins on the event loop: PostgreSQL, unless TURN_BEGINS_ON_LOOP is off
+    or a role is assumed per connection (Django's `assume_role`, which this path would not
+    set)."""
+    database = settings.DATABASES[DEFAULT_DB_ALIAS]
+    return (
+        settings.TURN_BEGINS_ON_LOOP
+        and database["ENGINE"] in _POSTGRESQL_ENGINES
+        and not database.get("OPTIONS", {}).get("assume_role")
+    )
+
+
+_POSTGRESQL_ENGINES = ("chatproject.postgresql", "django.db.backends.postgresql")
+
+
+async def loop_run(steps: Steps[R], *, atomic: bool) -> R:
+    """Run `steps` on one of the loop's connections, in a transaction if `atomic`, else each
+    statement on its own (autocommit). Raises NeedsThread, with nothing written, where the
+    steps need the ORM; database errors come as Django's (`DatabaseError` and its kin), as
+    from `db_call`."""
+    connection = await loop_connections.take()
+    try:
+        with connections[DEFAULT_DB_ALIAS].wrap_database_errors:
+            if not atomic:
+                return await _drive(connection, steps)
+            async with connection.transaction():
+                return await _drive(connection, steps)
+    finally:
+        await loop_connections.give_back(connection)
+
+
+async def _drive(connection: AsyncConnection[Any], steps: Steps[R]) -> R:
+    from conversations.turn_sql import Statement
+
+    try:
+        step = next(steps)
+        while True:
+            if not isinstance(step, Statement):
+                steps.close()
+                raise NeedsThread
+            result: Any = None
+            async with connection.cursor() as cursor:
+                await cursor.execute(step.sql, step.params)
+                if step.fetch == "one":
+                    result = await cursor.fetchone()
+                elif step.fetch == "all":
+                    result = await cursor.fetchall()
+            step = steps.send(result)
+    except StopIteration as finished:
+        return finished.value
+
+
+class LoopConnections:
+    """The event loop's own few PostgreSQL connections, for turn begins.
+
+    As many are kept as begins may run at once (`TURN_BEGINS_AT_ONCE`, which the admission
+    queue holds to): the worker's Django pool is not drawn on, so a worker holds up to that
+    many connections more (docs/scaling.md). One is checked as it leaves, as the Django
+    pool's are (chatproject/postgresql): a round trip only if it sat unused for
+    `QUIET_SECONDS` or the server closed its side or said something. One that comes back
+    in any state but idle (a cancelled statement, a broken link) is closed, not kept.
+
+    A connection belongs to no loop between uses, but a new event loop (a test's), or a
+    database setting changed (a test's database), starts afresh: those kept are closed.
+    """
+
+    def __init__(self) -> None:
+        self._idle: list[tuple[AsyncConnection[Any], float]] = []
+        self._for: tuple[Any, ...] = ()
+
+    async def take(self) -> AsyncConnection[Any]:
+        database = connections[DEFAULT_DB_ALIAS].settings_dict
+        target = (asyncio.get_running_loop(), *(database[key] for key in _TARGET))
+        if target != self._for:
+            self.close_all()
+            self._for = target
+        while self._idle:
+            connection, returned = self._idle.pop()
+            if await _usable(connection, returned):
+                return connection
+        return await _connect()
+
+    async def give_back(self, connection: AsyncConnection[Any]) -> None:
+        kept = max(settings.TURN_BEGINS_AT_ONCE or settings.DB_CALL_THREADS, 1)
+        idle = connection.info.transaction_status == TransactionStatus.IDLE
+        if connection.closed or not idle or len(self._idle) >= kept:
+            _close(connection)
+            return
+        self._idle.append((connection, time.monotonic()))
+
+    def close_all(self) -> None:
+        """Close every idle connection (a new loop, or the end of a test session)."""
+        while self._idle:
+            _close(self._idle.pop()[0])
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+
+loop_connections = LoopConnections()
+LOOP_APPLICATION_NAME = "chat-turn-begin"
+_TARGET = ("NAME", "HOST", "PORT", "USER", "OPTIONS")
+
+
+async def _usable(connection: AsyncConnection[Any], returned: float) -> bool:
+    recent = time.monotonic() - returned < QUIET_SECONDS
+    if not connection.closed and recent and not has_input(connection.fileno()):
+        return True
+    try:
+        await AsyncConnectionPool.check_connection(connection)
+    except psycopg.Error:
+        _close(connection)
+        return False
+    return True
+
+
+async def _connect() -> AsyncConnection[Any]:
+    params = connections[DEFAULT_DB_ALIAS].get_connection_params()
+    # Django's cursor classes are sync; these bind as they do (server-side where Django's
+    # `server_side_binding` is on, else in the client, as behind PgBouncer).
+    server_side = params.pop("cursor_factory").__name__ == "ServerBindingCursor"
+    params["cursor_factory"] = AsyncCursor if server_side else AsyncClientCursor
+    # Told apart from the pool's in pg_stat_activity (`manage.py db_report` shows the name).
+    params.setdefault("application_name", LOOP_APPLICATION_NAME)
+    with connections[DEFAULT_DB_ALIAS].wrap_database_errors:
+        connection = await AsyncConnection.connect(autocommit=True, **params)
+    # As Django sets its own connections (`_configure_timezone`).
+    zone = connections[DEFAULT_DB_ALIAS].timezone_name
+    if connection.info.parameter_status("TimeZone") != zone:
+        await connection.execute("SELECT set_config('TimeZone', %s, false)", [zone])
+    return connection
+
+
+def _close(connection: AsyncConnection[Any]) -> None:
+    # The socket is closed at once, with no await: also from a loop that is gone.
+    connection.pgconn.finish()

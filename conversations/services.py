@@ -51,6 +51,7 @@ from conversations.context import (
     ReplyInfo,
     TurnContext,
 )
+from conversations.db import NeedsThread
 from conversations.errors import Forbidden, Invalid, NotFound, QuotaExceeded, SessionEnded
 from conversations.models import Conversation, Message, TokenUsage
 from conversations.prompts import title_from_message
@@ -209,7 +210,7 @@ def turn_begin(
     """
     try:
         with _begin_transaction(conversation_id, attachment_ids):
-            return _turn_begin(
+            steps = turn_begin_steps(
                 user_id=user_id,
                 conversation_id=conversation_id,
                 persona_slug=persona_slug,
@@ -222,6 +223,7 @@ def turn_begin(
                 check_persona=check_persona,
                 session_key=session_key,
             )
+            return turn_sql.run(steps)
     except _SentMeanwhile:
         # A concurrent send of the same client_id (another socket, worker or the HTTP API)
         # committed first. Our write saved nothing: the conversation we would have made is
@@ -233,8 +235,9 @@ def turn_begin(
             return _duplicate(existing, conversation_id, history_limit)
 
 
-class _SentMeanwhile(Exception):
-    pass
+class _SentMeanwhile(NeedsThread):
+    """The write found this client_id's message saved: the begin is then a re-send's, whose
+    reads take the ORM (on the event loop, a thread runs the whole begin again)."""
 
 
 def _begin_transaction(
@@ -259,7 +262,7 @@ def _begin_transaction(
     return transaction.atomic()
 
 
-def _turn_begin(
+def turn_begin_steps(
     *,
     user_id: int,
     conversation_id: uuid.UUID | None,
@@ -272,16 +275,19 @@ def _turn_begin(
     attachment_ids: tuple[uuid.UUID, ...],
     check_persona: Callable[[PersonaInfo], object] | None,
     session_key: str | None,
-) -> TurnContext:
+) -> turn_sql.Steps[TurnContext]:
     """The turn's reads and write, in as few round trips as its rules allow. On PostgreSQL:
     one read of all it needs (the socket's session, and an existing conversation locked,
     with it), and one write (with an existing conversation's history). SQLite locks, writes
-    and reads the history apart. The caller holds the transaction (`_begin_transaction`)."""
+    and reads the history apart. The caller holds the transaction (`_begin_transaction`)
+    and runs the steps: `turn_sql.run` on a thread, `db.loop_run` on the event loop. The
+    rare paths (a re-send, an edit, attachments, a session Django must check in full) say
+    first that they take the ORM (`turn_sql.ORM`), before anything is written."""
     now = timezone.now()
     start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), now)
     # PostgreSQL locks an existing conversation in the same read (a lateral subquery).
     one_read = connection.vendor == "postgresql"
-    reads = turn_sql.turn_reads(
+    reads = yield from turn_sql.turn_reads(
         user_id=user_id,
         client_id=client_id,
         budget_start=start.date(),
@@ -292,10 +298,12 @@ def _turn_begin(
         lock_conversation=conversation_id if one_read else None,
     )
     if session_key is not None and not session_signs_in(user_id, session_key, reads.session):
+        yield turn_sql.ORM
         _check_user(user_id, session_key)
     if not reads.active:
         raise SessionEnded("Your session has ended; sign in again.")
     if reads.existing is not None:
+        yield turn_sql.ORM
         return _duplicate(Message.objects.get(id=reads.existing), conversation_id, history_limit)
 
     parent: uuid.UUID | None = None
@@ -313,7 +321,11 @@ def _turn_begin(
         locked = (
             reads.locked
             if one_read
-            else turn_sql.conversation_locked(user_id=user_id, conversation_id=conversation_id)
+            else (
+                yield from turn_sql.conversation_locked(
+                    user_id=user_id, conversation_id=conversation_id
+                )
+            )
         )
         if locked is None:
             raise NotFound("No such conversation.")
@@ -323,7 +335,11 @@ def _turn_begin(
                 "stays readable. Start a new chat to go on."
             )
         persona, persona_id, title = locked.persona, locked.persona_id, locked.title
+        if parent_given:
+            yield turn_sql.ORM
         parent = _parent_for(conversation_id, locked, parent_id, parent_given)
+    if attachment_ids:
+        yield turn_sql.ORM
     uploads = _uploads_for_send(user_id, attachment_ids, persona)
     _refuse_exhausted(_budget(reads.budget, start, resets))
     if check_persona is not None:
@@ -335,7 +351,7 @@ def _turn_begin(
     message_id = uuid.uuid4()
     target = conversation_id or uuid.uuid4()
     # On PostgreSQL an existing conversation's write also reads its history.
-    inserted, path_rows = turn_sql.message_insert(
+    inserted, path_rows = yield from turn_sql.message_insert(
         message_id=message_id,
         conversation_id=target,
         user_id=user_id,
@@ -353,7 +369,12 @@ def _turn_begin(
             Attachment(message_id=message_id, upload=upload, position=position)
             for position, upload in enumerate(uploads)
         )
-    path = _path_items(parent, history_limit) if path_rows is None else _items_from(path_rows)
+    if path_rows is None:
+        if parent is not None:
+            yield turn_sql.ORM  # SQLite: the history is a statement of its own
+        path = _path_items(parent, history_limit)
+    else:
+        path = _items_from(path_rows)
     history = tuple(item for _, item in path)
     profile = reads.profile
     return TurnContext(

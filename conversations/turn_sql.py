@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
@@ -39,6 +40,53 @@ PERSONA_COLUMNS = (
     "temperature",
     "accepts_images",
 )
+
+
+T = TypeVar("T")
+
+
+# --- the steps: statements a driver runs, on a thread or on the event loop -------------------
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One round trip. The driver runs it and sends back what `fetch` asks for: "one", its
+    first row (None if there is none); "all", the list of its rows; "none", nothing (a
+    statement that returns no rows)."""
+
+    sql: str
+    params: list[Any]
+    fetch: Literal["one", "all", "none"] = "one"
+
+
+class Orm:
+    """A step that says: what comes next uses the ORM (a rare path, such as a re-send or
+    a session that needs Django's full check). A thread's driver goes on; the event loop's
+    cannot, and hands the whole begin to a thread."""
+
+
+ORM = Orm()
+
+# What a turn's statements yield, and what they return at the end.
+Steps = Generator[Statement | Orm, Any, T]
+
+
+def run(steps: Steps[T]) -> T:
+    """Run `steps` on this thread's Django connection, in the caller's transaction."""
+    try:
+        step = next(steps)
+        while True:
+            result = None
+            if isinstance(step, Statement):
+                with connection.cursor() as cursor:
+                    cursor.execute(step.sql, step.params)
+                    if step.fetch == "one":
+                        result = cursor.fetchone()
+                    elif step.fetch == "all":
+                        result = cursor.fetchall()
+            step = steps.send(result)
+    except StopIteration as finished:
+        return finished.value
 
 
 def _q(name: str) -> str:
@@ -212,7 +260,7 @@ def turn_reads(
     session_key: str | None = None,
     now: datetime | None = None,
     lock_conversation: uuid.UUID | None = None,
-) -> TurnReads:
+) -> Steps[TurnReads]:
     """`session_key` (with `now`): also read that database-backed session.
     `lock_conversation` (PostgreSQL): also read and lock that conversation of the user's, as
     `conversation_locked` does, in this same round trip."""
@@ -232,14 +280,12 @@ def turn_reads(
     locking = lock_conversation is not None
     if lock_conversation is not None:
         params += _locked_params(user_id, lock_conversation)
-    sql = _reads_sql(new, persona_slug is not None, with_session, locking)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    row = yield Statement(_reads_sql(new, persona_slug is not None, with_session, locking), params)
     locked = None
     if locking:
         row, locked_row = row[:-_LOCKED_WIDTH], row[-_LOCKED_WIDTH:]
-        locked = _locked(locked_row) if locked_row[1] is not None else None
+        if locked_row[1] is not None:
+            locked = yield from _locked(locked_row)
     existing, active, display_name, about, persona_id, *rest = row
     session = SessionRow(*rest[-2:]) if with_session else None
     if with_session:
@@ -293,18 +339,18 @@ def _locked_params(user_id: int, conversation_id: uuid.UUID) -> list[Any]:
     return [user_id, _uuid(conversation_id), user_id]
 
 
-def conversation_locked(*, user_id: int, conversation_id: uuid.UUID) -> LockedConversation | None:
+def conversation_locked(
+    *, user_id: int, conversation_id: uuid.UUID
+) -> Steps[LockedConversation | None]:
     """The user's conversation, its persona and its active leaf, with the row locked: the
     lock serialises concurrent turns on one conversation across workers."""
-    with connection.cursor() as cursor:
-        cursor.execute(_locked_sql(), _locked_params(user_id, conversation_id))
-        row = cursor.fetchone()
+    row = yield Statement(_locked_sql(), _locked_params(user_id, conversation_id))
     if row is None:
         return None
-    return _locked(row)
+    return (yield from _locked(row))
 
 
-def _locked(row: tuple[Any, ...]) -> LockedConversation:
+def _locked(row: tuple[Any, ...]) -> Steps[LockedConversation]:
     """The locked conversation from `_locked_sql`'s columns, its leaf as it is now.
 
     A statement that waited for the lock (another turn, or a reply's save, held it) sees
@@ -315,12 +361,10 @@ def _locked(row: tuple[Any, ...]) -> LockedConversation:
     persona_row = rest[: len(PERSONA_COLUMNS)]
     active, member, current_leaf, leaf_id, leaf_role, leaf_parent = rest[len(PERSONA_COLUMNS) :]
     if current_leaf is not None and leaf_id != current_leaf:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT id, role, parent_id FROM {_table(Message)} WHERE id = %s",
-                [_uuid(as_uuid(current_leaf))],
-            )
-            leaf_id, leaf_role, leaf_parent = cursor.fetchone()
+        leaf_id, leaf_role, leaf_parent = yield Statement(
+            f"SELECT id, role, parent_id FROM {_table(Message)} WHERE id = %s",
+            [_uuid(as_uuid(current_leaf))],
+        )
     return LockedConversation(
         title=title,
         persona_id=persona_id,
@@ -362,7 +406,7 @@ def message_insert(
     now: datetime,
     new_conversation: tuple[int, str] | None,
     history_limit: int = 0,
-) -> tuple[bool, list[tuple[Any, ...]] | None]:
+) -> Steps[tuple[bool, list[tuple[Any, ...]] | None]]:
     """Insert the user's message and make it the conversation's active leaf, creating the
     conversation first when `new_conversation` (persona id, title) is given. False, with
     nothing written, when a message of this client_id exists (on SQLite the caller rolls
@@ -383,62 +427,62 @@ def message_insert(
     ]
     conversations = _table(Conversation)
     insert = _user_message_insert()
-    with connection.cursor() as cursor:
-        if new_conversation is not None:
-            persona_id, title = new_conversation
-            # Created pointing at its message, and the message in it: both foreign keys are
-            # checked at commit, which is this statement's end where no transaction is open.
-            columns = "(id, owner_id, persona_id, title, created_at, updated_at, current_leaf_id)"
-            conversation_params = [
-                _uuid(conversation_id),
-                user_id,
-                persona_id,
-                title,
-                _when(now),
-                _when(now),
-                _uuid(message_id),
-            ]
-            if connection.vendor == "postgresql":
-                # One statement: the conversation is made only if the message was inserted,
-                # so a client_id sent before leaves nothing behind, in a transaction or not.
-                cursor.execute(
-                    f"""WITH m AS ({insert}), c AS (
-                        INSERT INTO {conversations} {columns}
-                        SELECT %s, %s, %s, %s, %s, %s, %s FROM m
-                    ) SELECT id FROM m""",
-                    message + conversation_params,
-                )
-                return cursor.fetchone() is not None, None
-            cursor.execute(
-                f"INSERT INTO {conversations} {columns} VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                conversation_params,
-            )
-            cursor.execute(insert, message)
-            return cursor.fetchone() is not None, None
-        move = f"UPDATE {conversations} SET updated_at = %s, current_leaf_id = "
+    if new_conversation is not None:
+        persona_id, title = new_conversation
+        # Created pointing at its message, and the message in it: both foreign keys are
+        # checked at commit, which is this statement's end where no transaction is open.
+        columns = "(id, owner_id, persona_id, title, created_at, updated_at, current_leaf_id)"
+        conversation_params = [
+            _uuid(conversation_id),
+            user_id,
+            persona_id,
+            title,
+            _when(now),
+            _when(now),
+            _uuid(message_id),
+        ]
         if connection.vendor == "postgresql":
-            path_from = parent_id if history_limit > 0 else None
-            cursor.execute(
-                f"""WITH RECURSIVE sent AS ({insert}), moved AS (
-                    {move} sent.id FROM sent WHERE {conversations}.id = %s
-                    RETURNING sent.id
-                ), {_path_cte()}
-                SELECT moved.id, {_PATH_COLUMNS}
-                FROM (SELECT 1 AS one) one
-                LEFT JOIN moved ON true
-                LEFT JOIN path ON true
-                {_path_joins()}""",
-                [*message, _when(now), _uuid(conversation_id), _uuid(path_from), history_limit],
+            # One statement: the conversation is made only if the message was inserted,
+            # so a client_id sent before leaves nothing behind, in a transaction or not.
+            row = yield Statement(
+                f"""WITH m AS ({insert}), c AS (
+                    INSERT INTO {conversations} {columns}
+                    SELECT %s, %s, %s, %s, %s, %s, %s FROM m
+                ) SELECT id FROM m""",
+                message + conversation_params,
             )
-            rows = cursor.fetchall()
-            if rows[0][0] is None:
-                return False, None
-            return True, [row[1:] for row in rows if row[1] is not None]
-        cursor.execute(insert, message)
-        if cursor.fetchone() is None:
+            return row is not None, None
+        yield Statement(
+            f"INSERT INTO {conversations} {columns} VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            conversation_params,
+            fetch="none",
+        )
+        row = yield Statement(insert, message)
+        return row is not None, None
+    move = f"UPDATE {conversations} SET updated_at = %s, current_leaf_id = "
+    if connection.vendor == "postgresql":
+        path_from = parent_id if history_limit > 0 else None
+        rows = yield Statement(
+            f"""WITH RECURSIVE sent AS ({insert}), moved AS (
+                {move} sent.id FROM sent WHERE {conversations}.id = %s
+                RETURNING sent.id
+            ), {_path_cte()}
+            SELECT moved.id, {_PATH_COLUMNS}
+            FROM (SELECT 1 AS one) one
+            LEFT JOIN moved ON true
+            LEFT JOIN path ON true
+            {_path_joins()}""",
+            [*message, _when(now), _uuid(conversation_id), _uuid(path_from), history_limit],
+            fetch="all",
+        )
+        if rows[0][0] is None:
             return False, None
-        cursor.execute(f"{move} %s WHERE id = %s", [_when(now), message[0], message[1]])
-        return True, None
+        return True, [row[1:] for row in rows if row[1] is not None]
+    row = yield Statement(insert, message)
+    if row is None:
+        return False, None
+    yield Statement(f"{move} %s WHERE id = %s", [_when(now), message[0], message[1]], "none")
+    return True, None
 
 
 # --- the path: a conversation's history along its active branch -----------------------------

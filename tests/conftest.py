@@ -22,7 +22,7 @@ from django.db import connection, connections
 from django.test import Client
 
 from accounts.models import Profile
-from conversations.db import db_call
+from conversations.db import db_call, loop_connections
 from personas.models import Persona
 
 User = get_user_model()
@@ -41,6 +41,14 @@ def make_user(username: str, display_name: str = "") -> Any:
     user = User.objects.create(username=username, password=password_hash())
     Profile.objects.filter(user=user).update(display_name=display_name)
     return user
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _loop_connections_closed(django_db_setup: Any) -> Iterator[None]:
+    """The event loop's begin connections (conversations/db.py) are closed before the test
+    database is dropped: PostgreSQL refuses to drop a database in use."""
+    yield
+    loop_connections.close_all()
 
 
 @pytest.fixture(autouse=True)

@@ -47,12 +47,12 @@ def check_idle_connection(conn: Any) -> None:
     """psycopg_pool's `check` callback: return at once, or raise for a dead connection."""
     now = time.monotonic()
     recent = now - getattr(conn, "_chat_handed_out", -math.inf) < QUIET_SECONDS
-    if conn.closed or not recent or _has_input(conn.fileno()):
+    if conn.closed or not recent or has_input(conn.fileno()):
         ConnectionPool.check_connection(conn)
     conn._chat_handed_out = now
 
 
-def _has_input(fd: int) -> bool:
+def has_input(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))  # POLLHUP and POLLERR are reported whatever was asked

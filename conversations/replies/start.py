@@ -7,13 +7,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
+from typing import Any
 
 from django.conf import settings
 
 from attachments.messages import images_for_prompt
 from conversations import logctx, metrics, services
 from conversations.context import TurnContext
-from conversations.db import db_call
+from conversations.db import NeedsThread, db_call, loop_begins, loop_run
 from conversations.errors import Busy, ChatError, NotFound, ProviderFailed, RateLimited
 from conversations.llm import Provider, ProviderError, get_provider
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
@@ -291,7 +292,7 @@ async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> T
             check_persona=lambda persona: provider_for(persona.provider),
             session_key=session_key,
         )
-    return await db_call(services.turn_begin)(
+    begin: dict[str, Any] = dict(
         user_id=user_id,
         conversation_id=command.conversation_id,
         persona_slug=command.persona,
@@ -304,6 +305,15 @@ async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> T
         check_persona=lambda persona: provider_for(persona.provider),
         session_key=session_key,
     )
+    if loop_begins() and not command.attachments:
+        # A new conversation's begin is one read and one write, each atomic on its own
+        # (`services._begin_transaction`); an existing one's holds its lock in a transaction.
+        try:
+            steps = services.turn_begin_steps(**begin)
+            return await loop_run(steps, atomic=command.conversation_id is not None)
+        except NeedsThread:
+            pass  # a rare path (a re-send, an edit, a session to check in full): a thread's
+    return await db_call(services.turn_begin)(**begin)
 
 
 async def _resent_or_refuse(

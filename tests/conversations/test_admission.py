@@ -14,31 +14,53 @@ import pytest
 from conversations import services
 from conversations.db import db_call
 from conversations.models import Message
+from conversations.replies import start
 from tests.conftest import make_user
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
 class Overlap:
-    """The real turn_begin, held a moment, counting how many run at once."""
+    """The real begin, held a moment, counting how many run at once: on a turn thread
+    (`services.turn_begin`), or on the event loop (`start.loop_run`, TURN_BEGINS_ON_LOOP)."""
 
-    def __init__(self, hold: float) -> None:
+    def __init__(self, hold: float, monkeypatch: Any) -> None:
         self.hold = hold
         self.running = 0
         self.peak = 0
         self._lock = threading.Lock()
-        self._real = services.turn_begin
+        self._thread = services.turn_begin
+        self._loop = start.loop_run
+        monkeypatch.setattr(services, "turn_begin", self.on_thread)
+        monkeypatch.setattr(start, "loop_run", self.on_loop)
 
-    def __call__(self, **kwargs: Any) -> Any:
+    def on_thread(self, **kwargs: Any) -> Any:
         with self._lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
         try:
             time.sleep(self.hold)  # long enough for every other send to pile up behind
-            return self._real(**kwargs)
+            return self._thread(**kwargs)
         finally:
             with self._lock:
                 self.running -= 1
+
+    async def on_loop(self, steps: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.hold)
+            return await self._loop(steps, **kwargs)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.fixture(params=[True, False], ids=["on the loop", "on threads"])
+def begins(request: Any, fast_demo: Any) -> Any:
+    fast_demo.TURN_BEGINS_ON_LOOP = request.param
+    return fast_demo
 
 
 async def sockets_of(ws, count: int) -> list[Any]:
@@ -46,10 +68,9 @@ async def sockets_of(ws, count: int) -> list[Any]:
     return [await ws(user) for user in users]
 
 
-async def test_a_burst_of_sends_begins_two_at_a_time(ws, persona, fast_demo, monkeypatch):
-    fast_demo.TURN_BEGINS_AT_ONCE = 2
-    overlap = Overlap(hold=0.05)
-    monkeypatch.setattr(services, "turn_begin", overlap)
+async def test_a_burst_of_sends_begins_two_at_a_time(ws, persona, begins, monkeypatch):
+    begins.TURN_BEGINS_AT_ONCE = 2
+    overlap = Overlap(0.05, monkeypatch)
     sockets = await sockets_of(ws, 8)
     for index, socket in enumerate(sockets):
         await socket.send_message(f"question {index}")
@@ -57,16 +78,16 @@ async def test_a_burst_of_sends_begins_two_at_a_time(ws, persona, fast_demo, mon
 
     assert [frames[0]["type"] for frames in answers] == ["chat.accepted"] * 8
     assert [frames[-1]["status"] for frames in answers] == ["complete"] * 8
-    # The thread pool has ten threads; without the queue all eight ran at once.
+    # Without the queue all eight ran at once (on the loop, or on the pool's ten threads).
     assert overlap.peak == 2
 
 
 async def test_a_send_that_waits_too_long_for_its_place_is_busy_and_saves_nothing(
-    ws, persona, fast_demo, monkeypatch
+    ws, persona, begins, monkeypatch
 ):
-    fast_demo.TURN_BEGINS_AT_ONCE = 1
-    fast_demo.TURN_BEGIN_WAIT_SECONDS = 0.3
-    monkeypatch.setattr(services, "turn_begin", Overlap(hold=1.5))  # a struggling database
+    begins.TURN_BEGINS_AT_ONCE = 1
+    begins.TURN_BEGIN_WAIT_SECONDS = 0.3
+    Overlap(1.5, monkeypatch)  # a struggling database
     first, second = await sockets_of(ws, 2)
     await first.send_message("slow")
     await asyncio.sleep(0.1)
