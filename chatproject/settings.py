@@ -154,7 +154,8 @@ if DB_PGBOUNCER and _postgresql:
     _database["OPTIONS"]["prepare_threshold"] = None
     _database["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASES = {"default": _database}
-# Threads for the turn's database calls (0: Channels' single shared thread, which SQLite
+# Threads for the turn's database calls where they are not on the event loop (TURN_DB_ON_LOOP),
+# and as many connections there (0: Channels' single shared thread, which SQLite
 # keeps: it allows one writer at a time). Four, as many as TURN_BEGINS_AT_ONCE, and never more
 # than the pool holds: with ten, a burst of 1,000 short turns cost PostgreSQL 1.39 ms of CPU
 # a turn against 1.11 ms with four (more transactions at once, contending on a 2-core
@@ -167,10 +168,10 @@ DB_CALL_THREADS = envint(
 # Turn begins running their transaction at once; more queue, first come first served
 # (conversations/replies/admission.py). 0: as many as there are threads.
 TURN_BEGINS_AT_ONCE = envint("TURN_BEGINS_AT_ONCE", 4)
-# A turn's begin runs on the event loop, on an async connection of the worker's own (at most
-# TURN_BEGINS_AT_ONCE of them, beside the pool): no thread hop (conversations/db.py). Off: on
-# the turn threads, as every other database call. PostgreSQL only.
-TURN_BEGINS_ON_LOOP = envbool("TURN_BEGINS_ON_LOOP", True)
+# A turn's begin and its reply's save run on the event loop, on async connections of the
+# worker's own (at most DB_CALL_THREADS, beside the pool): no thread hop (conversations/db.py).
+# Off: on the turn threads, as every other database call. PostgreSQL only.
+TURN_DB_ON_LOOP = envbool("TURN_DB_ON_LOOP", True)
 # A begin that waited this long for its place is answered `busy`.
 TURN_BEGIN_WAIT_SECONDS = envfloat("TURN_BEGIN_WAIT_SECONDS", 5.0)
 # The cycle collector runs once this many objects were allocated (CPython's default: 700);

@@ -17,9 +17,10 @@ writes anything, and runs again on a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -93,20 +94,20 @@ def io_call(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     return database_sync_to_async(released(func), thread_sensitive=False)
 
 
-# --- the turn's begin on the event loop ------------------------------------------------------
+# --- the turn's statements on the event loop -------------------------------------------------
 
 
 class NeedsThread(Exception):
     """The steps took a path that uses the ORM (`turn_sql.ORM`): run them on a thread."""
 
 
-def loop_begins() -> bool:
-    """Whether a turn begins on the event loop: PostgreSQL, unless TURN_BEGINS_ON_LOOP is off
-    or a role is assumed per connection (Django's `assume_role`, which this path would not
-    set)."""
+def on_loop() -> bool:
+    """Whether a turn's statements run on the event loop: PostgreSQL, unless TURN_DB_ON_LOOP
+    is off or a role is assumed per connection (Django's `assume_role`, which this path
+    would not set)."""
     database = settings.DATABASES[DEFAULT_DB_ALIAS]
     return (
-        settings.TURN_BEGINS_ON_LOOP
+        settings.TURN_DB_ON_LOOP
         and database["ENGINE"] in _POSTGRESQL_ENGINES
         and not database.get("OPTIONS", {}).get("assume_role")
     )
@@ -115,20 +116,31 @@ def loop_begins() -> bool:
 _POSTGRESQL_ENGINES = ("chatproject.postgresql", "django.db.backends.postgresql")
 
 
+async def turn_call(
+    steps: Callable[..., Steps[R]], on_thread: Callable[..., R], *, atomic: bool, **kwargs: Any
+) -> R:
+    """`steps(**kwargs)` on the event loop (`loop_run`) where it can be; else, or where the
+    steps need the ORM, `on_thread(**kwargs)` on a turn thread (`db_call`). `on_thread` is
+    the same steps run by `turn_sql.run` in the transaction they need."""
+    if on_loop():
+        try:
+            return await loop_run(steps(**kwargs), atomic=atomic)
+        except NeedsThread:
+            pass  # a rare path (a re-send, an edit, a session to check in full)
+    return await db_call(on_thread)(**kwargs)
+
+
 async def loop_run(steps: Steps[R], *, atomic: bool) -> R:
     """Run `steps` on one of the loop's connections, in a transaction if `atomic`, else each
     statement on its own (autocommit). Raises NeedsThread, with nothing written, where the
     steps need the ORM; database errors come as Django's (`DatabaseError` and its kin), as
     from `db_call`."""
-    connection = await loop_connections.take()
-    try:
-        with connections[DEFAULT_DB_ALIAS].wrap_database_errors:
+    with connections[DEFAULT_DB_ALIAS].wrap_database_errors:
+        async with loop_connections.connection() as connection:
             if not atomic:
                 return await _drive(connection, steps)
             async with connection.transaction():
                 return await _drive(connection, steps)
-    finally:
-        await loop_connections.give_back(connection)
 
 
 async def _drive(connection: AsyncConnection[Any], steps: Steps[R]) -> R:
@@ -153,14 +165,16 @@ async def _drive(connection: AsyncConnection[Any], steps: Steps[R]) -> R:
 
 
 class LoopConnections:
-    """The event loop's own few PostgreSQL connections, for turn begins.
+    """The event loop's own few PostgreSQL connections, for turns' statements.
 
-    As many are kept as begins may run at once (`TURN_BEGINS_AT_ONCE`, which the admission
-    queue holds to): the worker's Django pool is not drawn on, so a worker holds up to that
-    many connections more (docs/scaling.md). One is checked as it leaves, as the Django
-    pool's are (chatproject/postgresql): a round trip only if it sat unused for
-    `QUIET_SECONDS` or the server closed its side or said something. One that comes back
-    in any state but idle (a cancelled statement, a broken link) is closed, not kept.
+    At most `DB_CALL_THREADS` are in use at once, as on the turn threads, and a turn's
+    begin and its reply's save wait their turn for one, first come first served; one
+    that waits as long as the pool's timeout fails as the pool's would. The worker's Django
+    pool is not drawn on: a worker holds up to that many connections more
+    (docs/scaling.md). One is checked as it leaves, as the Django pool's are
+    (chatproject/postgresql): a round trip only if it sat unused for `QUIET_SECONDS` or
+    the server closed its side or said something. One that comes back in any state but
+    idle (a cancelled statement, a broken link) is closed, not kept.
 
     A connection belongs to no loop between uses, but a new event loop (a test's), or a
     database setting changed (a test's database), starts afresh: those kept are closed.
@@ -169,23 +183,41 @@ class LoopConnections:
     def __init__(self) -> None:
         self._idle: list[tuple[AsyncConnection[Any], float]] = []
         self._for: tuple[Any, ...] = ()
+        self._free = asyncio.Semaphore(0)
 
-    async def take(self) -> AsyncConnection[Any]:
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         database = connections[DEFAULT_DB_ALIAS].settings_dict
         target = (asyncio.get_running_loop(), *(database[key] for key in _TARGET))
         if target != self._for:
             self.close_all()
             self._for = target
+            self._free = asyncio.Semaphore(_loop_connections_max())
+        free = self._free
+        try:
+            async with asyncio.timeout(_pool_timeout()):
+                await free.acquire()
+        except TimeoutError:
+            raise psycopg.OperationalError("no database connection free for a turn") from None
+        try:
+            connection = await self._take()
+            try:
+                yield connection
+            finally:
+                self._give_back(connection, kept=free is self._free)
+        finally:
+            free.release()
+
+    async def _take(self) -> AsyncConnection[Any]:
         while self._idle:
             connection, returned = self._idle.pop()
             if await _usable(connection, returned):
                 return connection
         return await _connect()
 
-    async def give_back(self, connection: AsyncConnection[Any]) -> None:
-        kept = max(settings.TURN_BEGINS_AT_ONCE or settings.DB_CALL_THREADS, 1)
+    def _give_back(self, connection: AsyncConnection[Any], *, kept: bool) -> None:
         idle = connection.info.transaction_status == TransactionStatus.IDLE
-        if connection.closed or not idle or len(self._idle) >= kept:
+        if not kept or connection.closed or not idle:
             _close(connection)
             return
         self._idle.append((connection, time.monotonic()))
@@ -195,14 +227,19 @@ class LoopConnections:
         while self._idle:
             _close(self._idle.pop()[0])
 
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
 
 loop_connections = LoopConnections()
-LOOP_APPLICATION_NAME = "chat-turn-begin"
+LOOP_APPLICATION_NAME = "chat-turn"
 _TARGET = ("NAME", "HOST", "PORT", "USER", "OPTIONS")
+
+
+def _loop_connections_max() -> int:
+    return max(settings.DB_CALL_THREADS, 1)
+
+
+def _pool_timeout() -> float:
+    pool = settings.DATABASES[DEFAULT_DB_ALIAS].get("OPTIONS", {}).get("pool")
+    return float(pool.get("timeout", 30.0)) if isinstance(pool, dict) else 30.0
 
 
 async def _usable(connection: AsyncConnection[Any], returned: float) -> bool:
@@ -225,8 +262,7 @@ async def _connect() -> AsyncConnection[Any]:
     params["cursor_factory"] = AsyncCursor if server_side else AsyncClientCursor
     # Told apart from the pool's in pg_stat_activity (`manage.py db_report` shows the name).
     params.setdefault("application_name", LOOP_APPLICATION_NAME)
-    with connections[DEFAULT_DB_ALIAS].wrap_database_errors:
-        connection = await AsyncConnection.connect(autocommit=True, **params)
+    connection = await AsyncConnection.connect(autocommit=True, **params)
     # As Django sets its own connections (`_configure_timezone`).
     zone = connections[DEFAULT_DB_ALIAS].timezone_name
     if connection.info.parameter_status("TimeZone") != zone:

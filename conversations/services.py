@@ -807,7 +807,12 @@ def turn_context(
     )
 
 
-def reply_save(
+def reply_save(**kwargs: Any) -> ReplyInfo | None:
+    """`reply_save_steps` on this thread's connection."""
+    return turn_sql.run(reply_save_steps(**kwargs))
+
+
+def reply_save_steps(
     *,
     message_id: uuid.UUID,
     conversation_id: uuid.UUID,
@@ -817,14 +822,16 @@ def reply_save(
     input_tokens: int | None,
     output_tokens: int | None,
     error: str,
-) -> ReplyInfo | None:
+) -> turn_sql.Steps[ReplyInfo | None]:
     """Insert the assistant's reply once, and return the row as saved.
 
     If the reply was saved before (a recovering worker, a retried save), the earlier row
     stands and is returned, so `chat.done` always carries what the database holds. None when
-    the conversation was deleted meanwhile. On PostgreSQL this is one statement.
+    the conversation was deleted meanwhile. On PostgreSQL this is one statement (two when
+    the reply was saved before), each atomic on its own.
     """
     if connection.vendor != "postgresql":
+        yield turn_sql.ORM
         return _reply_save_orm(
             message_id=message_id,
             conversation_id=conversation_id,
@@ -836,7 +843,7 @@ def reply_save(
             error=error,
         )
     now = timezone.now()
-    row = turn_sql.reply_insert_pg(
+    row = yield from turn_sql.reply_insert_pg(
         message_id=message_id,
         conversation_id=conversation_id,
         user_message_id=user_message_id,
@@ -852,7 +859,7 @@ def reply_save(
     if not row.moved:
         return None
     if not row.inserted:
-        return _reply_info(Message.objects.get(id=message_id))
+        return (yield from turn_sql.reply_row(message_id))
     return ReplyInfo(
         message_id=message_id,
         content=content,

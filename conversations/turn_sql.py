@@ -25,7 +25,7 @@ from django.db import connection
 
 from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
 from attachments.models import Attachment, Upload
-from conversations.context import PersonaInfo, ProfileInfo
+from conversations.context import PersonaInfo, ProfileInfo, ReplyInfo
 from conversations.models import Conversation, Message, TokenUsage
 from personas.models import Persona
 
@@ -543,7 +543,7 @@ def reply_insert_pg(
     tokens: int,
     now: datetime,
     day: date,
-) -> SavedRow:
+) -> Steps[SavedRow]:
     """PostgreSQL, one statement (so one round trip, atomic without BEGIN/COMMIT): move the
     active leaf to the reply if it still ends at its question, insert the reply unless it
     was saved before, and count its tokens only if it was not."""
@@ -586,7 +586,23 @@ def reply_insert_pg(
         _day(day),
         tokens,
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        moved, inserted = cursor.fetchone()
+    moved, inserted = yield Statement(sql, params)
     return SavedRow(moved=bool(moved), inserted=bool(inserted))
+
+
+def reply_row(message_id: uuid.UUID) -> Steps[ReplyInfo]:
+    """A reply as it was saved."""
+    row = yield Statement(
+        f"SELECT content, status, error, input_tokens, output_tokens FROM {_table(Message)} "
+        "WHERE id = %s",
+        [_uuid(message_id)],
+    )
+    content, status, error, input_tokens, output_tokens = row
+    return ReplyInfo(
+        message_id=message_id,
+        content=content,
+        status=status,
+        error=error,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )

@@ -22,7 +22,7 @@ from django.db import DatabaseError
 
 from conversations import logctx, metrics, services
 from conversations.context import ReplyInfo, TurnContext
-from conversations.db import db_call
+from conversations.db import turn_call
 from conversations.errors import NotFound, SaveFailed
 from conversations.llm.base import Provider, ProviderError, ProviderRequest, Usage
 from conversations.replies import replylog
@@ -407,7 +407,10 @@ async def save_reply(
         began = time.monotonic()
         try:
             logger.debug("turn save: database work begins")
-            saved = await db_call(services.reply_save)(
+            saved = await turn_call(
+                services.reply_save_steps,
+                services.reply_save,
+                atomic=False,
                 message_id=message_id,
                 conversation_id=conversation_id,
                 user_message_id=user_message_id,

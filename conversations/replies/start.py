@@ -7,14 +7,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
 
 from django.conf import settings
 
 from attachments.messages import images_for_prompt
 from conversations import logctx, metrics, services
 from conversations.context import TurnContext
-from conversations.db import NeedsThread, db_call, loop_begins, loop_run
+from conversations.db import db_call, turn_call
 from conversations.errors import Busy, ChatError, NotFound, ProviderFailed, RateLimited
 from conversations.llm import Provider, ProviderError, get_provider
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
@@ -292,7 +291,12 @@ async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> T
             check_persona=lambda persona: provider_for(persona.provider),
             session_key=session_key,
         )
-    begin: dict[str, Any] = dict(
+    # A new conversation's begin is one read and one write, each atomic on its own
+    # (`services._begin_transaction`); an existing one's holds its lock in a transaction.
+    return await turn_call(
+        services.turn_begin_steps,
+        services.turn_begin,
+        atomic=command.conversation_id is not None,
         user_id=user_id,
         conversation_id=command.conversation_id,
         persona_slug=command.persona,
@@ -305,15 +309,6 @@ async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> T
         check_persona=lambda persona: provider_for(persona.provider),
         session_key=session_key,
     )
-    if loop_begins() and not command.attachments:
-        # A new conversation's begin is one read and one write, each atomic on its own
-        # (`services._begin_transaction`); an existing one's holds its lock in a transaction.
-        try:
-            steps = services.turn_begin_steps(**begin)
-            return await loop_run(steps, atomic=command.conversation_id is not None)
-        except NeedsThread:
-            pass  # a rare path (a re-send, an edit, a session to check in full): a thread's
-    return await db_call(services.turn_begin)(**begin)
 
 
 async def _resent_or_refuse(

@@ -5,13 +5,10 @@ waits too long for its place is answered `busy` at once, with nothing saved."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from typing import Any
 
 import pytest
 
-from conversations import services
 from conversations.db import db_call
 from conversations.models import Message
 from conversations.replies import start
@@ -21,45 +18,29 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
 class Overlap:
-    """The real begin, held a moment, counting how many run at once: on a turn thread
-    (`services.turn_begin`), or on the event loop (`start.loop_run`, TURN_BEGINS_ON_LOOP)."""
+    """The real begin (`start.turn_call`: on the event loop, or on a turn thread with
+    TURN_DB_ON_LOOP off), held a moment, counting how many run at once."""
 
     def __init__(self, hold: float, monkeypatch: Any) -> None:
         self.hold = hold
         self.running = 0
         self.peak = 0
-        self._lock = threading.Lock()
-        self._thread = services.turn_begin
-        self._loop = start.loop_run
-        monkeypatch.setattr(services, "turn_begin", self.on_thread)
-        monkeypatch.setattr(start, "loop_run", self.on_loop)
+        self._real = start.turn_call
+        monkeypatch.setattr(start, "turn_call", self)
 
-    def on_thread(self, **kwargs: Any) -> Any:
-        with self._lock:
-            self.running += 1
-            self.peak = max(self.peak, self.running)
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
         try:
-            time.sleep(self.hold)  # long enough for every other send to pile up behind
-            return self._thread(**kwargs)
+            await asyncio.sleep(self.hold)  # long enough for every other send to pile up
+            return await self._real(*args, **kwargs)
         finally:
-            with self._lock:
-                self.running -= 1
-
-    async def on_loop(self, steps: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            self.running += 1
-            self.peak = max(self.peak, self.running)
-        try:
-            await asyncio.sleep(self.hold)
-            return await self._loop(steps, **kwargs)
-        finally:
-            with self._lock:
-                self.running -= 1
+            self.running -= 1
 
 
 @pytest.fixture(params=[True, False], ids=["on the loop", "on threads"])
 def begins(request: Any, fast_demo: Any) -> Any:
-    fast_demo.TURN_BEGINS_ON_LOOP = request.param
+    fast_demo.TURN_DB_ON_LOOP = request.param
     return fast_demo
 
 

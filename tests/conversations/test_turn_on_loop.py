@@ -1,7 +1,8 @@
-"""A turn's begin on the event loop (conversations/db.py `loop_run`): it needs no turn
-thread, keeps no more connections than begins may run at once, holds none while replies
-stream, survives the server ending its connections, and a database it cannot reach is
-`unavailable` with nothing saved. Its rare paths (a re-send, an edit) run on a thread."""
+"""A turn's statements on the event loop (conversations/db.py `turn_call`): its begin and
+its reply's save need no turn thread, use no more connections than `DB_CALL_THREADS`, hold
+none in a transaction while replies stream, survive the server ending their connections,
+and a database they cannot reach is `unavailable` with nothing saved. The begin's rare
+paths (a re-send, an edit) run on a thread."""
 
 from __future__ import annotations
 
@@ -50,38 +51,35 @@ def saved_messages() -> list[str]:
     return list(Message.objects.order_by("created_at").values_list("content", flat=True))
 
 
-async def test_a_new_chat_starts_while_every_turn_thread_is_busy(ws, alice, persona, fast_demo):
-    """Slow database work elsewhere (an export, a struggling save) holds every turn thread:
-    a new message still gets its `accepted` and its first words at once. Only the reply's
-    save, a thread's work, waits for one to free."""
-    fast_demo.DEMO_TOKEN_DELAY_MS = 20
+async def test_a_reply_streams_and_is_saved_while_every_turn_thread_is_busy(
+    ws, alice, persona, fast_demo
+):
+    """Slow database work elsewhere (an export, a re-send's lookup) holds every turn thread:
+    a new message is still accepted, answered and saved, all on the event loop."""
     socket = await ws(alice)  # the handshake's own database work, before the threads fill
     executor = _turn_executor()
     assert executor is not None
     free = threading.Event()
-    busy = [db_call(free.wait)(10) for _ in range(executor._max_workers)]
-    blocked = asyncio.gather(*busy)
+    blocked = asyncio.gather(*(db_call(free.wait)(20) for _ in range(executor._max_workers)))
     try:
         await socket.send_message("Are you there?")
-        accepted = await socket.receive_type("chat.accepted", timeout=5)
-        first = await socket.receive_type("chat.delta", timeout=5)
+        frames = await socket.receive_until("chat.done", timeout=10)
     finally:
         free.set()
         await blocked
 
-    assert first["message_id"] == accepted["message_id"]
-    done = await socket.receive_type("chat.done")
-    assert done["status"] == "complete"
-    assert await db_call(saved_messages)() == ["Are you there?", done["content"]]
+    assert frames[0]["type"] == "chat.accepted"
+    assert frames[-1]["status"] == "complete"
+    assert await db_call(saved_messages)() == ["Are you there?", frames[-1]["content"]]
 
 
 @pytest.mark.parametrize("on_loop", [True, False], ids=["on the loop", "on threads"])
 async def test_a_follow_up_and_an_edit_carry_the_history_either_way(
     ws, alice, persona, fast_demo, on_loop
 ):
-    """The same steps run on the loop or on a thread (TURN_BEGINS_ON_LOOP), with the same
+    """The same steps run on the loop or on a thread (TURN_DB_ON_LOOP), with the same
     result; an edit takes the ORM, so on the loop it runs again on a thread."""
-    fast_demo.TURN_BEGINS_ON_LOOP = on_loop
+    fast_demo.TURN_DB_ON_LOOP = on_loop
     socket = await ws(alice)
     await socket.send_message("First question")
     first = await socket.receive_until("chat.done")
@@ -104,12 +102,12 @@ async def test_a_follow_up_and_an_edit_carry_the_history_either_way(
     assert str(conversation.current_leaf_id) == edited[-1]["message_id"]
 
 
-async def test_the_loop_keeps_as_many_connections_as_begins_at_once_and_none_in_a_transaction(
+async def test_the_loop_uses_as_many_connections_as_turn_threads_and_none_in_a_transaction(
     ws, persona, fast_demo
 ):
-    """Eight sends at once, two begins at a time: the loop opens at most two connections,
-    and while the eight replies stream none of them is in a transaction."""
-    fast_demo.TURN_BEGINS_AT_ONCE = 2
+    """Eight sends at once, with two turn threads' worth of connections: the loop opens at
+    most two, and while the eight replies stream none of them is in a transaction."""
+    fast_demo.DB_CALL_THREADS = 2
     fast_demo.DEMO_TOKEN_DELAY_MS = 50
     users = [await db_call(make_user)(f"many{index}") for index in range(8)]
     sockets = [await ws(user) for user in users]
