@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections
 
-from conversations.db import LOOP_APPLICATION_NAME, _turn_executor, db_call
+from conversations.db import LOOP_APPLICATION_NAME, _turn_executor, db_call, loop_connections
 from conversations.models import Conversation, Message
 from tests.conftest import admin_dsn, make_user
 
@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 @pytest.fixture(autouse=True)
 def _postgresql() -> None:
     if connection.vendor != "postgresql":
-        pytest.skip("turns begin on the event loop on PostgreSQL only")
+        pytest.skip("turns run on the event loop on PostgreSQL only")
+    loop_connections.close_all()  # counting the loop's connections counts this test's only
 
 
 def loop_backends() -> dict[int, str]:
