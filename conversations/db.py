@@ -33,6 +33,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from chatproject.postgresql.base import QUIET_SECONDS, has_input
+from conversations import metrics
 
 if TYPE_CHECKING:
     from conversations.turn_sql import Steps
@@ -184,6 +185,7 @@ class LoopConnections:
         self._idle: list[tuple[AsyncConnection[Any], float]] = []
         self._for: tuple[Any, ...] = ()
         self._free = asyncio.Semaphore(0)
+        self.in_use = 0
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -201,9 +203,11 @@ class LoopConnections:
             raise psycopg.OperationalError("no database connection free for a turn") from None
         try:
             connection = await self._take()
+            self.in_use += 1
             try:
                 yield connection
             finally:
+                self.in_use -= 1
                 self._give_back(connection, kept=free is self._free)
         finally:
             free.release()
@@ -227,8 +231,14 @@ class LoopConnections:
         while self._idle:
             _close(self._idle.pop()[0])
 
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
 
 loop_connections = LoopConnections()
+metrics.TURN_CONNECTIONS_IN_USE.set_function(lambda: float(loop_connections.in_use))
+metrics.TURN_CONNECTIONS_IDLE.set_function(lambda: float(loop_connections.idle))
 LOOP_APPLICATION_NAME = "chat-turn"
 _TARGET = ("NAME", "HOST", "PORT", "USER", "OPTIONS")
 

@@ -14,6 +14,13 @@ OPEN_SOCKETS = Gauge("chat_open_sockets", "WebSockets open on this worker.")
 TURN_BEGINS_WAITING = Gauge(
     "chat_turn_begins_waiting", "Turn begins queued for a place (TURN_BEGINS_AT_ONCE)."
 )
+TURN_CONNECTIONS_IN_USE = Gauge(
+    "chat_db_turn_connections_in_use",
+    "The event loop's connections running a turn's statements now (at most DB_CALL_THREADS).",
+)
+TURN_CONNECTIONS_IDLE = Gauge(
+    "chat_db_turn_connections_idle", "The event loop's connections kept open, unused."
+)
 GENERATIONS_IN_FLIGHT = Gauge("chat_generations_in_flight", "Replies being generated now.")
 TURNS = Counter("chat_turns_total", "Finished turns by final status.", ["status"])
 REFUSALS = Counter("chat_refusals_total", "Refused requests by chat.error code.", ["code"])

@@ -207,6 +207,8 @@ def test_metrics_token_is_required_when_set(client: Client, settings) -> None:
         "chat_db_pool_available",
         "chat_db_pool_waiting",
         "chat_db_pool_connections_opened_total",
+        "chat_db_turn_connections_in_use",
+        "chat_db_turn_connections_idle",
     ):
         assert name in text, name
 
