@@ -5,11 +5,12 @@ the pool *inside* that call, before the await returns. Relying on the connection
 after the call is not enough: a connection left open there stays checked out of the pool until
 the same thread happens to run again, and that is exactly the leak this project exists to fix.
 
-`loop_run(steps)` runs a turn's begin (`services.turn_begin_steps`) on the event loop itself,
-on PostgreSQL: its one read and one write go out on an async psycopg connection of the loop's
-own few (`LoopConnections`), with no thread to hop to and back. Under load that hop, and the
-thread's wait for the core and the GIL between its round trips, were most of a begin's time
-(bench/results/loop-begin). The connection goes back as soon as the steps end, as with
+`turn_call(steps, on_thread)` runs a turn's begin (`services.turn_begin_steps`) and its
+reply's save (`services.reply_save_steps`) on the event loop itself, on PostgreSQL
+(`loop_run`): their statements go out on an async psycopg connection of the loop's own few
+(`LoopConnections`), with no thread to hop to and back. Under load that hop, and the thread's
+wait for the core and the GIL between its round trips, were most of a begin's time
+(bench/results/turn-on-loop). The connection goes back as soon as the steps end, as with
 `db_call`. A begin that takes a rare path (a re-send, an edit, attachments) says so before it
 writes anything, and runs again on a thread.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -77,6 +79,12 @@ def _turn_executor() -> ThreadPoolExecutor | None:
     return _executor
 
 
+def turn_threads() -> int:
+    """How many turn threads there are (0: Channels' one shared thread)."""
+    executor = _turn_executor()
+    return executor._max_workers if executor is not None else 0
+
+
 def db_call(func: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     executor = _turn_executor()
     if executor is None:
@@ -106,7 +114,7 @@ def on_loop() -> bool:
     """Whether a turn's statements run on the event loop: PostgreSQL, unless TURN_DB_ON_LOOP
     is off or a role is assumed per connection (Django's `assume_role`, which this path
     would not set)."""
-    database = settings.DATABASES[DEFAULT_DB_ALIAS]
+    database = connections[DEFAULT_DB_ALIAS].settings_dict
     return (
         settings.TURN_DB_ON_LOOP
         and database["ENGINE"] in _POSTGRESQL_ENGINES
@@ -125,7 +133,9 @@ async def turn_call(
     the same steps run by `turn_sql.run` in the transaction they need."""
     if on_loop():
         try:
-            return await loop_run(steps(**kwargs), atomic=atomic)
+            # Shielded: a caller cancelled meanwhile (its socket gone) does not cut the
+            # statements short, as it never stopped a thread's.
+            return await asyncio.shield(loop_run(steps(**kwargs), atomic=atomic))
         except NeedsThread:
             pass  # a rare path (a re-send, an edit, a session to check in full)
     return await db_call(on_thread)(**kwargs)
@@ -175,7 +185,8 @@ class LoopConnections:
     (docs/scaling.md). One is checked as it leaves, as the Django pool's are
     (chatproject/postgresql): a round trip only if it sat unused for `QUIET_SECONDS` or
     the server closed its side or said something. One that comes back in any state but
-    idle (a cancelled statement, a broken link) is closed, not kept.
+    idle (a cancelled statement, a broken link) is closed, not kept; with Django's pool off
+    (`DB_POOL=false`) none is kept.
 
     A connection belongs to no loop between uses, but a new event loop (a test's), or a
     database setting changed (a test's database), starts afresh: those kept are closed.
@@ -183,17 +194,20 @@ class LoopConnections:
 
     def __init__(self) -> None:
         self._idle: list[tuple[AsyncConnection[Any], float]] = []
-        self._for: tuple[Any, ...] = ()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._for: list[Any] = []
         self._free = asyncio.Semaphore(0)
         self.in_use = 0
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        loop = asyncio.get_running_loop()
         database = connections[DEFAULT_DB_ALIAS].settings_dict
-        target = (asyncio.get_running_loop(), *(database[key] for key in _TARGET))
-        if target != self._for:
+        target = [database[key] for key in _TARGET]
+        if loop is not self._loop or target != self._for:
             self.close_all()
-            self._for = target
+            self._loop = loop
+            self._for = copy.deepcopy(target)  # a copy: OPTIONS changed in place must show
             self._free = asyncio.Semaphore(_loop_connections_max())
         free = self._free
         try:
@@ -221,7 +235,7 @@ class LoopConnections:
 
     def _give_back(self, connection: AsyncConnection[Any], *, kept: bool) -> None:
         idle = connection.info.transaction_status == TransactionStatus.IDLE
-        if not kept or connection.closed or not idle:
+        if not kept or _pool_options() is None or connection.closed or not idle:
             _close(connection)
             return
         self._idle.append((connection, time.monotonic()))
@@ -247,9 +261,17 @@ def _loop_connections_max() -> int:
     return max(settings.DB_CALL_THREADS, 1)
 
 
+def _pool_options() -> dict[str, Any] | None:
+    """Django's pool settings; None with the pool off (DB_POOL=false), where the loop keeps
+    no connection between turns either."""
+    pool = connections[DEFAULT_DB_ALIAS].settings_dict["OPTIONS"].get("pool")
+    if pool is True:
+        return {}
+    return pool if isinstance(pool, dict) else None
+
+
 def _pool_timeout() -> float:
-    pool = settings.DATABASES[DEFAULT_DB_ALIAS].get("OPTIONS", {}).get("pool")
-    return float(pool.get("timeout", 30.0)) if isinstance(pool, dict) else 30.0
+    return float((_pool_options() or {}).get("timeout", 30.0))
 
 
 async def _usable(connection: AsyncConnection[Any], returned: float) -> bool:
@@ -261,6 +283,9 @@ async def _usable(connection: AsyncConnection[Any], returned: float) -> bool:
     except psycopg.Error:
         _close(connection)
         return False
+    except BaseException:  # cancelled mid-check: the connection is in no known state
+        _close(connection)
+        raise
     return True
 
 
@@ -273,10 +298,14 @@ async def _connect() -> AsyncConnection[Any]:
     # Told apart from the pool's in pg_stat_activity (`manage.py db_report` shows the name).
     params.setdefault("application_name", LOOP_APPLICATION_NAME)
     connection = await AsyncConnection.connect(autocommit=True, **params)
-    # As Django sets its own connections (`_configure_timezone`).
-    zone = connections[DEFAULT_DB_ALIAS].timezone_name
-    if connection.info.parameter_status("TimeZone") != zone:
-        await connection.execute("SELECT set_config('TimeZone', %s, false)", [zone])
+    try:
+        # As Django sets its own connections (`_configure_timezone`).
+        zone = connections[DEFAULT_DB_ALIAS].timezone_name
+        if connection.info.parameter_status("TimeZone") != zone:
+            await connection.execute("SELECT set_config('TimeZone', %s, false)", [zone])
+    except BaseException:
+        _close(connection)
+        raise
     return connection
 
 

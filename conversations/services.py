@@ -283,6 +283,8 @@ def turn_begin_steps(
     and runs the steps: `turn_sql.run` on a thread, `db.loop_run` on the event loop. The
     rare paths (a re-send, an edit, attachments, a session Django must check in full) say
     first that they take the ORM (`turn_sql.ORM`), before anything is written."""
+    if session_key is not None and settings.SESSION_ENGINE != _DB_SESSIONS:
+        yield turn_sql.ORM  # the socket's session is Django's own store's to check
     now = timezone.now()
     start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), now)
     # PostgreSQL locks an existing conversation in the same read (a lateral subquery).
@@ -807,9 +809,30 @@ def turn_context(
     )
 
 
-def reply_save(**kwargs: Any) -> ReplyInfo | None:
+def reply_save(
+    *,
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_message_id: uuid.UUID,
+    content: str,
+    status: str,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    error: str,
+) -> ReplyInfo | None:
     """`reply_save_steps` on this thread's connection."""
-    return turn_sql.run(reply_save_steps(**kwargs))
+    return turn_sql.run(
+        reply_save_steps(
+            message_id=message_id,
+            conversation_id=conversation_id,
+            user_message_id=user_message_id,
+            content=content,
+            status=status,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            error=error,
+        )
+    )
 
 
 def reply_save_steps(

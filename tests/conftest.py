@@ -52,6 +52,13 @@ def _loop_connections_closed(django_db_setup: Any) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _no_loop_connections_kept() -> None:
+    """Each test starts with none of the event loop's turn connections of the one before:
+    counting backends counts the test's own."""
+    loop_connections.close_all()
+
+
+@pytest.fixture(autouse=True)
 def _chat_defaults(settings: Any) -> None:
     # Tests send far more than a person would; the rate-limit test sets its own limit.
     settings.MESSAGES_PER_MINUTE = 100_000

@@ -1,8 +1,9 @@
 """Admission of turn begins: a burst of sends queues here, first come first served, and at
 most `TURN_BEGINS_AT_ONCE` of them run their transaction at a time.
 
-A turn's begin runs on a database thread, and most of its time there is Python (building
-the query, reading the rows), which holds the GIL. Ten begins at once (the thread pool's
+A turn's begin ran on a database thread then (it runs on the event loop now, on PostgreSQL:
+conversations/db.py), and most of its time there was Python (building the query, reading
+the rows), which held the GIL. Ten begins at once (the thread pool's
 size then) leave the event loop, which streams every reply in progress and writes every
 `chat.accepted`, about a tenth of the interpreter: a burst of 250 starts stalled the
 streams already running and the starts themselves. A few at a time keep PostgreSQL busy

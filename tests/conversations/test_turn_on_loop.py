@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections
 
-from conversations.db import LOOP_APPLICATION_NAME, _turn_executor, db_call, loop_connections
+from conversations.db import LOOP_APPLICATION_NAME, db_call, loop_connections, turn_threads
 from conversations.models import Conversation, Message
 from tests.conftest import admin_dsn, make_user
 
@@ -58,10 +58,10 @@ async def test_a_reply_streams_and_is_saved_while_every_turn_thread_is_busy(
     """Slow database work elsewhere (an export, a re-send's lookup) holds every turn thread:
     a new message is still accepted, answered and saved, all on the event loop."""
     socket = await ws(alice)  # the handshake's own database work, before the threads fill
-    executor = _turn_executor()
-    assert executor is not None
+    threads = turn_threads()
+    assert threads > 0
     free = threading.Event()
-    blocked = asyncio.gather(*(db_call(free.wait)(20) for _ in range(executor._max_workers)))
+    blocked = asyncio.gather(*(db_call(free.wait)(20) for _ in range(threads)))
     try:
         await socket.send_message("Are you there?")
         frames = await socket.receive_until("chat.done", timeout=10)
