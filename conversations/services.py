@@ -809,32 +809,6 @@ def turn_context(
     )
 
 
-def reply_save(
-    *,
-    message_id: uuid.UUID,
-    conversation_id: uuid.UUID,
-    user_message_id: uuid.UUID,
-    content: str,
-    status: str,
-    input_tokens: int | None,
-    output_tokens: int | None,
-    error: str,
-) -> ReplyInfo | None:
-    """`reply_save_steps` on this thread's connection."""
-    return turn_sql.run(
-        reply_save_steps(
-            message_id=message_id,
-            conversation_id=conversation_id,
-            user_message_id=user_message_id,
-            content=content,
-            status=status,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            error=error,
-        )
-    )
-
-
 def reply_save_steps(
     *,
     message_id: uuid.UUID,
@@ -891,6 +865,10 @@ def reply_save_steps(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
     )
+
+
+# The same save on this thread's connection (SQLite, TURN_DB_ON_LOOP off, tests).
+reply_save = turn_sql.run_here(reply_save_steps)
 
 
 @transaction.atomic

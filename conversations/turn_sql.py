@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
@@ -43,6 +43,7 @@ PERSONA_COLUMNS = (
 
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 # --- the steps: statements a driver runs, on a thread or on the event loop -------------------
@@ -87,6 +88,16 @@ def run(steps: Steps[T]) -> T:
             step = steps.send(result)
     except StopIteration as finished:
         return finished.value
+
+
+def run_here(steps: Callable[P, Steps[T]]) -> Callable[P, T]:
+    """`steps` as a plain function whose statements `run` runs on this thread's connection."""
+
+    @functools.wraps(steps)
+    def ran(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run(steps(*args, **kwargs))
+
+    return ran
 
 
 def _q(name: str) -> str:
