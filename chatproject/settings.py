@@ -168,9 +168,10 @@ DB_CALL_THREADS = envint(
 # Turn begins running their transaction at once; more queue, first come first served
 # (conversations/replies/admission.py). 0: as many as there are threads.
 TURN_BEGINS_AT_ONCE = envint("TURN_BEGINS_AT_ONCE", 4)
-# A turn's begin and its reply's save run on the event loop, on async connections of the
-# worker's own (at most DB_CALL_THREADS, beside the pool): no thread hop (conversations/db.py).
-# Off: on the turn threads, as every other database call. PostgreSQL only.
+# A turn's begin and its reply's save, and a socket handshake's session and user lookup, run
+# on the event loop, on async connections of the worker's own (at most DB_CALL_THREADS, beside
+# the pool): no thread hop (conversations/db.py). Off: on the turn threads, as every other
+# database call. PostgreSQL only.
 TURN_DB_ON_LOOP = envbool("TURN_DB_ON_LOOP", True)
 # A begin that waited this long for its place is answered `busy`.
 TURN_BEGIN_WAIT_SECONDS = envfloat("TURN_BEGIN_WAIT_SECONDS", 5.0)

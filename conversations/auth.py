@@ -7,7 +7,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.auth import AuthMiddleware, get_user
+from channels.auth import AuthMiddleware
 from channels.security.websocket import WebsocketDenier
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
@@ -15,10 +15,20 @@ from django.db import DatabaseError
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
-from conversations.db import db_call
+from conversations import services
+from conversations.db import turn_call
 
 logger = logging.getLogger(__name__)
-_lookup_user = db_call(get_user.func)
+
+
+async def _lookup_user(scope: dict[str, Any]) -> Any:
+    """Channels' `get_user`: on PostgreSQL its everyday case is two statements on the event
+    loop (`services.socket_user_steps`), the rest Channels' own code on a thread."""
+    if "session" not in scope:
+        raise ValueError("Cannot find session in scope: wrap the consumer in SessionMiddleware.")
+    return await turn_call(
+        services.socket_user_steps, services.socket_user, atomic=False, session=scope["session"]
+    )
 
 
 class ReleasingAuthMiddleware(AuthMiddleware):

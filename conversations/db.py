@@ -12,7 +12,8 @@ reply's save (`services.reply_save_steps`) on the event loop itself, on PostgreS
 wait for the core and the GIL between its round trips, were most of a begin's time
 (bench/results/turn-on-loop). The connection goes back as soon as the steps end, as with
 `db_call`. A begin that takes a rare path (a re-send, an edit, attachments) says so before it
-writes anything, and runs again on a thread.
+writes anything, and runs again on a thread. A socket handshake's session and user lookup
+(`services.socket_user_steps`) runs the same way.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from channels.auth import get_user
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.contrib.sessions.backends.base import SessionBase
 from django.core.signals import setting_changed
 from django.db import connection, transaction
 from django.db.models import (
@@ -140,9 +141,7 @@ def session_signs_in(user_id: int, session_key: str, row: turn_sql.SessionRow | 
         return False
     if row.data is None or row.password is None:
         return False
-    seen = hashlib.blake2b(
-        "\0".join((str(user_id), session_key, row.data, row.password)).encode(), digest_size=32
-    ).digest()
+    seen = _signed_in_digest(user_id, session_key, row.data, row.password)
     if seen in _signed_in:
         return True
     session = import_module(_DB_SESSIONS).SessionStore(session_key).decode(row.data)
@@ -157,11 +156,72 @@ def session_signs_in(user_id: int, session_key: str, row: turn_sql.SessionRow | 
     current = get_user_model()(pk=user_id, password=row.password).get_session_auth_hash()
     if not (signed_with and constant_time_compare(signed_with, current)):
         return False
+    _remember_signed_in(seen)
+    return True
+
+
+def _signed_in_digest(user_id: int, session_key: str, data: str, password: str) -> bytes:
+    return hashlib.blake2b(
+        "\0".join((str(user_id), session_key, data, password)).encode(), digest_size=32
+    ).digest()
+
+
+def _remember_signed_in(seen: bytes) -> None:
     with _signed_in_lock:
         _signed_in[seen] = True
         if len(_signed_in) > _SIGNED_IN_KEPT:
             del _signed_in[next(iter(_signed_in))]  # the oldest (dicts keep their order)
-    return True
+
+
+def socket_user(*, session: SessionBase) -> Any:
+    """The user a socket's session signs in, or AnonymousUser: Channels' `get_user`, on a
+    thread (it may flush a session whose password hash is stale)."""
+    return get_user.func({"session": session})
+
+
+def socket_user_steps(*, session: SessionBase) -> turn_sql.Steps[Any]:
+    """`socket_user` as two statements for the event loop (`_signed_in_user`), where they
+    can answer; else, nothing written, `socket_user` itself."""
+    user = yield from _signed_in_user(session)
+    if user is None:
+        yield turn_sql.ORM
+        return socket_user(session=session)
+    return user
+
+
+def _signed_in_user(session: SessionBase) -> turn_sql.Steps[Any]:
+    """The user, read as the session row and then the user row, in the everyday case only:
+    the database-backed session is there and unexpired, and names a configured backend that
+    loads users as ModelBackend does, and a user who is active and whose password hash it
+    holds. The store is then left as `get_user` leaves it (loaded: nothing reads it again),
+    and the session remembered as signed in, for the socket's first turn. None for
+    anything else (no cookie, a session gone, another backend, a user gone or inactive, a
+    stale hash, which Channels answers by flushing the session): `get_user` decides."""
+    key = session.session_key
+    if settings.SESSION_ENGINE != _DB_SESSIONS or not key or not turn_sql.users_read_plainly():
+        return None
+    data = yield from turn_sql.session_data(key, timezone.now())
+    if data is None:
+        return None
+    decoded = session.decode(data)
+    backend_path = decoded.get(BACKEND_SESSION_KEY)
+    if (
+        SESSION_KEY not in decoded
+        or backend_path not in settings.AUTHENTICATION_BACKENDS
+        or not _gets_users_as_model_backend(backend_path)
+    ):
+        return None
+    pk = get_user_model()._meta.pk
+    assert pk is not None
+    user = yield from turn_sql.user_by_pk(pk.to_python(decoded[SESSION_KEY]))
+    if user is None or not ModelBackend().user_can_authenticate(user):
+        return None
+    signed_with = decoded.get(HASH_SESSION_KEY)
+    if not (signed_with and constant_time_compare(signed_with, user.get_session_auth_hash())):
+        return None
+    session._session_cache = decoded  # type: ignore[attr-defined]  # what load() leaves
+    _remember_signed_in(_signed_in_digest(int(user.pk), key, data, user.password))
+    return user
 
 
 @functools.cache

@@ -22,6 +22,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.db import connection
+from django.db.models.manager import BaseManager
 
 from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
 from attachments.models import Attachment, Upload
@@ -230,6 +231,52 @@ def _session_columns() -> str:
          WHERE {_q("session_key")} = %s AND {_q("expire_date")} > %s),
         (SELECT password FROM {users} WHERE id = %s AND is_active)
     """
+
+
+@functools.cache
+def _session_data_sql() -> str:
+    return (
+        f"SELECT {_q('session_data')} FROM {_table(Session)}"
+        f" WHERE {_q('session_key')} = %s AND {_q('expire_date')} > %s"
+    )
+
+
+def session_data(session_key: str, now: datetime) -> Steps[str | None]:
+    """A database-backed session's encoded data, unless it is gone or expired at `now`: the
+    row Django's own store loads."""
+    row = yield Statement(_session_data_sql(), [session_key, _when(now)])
+    return None if row is None else row[0]
+
+
+@functools.cache
+def _user_sql() -> str:
+    users = get_user_model()
+    columns = ", ".join(_q(field.column) for field in users._meta.concrete_fields)
+    return f"SELECT {columns} FROM {_table(users)} WHERE {_q(users._meta.pk.column)} = %s"
+
+
+@functools.cache
+def users_read_plainly() -> bool:
+    """Whether `user_by_pk` reads a user as the ORM would: the default manager filters
+    nothing, and no column needs converting from what the database hands back."""
+    users = get_user_model()
+    return type(users._default_manager).get_queryset is BaseManager.get_queryset and not any(
+        field.get_db_converters(connection)  # type: ignore[attr-defined]
+        or connection.ops.get_db_converters(field.get_col(users._meta.db_table))
+        for field in users._meta.concrete_fields
+    )
+
+
+def user_by_pk(pk: Any) -> Steps[Any]:
+    """The user with that primary key, as `_default_manager.get(pk=pk)` loads one (where
+    `users_read_plainly`), or None."""
+    row = yield Statement(_user_sql(), [pk])
+    if row is None:
+        return None
+    users = get_user_model()
+    return users.from_db(
+        connection.alias, [field.attname for field in users._meta.concrete_fields], row
+    )
 
 
 @functools.cache
