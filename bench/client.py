@@ -27,7 +27,14 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.common import children, cpu_of, percentile, proc_memory_kib, proc_threads
+from bench.common import (
+    CONNECT_CONCURRENCY,
+    children,
+    cpu_of,
+    percentile,
+    proc_memory_kib,
+    proc_threads,
+)
 
 
 @dataclass
@@ -414,7 +421,7 @@ def main() -> None:
     parser.add_argument("--metrics-url")
     parser.add_argument("--postmaster-pid", type=int, default=0, help="its children's CPU counts")
     parser.add_argument("--extra-pid", type=int, action="append", default=[], help="Redis, nginx")
-    parser.add_argument("--connect-concurrency", type=int, default=64)
+    parser.add_argument("--connect-concurrency", type=int, default=CONNECT_CONCURRENCY)
     parser.add_argument("--out")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

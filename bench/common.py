@@ -20,6 +20,9 @@ FILLER = (
     "are unsure, try the simple version first and measure it before adding anything clever."
 ).split()
 
+# Handshakes the load client runs at once while it opens every socket, before the turns.
+CONNECT_CONCURRENCY = 64
+
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import pg, topology
-from bench.common import free_port, wait_port
+from bench.common import CONNECT_CONCURRENCY, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -758,7 +758,9 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
         "CPU/token` and `all CPU/frame` count every server-side process (the worker, the "
         "private PostgreSQL cluster's backends, Redis, nginx and PgBouncer where the variant "
         "has them; Redis is the machine's own, so others' use of it counts too); the client's "
-        "CPU is apart.",
+        "CPU is apart. Every socket opens before the turns begin, and the figures above count "
+        "the turns only; `open s` is the time the client took to open all N sockets first, "
+        f"{CONNECT_CONCURRENCY} handshakes at a time (as pages reconnect after a restart).",
         "",
         "Headline rows `daphne` and `uvicorn` serve the shipped code with the shipped "
         "defaults. Settings this run changed from the shipped defaults "
@@ -796,6 +798,7 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
         ("PG CPU s", "pg_cpu_s", 2, 1),
         ("Redis/nginx/PgBouncer CPU s", "other_cpu_s", 2, 1),
         ("client CPU s", "client_cpu_s", 1, 1),
+        ("open s", "open_s", 2, 1),
     ]
     for scenario in dict.fromkeys(r["scenario"] for r in results):
         first = next(r for r in results if r["scenario"] == scenario)
