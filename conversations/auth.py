@@ -16,18 +16,23 @@ from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
 from conversations import services
-from conversations.db import turn_call
+from conversations.db import db_call, turn_call
 
 logger = logging.getLogger(__name__)
 
 
 async def _lookup_user(scope: dict[str, Any]) -> Any:
     """Channels' `get_user`: on PostgreSQL its everyday case is two statements on the event
-    loop (`services.socket_user_steps`), the rest Channels' own code on a thread."""
+    loop (`services.socket_user_steps`), the rest Channels' own code on a thread. A socket
+    with no session cookie takes no connection of the loop's (which turns wait for): it is
+    refused as before, also while the database is down."""
     if "session" not in scope:
         raise ValueError("Cannot find session in scope: wrap the consumer in SessionMiddleware.")
+    session = scope["session"]
+    if not services.socket_user_on_loop(session):
+        return await db_call(services.socket_user)(session=session)
     return await turn_call(
-        services.socket_user_steps, services.socket_user, atomic=False, session=scope["session"]
+        services.socket_user_steps, services.socket_user, atomic=False, session=session
     )
 
 

@@ -179,6 +179,18 @@ def socket_user(*, session: SessionBase) -> Any:
     return get_user.func({"session": session})
 
 
+def socket_user_on_loop(session: SessionBase) -> bool:
+    """Whether `socket_user_steps` can answer at all, asked before it takes a connection:
+    a database-backed session named by the cookie, and users it reads as the ORM would. A
+    handshake with no cookie needs no database, and one with a session in another store is
+    Django's to load: both go straight to `socket_user`."""
+    return (
+        settings.SESSION_ENGINE == _DB_SESSIONS
+        and bool(session.session_key)
+        and turn_sql.users_read_plainly()
+    )
+
+
 def socket_user_steps(*, session: SessionBase) -> turn_sql.Steps[Any]:
     """`socket_user` as two statements for the event loop (`_signed_in_user`), where they
     can answer; else, nothing written, `socket_user` itself."""
@@ -198,7 +210,7 @@ def _signed_in_user(session: SessionBase) -> turn_sql.Steps[Any]:
     anything else (no cookie, a session gone, another backend, a user gone or inactive, a
     stale hash, which Channels answers by flushing the session): `get_user` decides."""
     key = session.session_key
-    if settings.SESSION_ENGINE != _DB_SESSIONS or not key or not turn_sql.users_read_plainly():
+    if not key or not socket_user_on_loop(session):
         return None
     data = yield from turn_sql.session_data(key, timezone.now())
     if data is None:

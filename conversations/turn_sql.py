@@ -22,6 +22,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.db import connection
+from django.db.models import AutoField, BigAutoField, IntegerField, QuerySet
 from django.db.models.manager import BaseManager
 
 from accounts.models import GroupTokenBudget, Profile, UserTokenBudget
@@ -257,13 +258,22 @@ def _user_sql() -> str:
 
 @functools.cache
 def users_read_plainly() -> bool:
-    """Whether `user_by_pk` reads a user as the ORM would: the default manager filters
-    nothing, and no column needs converting from what the database hands back."""
+    """Whether `user_by_pk` reads a user as the ORM would, into what the handshake checks: a
+    model of one table, with an integer key and a session hash, whose default manager and
+    queryset filter nothing, and no column converted from what the database hands back."""
     users = get_user_model()
-    return type(users._default_manager).get_queryset is BaseManager.get_queryset and not any(
-        field.get_db_converters(connection)  # type: ignore[attr-defined]
-        or connection.ops.get_db_converters(field.get_col(users._meta.db_table))
-        for field in users._meta.concrete_fields
+    manager = users._default_manager
+    return (
+        not users._meta.parents
+        and isinstance(users._meta.pk, (AutoField, BigAutoField, IntegerField))
+        and hasattr(users, "get_session_auth_hash")
+        and type(manager).get_queryset is BaseManager.get_queryset
+        and getattr(manager, "_queryset_class", None) is QuerySet
+        and not any(
+            field.get_db_converters(connection)  # type: ignore[attr-defined]
+            or connection.ops.get_db_converters(field.get_col(users._meta.db_table))
+            for field in users._meta.concrete_fields
+        )
     )
 
 

@@ -15,12 +15,13 @@ import pytest_asyncio
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 from django.utils import timezone
 
 from conversations.db import db_call, turn_threads
 from conversations.models import Conversation
+from tests.conversations.test_turn_on_loop import socket_nobody_listens_on
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -190,6 +191,16 @@ async def test_a_session_signed_before_a_key_rotation_is_refused(ws, alice, pers
     fast_demo.SECRET_KEY = "the-new-key-" + "y" * 50
 
     await ws(None, extra=with_cookie(key), expect=False)
+
+
+async def test_a_socket_without_a_cookie_is_refused_at_once_while_the_database_is_down(
+    ws, persona, monkeypatch
+):
+    """It needs no database: refused (403) at once, not after the handshake's retries for a
+    database it never needed, with the loop's connections left to the turns."""
+    with socket_nobody_listens_on() as port:
+        monkeypatch.setitem(connections["default"].settings_dict, "PORT", port)
+        await asyncio.wait_for(ws(None, expect=False), timeout=1)
 
 
 @pytest.mark.parametrize("cookie", ["", "no-such-session-key-at-all", "x" * 300, "'; --"])
