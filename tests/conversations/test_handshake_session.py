@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,10 +16,10 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.db import connection, connections
 from django.test import Client
-from django.utils import timezone
 
 from conversations.db import db_call, turn_threads
 from conversations.models import Conversation
+from tests.conversations.session_ends import ENDINGS, end_by_a_new_password
 from tests.conversations.test_turn_on_loop import socket_nobody_listens_on
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
@@ -109,45 +108,7 @@ async def test_a_cookie_signs_in_its_own_user_only(ws, alice, bob, persona, fast
     assert await db_call(owner_of)(done[0]["conversation_id"]) == bob.username
 
 
-def end_by_deleting(user: Any, key: str) -> None:
-    Session.objects.filter(session_key=key).delete()
-
-
-def end_by_expiring(user: Any, key: str) -> None:
-    Session.objects.filter(session_key=key).update(expire_date=timezone.now() - timedelta(1))
-
-
-def end_by_a_new_password(user: Any, key: str) -> None:
-    user.set_password("another-horse-battery")
-    user.save()
-
-
-def end_by_deactivating(user: Any, key: str) -> None:
-    user.is_active = False
-    user.save()
-
-
-def end_by_deleting_the_user(user: Any, key: str) -> None:
-    user.delete()
-
-
-def end_by_a_forged_row(user: Any, key: str) -> None:
-    data = Session.objects.get(session_key=key).session_data
-    forged = data[:-1] + ("A" if data[-1] != "A" else "B")
-    Session.objects.filter(session_key=key).update(session_data=forged)
-
-
-@pytest.mark.parametrize(
-    "end",
-    [
-        end_by_deleting,
-        end_by_expiring,
-        end_by_a_new_password,
-        end_by_deactivating,
-        end_by_deleting_the_user,
-        end_by_a_forged_row,
-    ],
-)
+@pytest.mark.parametrize("end", ENDINGS)
 @pytest.mark.parametrize("on_loop", [True, False], ids=["on the loop", "on a thread"])
 async def test_a_session_that_no_longer_signs_in_is_refused_at_the_handshake(
     ws, alice, persona, fast_demo, end, on_loop

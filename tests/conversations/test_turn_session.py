@@ -17,6 +17,7 @@ from django.utils import timezone
 from conversations import services
 from conversations.errors import SessionEnded
 from conversations.models import Message
+from tests.conversations.session_ends import ENDINGS
 
 pytestmark = pytest.mark.django_db
 
@@ -130,45 +131,12 @@ def test_a_tampered_session_is_refused(alice, bob, persona):
     assert refused(bob, key)
 
 
-def end_by_deleting(user: Any, key: str) -> None:
-    Session.objects.filter(session_key=key).delete()
-
-
-def end_by_expiring(user: Any, key: str) -> None:
-    Session.objects.filter(session_key=key).update(expire_date=timezone.now() - timedelta(1))
-
-
-def end_by_a_new_password(user: Any, key: str) -> None:
-    user.set_password("another-horse-battery")
-    user.save()
-
-
-def end_by_deactivating(user: Any, key: str) -> None:
-    user.is_active = False
-    user.save()
-
-
-def end_by_a_forged_row(user: Any, key: str) -> None:
-    data = Session.objects.get(session_key=key).session_data
-    forged = data[:-1] + ("A" if data[-1] != "A" else "B")
-    Session.objects.filter(session_key=key).update(session_data=forged)
-
-
-@pytest.mark.parametrize(
-    "end",
-    [
-        end_by_deleting,
-        end_by_expiring,
-        end_by_a_new_password,
-        end_by_deactivating,
-        end_by_a_forged_row,
-    ],
-)
+@pytest.mark.parametrize("end", ENDINGS)
 def test_a_session_accepted_before_is_refused_once_it_ends(alice, persona, end):
     """A socket's later turns skip the checks the first one passed (services._signed_in);
     whatever ended the session since, the next turn is refused all the same. A new password
-    and a forged row reach the memo with a row it has not seen; a session gone, expired or
-    of an inactive user reads as no row at all."""
+    and a forged row reach the memo with a row it has not seen; a session gone or expired, or
+    of a user inactive or deleted, reads as no row at all."""
     key = signed_in(alice)
     assert not refused(alice, key)
     assert not refused(alice, key)  # accepted again, now without decoding the session
