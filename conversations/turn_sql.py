@@ -6,7 +6,8 @@ begun at once queued for seconds on the pool while Python built SQL. Here the re
 needs before it writes (the duplicate check, the user, the persona, the budget, the profile,
 and on PostgreSQL an existing conversation's lock) are one SELECT, and the writes are one
 statement on PostgreSQL (data-modifying CTEs, with an existing conversation's history) or a
-few on SQLite. `services` keeps the rules; this module only knows the tables. The table and
+few on SQLite. A socket's handshake reads its session and its user here too (`session_data`,
+`user_by_pk`). `services` keeps the rules; this module only knows the tables. The table and
 column names are the models' own, never user input.
 """
 
