@@ -26,9 +26,7 @@ async def _lookup_user(scope: dict[str, Any]) -> Any:
     loop (`services.socket_user_steps`), the rest Channels' own code on a thread. A socket
     with no session cookie takes no connection of the loop's (which turns wait for): it is
     refused as before, also while the database is down."""
-    if "session" not in scope:
-        raise ValueError("Cannot find session in scope: wrap the consumer in SessionMiddleware.")
-    session = scope["session"]
+    session = scope["session"]  # there: AuthMiddleware.populate_scope checked
     if not services.socket_user_on_loop(session):
         return await db_call(services.socket_user)(session=session)
     return await turn_call(

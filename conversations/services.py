@@ -145,19 +145,26 @@ def session_signs_in(user_id: int, session_key: str, row: turn_sql.SessionRow | 
     if seen in _signed_in:
         return True
     session = import_module(_DB_SESSIONS).SessionStore(session_key).decode(row.data)
-    backend_path = session.get(BACKEND_SESSION_KEY)
-    if backend_path not in settings.AUTHENTICATION_BACKENDS or not _gets_users_as_model_backend(
-        backend_path
-    ):
+    if not _names_a_model_backend(session) or str(session.get(SESSION_KEY)) != str(user_id):
         return False
-    if str(session.get(SESSION_KEY)) != str(user_id):
-        return False
-    signed_with = session.get(HASH_SESSION_KEY)
-    current = get_user_model()(pk=user_id, password=row.password).get_session_auth_hash()
-    if not (signed_with and constant_time_compare(signed_with, current)):
+    if not _holds_current_hash(session, get_user_model()(pk=user_id, password=row.password)):
         return False
     _remember_signed_in(seen)
     return True
+
+
+def _names_a_model_backend(session: dict[str, Any]) -> bool:
+    """The decoded session names a configured backend that loads users as ModelBackend does."""
+    backend_path = session.get(BACKEND_SESSION_KEY)
+    return backend_path in settings.AUTHENTICATION_BACKENDS and _gets_users_as_model_backend(
+        backend_path
+    )
+
+
+def _holds_current_hash(session: dict[str, Any], user: Any) -> bool:
+    """The decoded session holds `user`'s current auth hash, as `get_user` verifies it."""
+    signed_with = session.get(HASH_SESSION_KEY)
+    return bool(signed_with and constant_time_compare(signed_with, user.get_session_auth_hash()))
 
 
 def _signed_in_digest(user_id: int, session_key: str, data: str, password: str) -> bytes:
@@ -216,20 +223,14 @@ def _signed_in_user(session: SessionBase) -> turn_sql.Steps[Any]:
     if data is None:
         return None
     decoded = session.decode(data)
-    backend_path = decoded.get(BACKEND_SESSION_KEY)
-    if (
-        SESSION_KEY not in decoded
-        or backend_path not in settings.AUTHENTICATION_BACKENDS
-        or not _gets_users_as_model_backend(backend_path)
-    ):
+    if SESSION_KEY not in decoded or not _names_a_model_backend(decoded):
         return None
     pk = get_user_model()._meta.pk
     assert pk is not None
     user = yield from turn_sql.user_by_pk(pk.to_python(decoded[SESSION_KEY]))
     if user is None or not ModelBackend().user_can_authenticate(user):
         return None
-    signed_with = decoded.get(HASH_SESSION_KEY)
-    if not (signed_with and constant_time_compare(signed_with, user.get_session_auth_hash())):
+    if not _holds_current_hash(decoded, user):
         return None
     session._session_cache = decoded  # type: ignore[attr-defined]  # what load() leaves
     _remember_signed_in(_signed_in_digest(int(user.pk), key, data, user.password))
