@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import functools
 import json
+import socket as sockets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,7 +24,7 @@ from django.db import connection, connections
 from django.test import Client
 
 from accounts.models import Profile
-from conversations.db import db_call, loop_connections
+from conversations.db import db_call, loop_connections, turn_threads
 from personas.models import Persona
 
 User = get_user_model()
@@ -396,3 +398,38 @@ def redis_layer(settings: Any) -> Any:
         }
     }
     return url
+
+
+class TurnThreads:
+    """Slow database work elsewhere (an export, a re-send's lookup) holding every turn
+    thread, until `free`."""
+
+    def __init__(self) -> None:
+        self._free = threading.Event()
+        self._held: asyncio.Future[Any] | None = None
+
+    async def hold(self) -> None:
+        threads = turn_threads()
+        assert threads > 0
+        self._held = asyncio.gather(*(db_call(self._free.wait)(20) for _ in range(threads)))
+        await asyncio.sleep(0.05)  # every thread has taken its wait
+
+    async def free(self) -> None:
+        self._free.set()
+        if self._held is not None:
+            await self._held
+
+
+@pytest_asyncio.fixture
+async def turn_threads_held() -> AsyncIterator[TurnThreads]:
+    held = TurnThreads()
+    yield held
+    await held.free()
+
+
+@contextlib.contextmanager
+def socket_nobody_listens_on() -> Iterator[str]:
+    """A local port bound but not listening: a connection to it is refused at once."""
+    with sockets.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield str(bound.getsockname()[1])

@@ -1,4 +1,5 @@
-"""Ways a session stops signing its user in, for the tests of each place that checks one."""
+"""Sessions for the tests of each place that checks one: signing in, and the ways a session
+stops signing its user in."""
 
 from __future__ import annotations
 
@@ -6,7 +7,19 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.sessions.models import Session
+from django.test import Client
 from django.utils import timezone
+
+MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
+def signed_in(user: Any, backend: str = MODEL_BACKEND) -> str:
+    """A new session of `user`'s, signed in through `backend`: its key."""
+    client = Client()
+    client.force_login(user, backend=backend)
+    key = client.session.session_key
+    assert key is not None
+    return key
 
 
 def end_by_deleting(user: Any, key: str) -> None:

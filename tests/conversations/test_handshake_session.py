@@ -5,34 +5,25 @@ turn thread; every session `get_user` refuses is refused, by `get_user` itself o
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.db import connection, connections
-from django.test import Client
 
-from conversations.db import db_call, turn_threads
+from conversations.db import db_call
 from conversations.models import Conversation
-from tests.conversations.session_ends import ENDINGS, end_by_a_new_password
-from tests.conversations.test_turn_on_loop import socket_nobody_listens_on
+from tests.conftest import socket_nobody_listens_on
+from tests.conversations.session_ends import (
+    ENDINGS,
+    MODEL_BACKEND,
+    end_by_a_new_password,
+    signed_in,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
-
-MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
-
-
-def signed_in(user: Any, backend: str = MODEL_BACKEND) -> str:
-    client = Client()
-    client.force_login(user, backend=backend)
-    key = client.session.session_key
-    assert key is not None
-    return key
 
 
 def with_cookie(key: str) -> list[tuple[bytes, bytes]]:
@@ -45,33 +36,6 @@ def owner_of(conversation_id: str) -> str:
 
 def session_exists(key: str) -> bool:
     return Session.objects.filter(session_key=key).exists()
-
-
-class TurnThreads:
-    """Slow database work elsewhere (an export, a re-send's lookup) holding every turn
-    thread, until `free`."""
-
-    def __init__(self) -> None:
-        self._free = threading.Event()
-        self._held: asyncio.Future[Any] | None = None
-
-    async def hold(self) -> None:
-        threads = turn_threads()
-        assert threads > 0
-        self._held = asyncio.gather(*(db_call(self._free.wait)(20) for _ in range(threads)))
-        await asyncio.sleep(0.05)  # every thread has taken its wait
-
-    async def free(self) -> None:
-        self._free.set()
-        if self._held is not None:
-            await self._held
-
-
-@pytest_asyncio.fixture
-async def turn_threads_held() -> AsyncIterator[TurnThreads]:
-    held = TurnThreads()
-    yield held
-    await held.free()
 
 
 @pytest.mark.parametrize(

@@ -7,19 +7,15 @@ paths (a re-send, an edit) run on a thread."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection, connections
 
-from conversations.db import LOOP_APPLICATION_NAME, db_call, loop_connections, turn_threads
+from conversations.db import LOOP_APPLICATION_NAME, db_call
 from conversations.models import Conversation, Message
-from tests.conftest import admin_dsn, make_user
+from tests.conftest import admin_dsn, make_user, socket_nobody_listens_on
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -28,7 +24,6 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 def _postgresql() -> None:
     if connection.vendor != "postgresql":
         pytest.skip("turns run on the event loop on PostgreSQL only")
-    loop_connections.close_all()  # counting the loop's connections counts this test's only
 
 
 def loop_backends() -> dict[int, str]:
@@ -53,21 +48,16 @@ def saved_messages() -> list[str]:
 
 
 async def test_a_reply_streams_and_is_saved_while_every_turn_thread_is_busy(
-    ws, alice, persona, fast_demo
+    ws, alice, persona, fast_demo, turn_threads_held
 ):
     """Slow database work elsewhere (an export, a re-send's lookup) holds every turn thread:
     a new message is still accepted, answered and saved, all on the event loop."""
-    socket = await ws(alice)  # the handshake's own database work, before the threads fill
-    threads = turn_threads()
-    assert threads > 0
-    free = threading.Event()
-    blocked = asyncio.gather(*(db_call(free.wait)(20) for _ in range(threads)))
-    try:
-        await socket.send_message("Are you there?")
-        frames = await socket.receive_until("chat.done", timeout=10)
-    finally:
-        free.set()
-        await blocked
+    socket = await ws(alice)
+    await turn_threads_held.hold()
+
+    await socket.send_message("Are you there?")
+    frames = await socket.receive_until("chat.done", timeout=10)
+    await turn_threads_held.free()
 
     assert frames[0]["type"] == "chat.accepted"
     assert frames[-1]["status"] == "complete"
@@ -162,11 +152,3 @@ async def test_a_database_the_loop_cannot_reach_is_unavailable_and_saves_nothing
     assert await db_call(saved_messages)() == []
     await socket.send_message("and again")  # the database back, the same socket goes on
     assert (await socket.receive_type("chat.done"))["status"] == "complete"
-
-
-@contextlib.contextmanager
-def socket_nobody_listens_on() -> Iterator[str]:
-    """A local port bound but not listening: a connection to it is refused at once."""
-    with socket.socket() as bound:
-        bound.bind(("127.0.0.1", 0))
-        yield str(bound.getsockname()[1])

@@ -10,24 +10,15 @@ from typing import Any
 import pytest
 from django.contrib.sessions.models import Session
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from conversations import services
 from conversations.errors import SessionEnded
 from conversations.models import Message
-from tests.conversations.session_ends import ENDINGS
+from tests.conversations.session_ends import ENDINGS, signed_in
 
 pytestmark = pytest.mark.django_db
-
-
-def signed_in(user: Any, backend: str = "django.contrib.auth.backends.ModelBackend") -> str:
-    client = Client()
-    client.force_login(user, backend=backend)
-    key = client.session.session_key
-    assert key is not None
-    return key
 
 
 def begin(user: Any, session_key: str, content: str = "Hello") -> services.TurnContext:
