@@ -3,6 +3,9 @@
 A reply never awaits a socket. Whoever has a frame for a socket (a generation, a follow of
 another worker's reply log, the consumer itself) puts it here and moves on; one writer task
 per socket hands the frames to the ASGI server in order, at the pace the client reads. A
+frame that finds the writer idle, nothing queued and room in the server is handed to the
+server at once, in the same pass of the event loop (`Outbox.put`): a stream's frames to a
+client that keeps up cost no wake-up of its writer. A
 client that falls too far behind (more than `SOCKET_BUFFER_BYTES` queued, or its oldest
 frame older than `SOCKET_MAX_LAG_SECONDS`) is dropped: the queue is discarded and the socket
 is closed with `SLOW_CLOSE_CODE`, from where the page reconnects and resumes by `after_seq`.
@@ -22,7 +25,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from django.conf import settings
@@ -66,7 +69,7 @@ class ServerSocket:
             self.twisted = self.transport is not None
             self._autobahn = send.args[0]
 
-    def text_writer(self) -> Callable[[str], Awaitable[None]] | None:
+    def text_writer(self) -> Callable[[str], Coroutine[Any, Any, None]] | None:
         """Write a text frame with the server's own send(), or None where it is unknown.
 
         The consumer's send() goes through Channels' chain on every frame: the consumer,
@@ -77,8 +80,8 @@ class ServerSocket:
         if send is None:
             return None
 
-        def write(text: str) -> Awaitable[None]:
-            return send({"type": "websocket.send", "text": text})
+        async def write(text: str) -> None:
+            await send({"type": "websocket.send", "text": text})
 
         return write
 
@@ -129,7 +132,7 @@ class ServerSocket:
 class Outbox:
     def __init__(
         self,
-        write: Callable[[str], Awaitable[None]],
+        write: Callable[[str], Coroutine[Any, Any, None]],
         close: Callable[[int], Awaitable[None]],
         server: ServerSocket,
         *,
@@ -145,6 +148,9 @@ class Outbox:
         self.queued_bytes = 0
         self._ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._idle = False  # the writer waits for a frame, with none queued
+        # The head frame's send, begun by `put` and waiting on the server: the writer ends it.
+        self._sending: asyncio.Future[None] | None = None
         self.closed = False
         self._closing_code: int | None = None
 
@@ -174,8 +180,36 @@ class Outbox:
         if self._over(now - self._queue[0][2]):
             self._drop()
             return False
+        if self._idle and len(self._queue) == 1 and self._server.backlog() <= SERVER_LOW_WATER:
+            # The writer would take it on its next wake-up, with room to write: write it now.
+            if self._write_now(text):
+                self._queue.popleft()
+                self.queued_bytes -= size
+                return True
+            if self.closed:
+                return False
         self._ready.set()
         return True
+
+    def _write_now(self, text: str) -> bool:
+        """Hand a frame to the server from here, as the writer would. True when it is written.
+
+        The server's send() is a coroutine that, with room in the server, finishes without
+        waiting (Uvicorn's waits only while its transport is paused, Daphne's never): run to
+        its end here, it costs the frame no task wake-up. One that must wait after all goes
+        on as a task of its own (`_GoingOn`); the frame stays at the head of the queue, and the
+        writer lets that send end before it writes anything after it."""
+        sending = self._write(text)
+        try:
+            waiting = sending.send(None)
+        except StopIteration:
+            return True
+        except Exception:
+            logger.debug("socket writer ended", exc_info=True)
+            self.close()  # the socket went away; its disconnect detaches the outbox
+            return False
+        self._sending = asyncio.ensure_future(_GoingOn(sending, waiting))
+        return False
 
     def _over(self, stuck: float) -> bool:
         """Past a bound, with the head frame waiting `stuck` seconds for the client."""
@@ -232,6 +266,11 @@ class Outbox:
         self.queued_bytes = 0
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
+        if self._sending is not None:
+            if self._sending.done() and not self._sending.cancelled():
+                self._sending.exception()  # its error was the socket going away: seen
+            self._sending.cancel()
+            self._sending = None
         # The task keeps its CancelledError, whose traceback holds `_run`'s frame and so this
         # outbox: let go of the task, or the two are freed only by the cycle collector.
         self._writer = None
@@ -260,13 +299,19 @@ class Outbox:
     async def _run(self) -> None:
         try:
             while True:
+                self._idle = True
                 await self._ready.wait()
+                self._idle = False
                 while self._queue:
                     text, size, queued_at = self._queue[0]
-                    if not await self._room(queued_at):
+                    sending, self._sending = self._sending, None
+                    if sending is not None:
+                        await sending  # the head frame, begun by `put`
+                    elif not await self._room(queued_at):
                         return
-                    # With room, the server takes the frame without waiting.
-                    await self._write(text)
+                    else:
+                        # With room, the server takes the frame without waiting.
+                        await self._write(text)
                     # Popped only once written: a frame in flight still counts as queued.
                     if self._queue:
                         self._queue.popleft()
@@ -281,6 +326,31 @@ class Outbox:
             # The socket went away; its disconnect closes the outbox.
             logger.debug("socket writer ended", exc_info=True)
             self.close()
+
+
+class _GoingOn:
+    """The rest of a send that `Outbox.put` began and that had to wait, to run as a task:
+    the task is handed what the send waits for, exactly as if it had run the send from the
+    start, and the send is resumed with its result, error or cancellation, until it ends.
+    (Python 3.12's eager tasks do this themselves; this project runs 3.11.)"""
+
+    def __init__(self, sending: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self._sending = sending
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        waiting = self._waiting
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:  # cancellation too: the send decides what it does
+                resume = functools.partial(self._sending.throw, exc)
+            else:
+                resume = functools.partial(self._sending.send, None)
+            try:
+                waiting = resume()
+            except StopIteration:
+                return
 
 
 async def _gone(_: object) -> None:
