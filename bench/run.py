@@ -925,7 +925,10 @@ def capacity_lines(results: list[dict[str, Any]]) -> list[str]:
     groups = grouped(results)
     out = []
     found = {}
-    for variant in ("uvicorn", "daphne", "ceiling", "ceiling-asyncio"):
+    named = ("uvicorn", "daphne", "ceiling", "ceiling-asyncio")
+    # Then the code before a lever (`uvicorn@<rev>`), where a run searched its capacity too.
+    earlier = sorted({k[0] for k in groups if "@" in k[0] and k[1] == "ramp"})
+    for variant in (*named, *earlier):
         lone = groups.get((variant, "ramp", 1))
         if not lone:
             continue
@@ -944,11 +947,12 @@ def capacity_lines(results: list[dict[str, Any]]) -> list[str]:
             f"- {variant}: {bound} streams (levels run: {', '.join(map(str, levels))}); "
             f"limit p99 ≤ {limit:.2f} s (1.25 × lone), 0 errors"
         )
-    if found.get("uvicorn") and found.get("ceiling"):
-        out.append(
-            f"- capacity, uvicorn ÷ ceiling, from the levels passed: "
-            f"{found['uvicorn'] / found['ceiling']:.0%} (a coarse bound, not a bisection)"
-        )
+    for variant in ("uvicorn", *earlier):
+        if found.get(variant) and found.get("ceiling"):
+            out.append(
+                f"- capacity, {variant} ÷ ceiling, from the levels passed: "
+                f"{found[variant] / found['ceiling']:.0%} (a coarse bound, not a bisection)"
+            )
     return ["## Capacity", "", *out, ""] if out else []
 
 
