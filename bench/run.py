@@ -540,6 +540,7 @@ class Bench:
                 "description": describe(variant, self.args.pgbouncer_pool),
                 "workers": workers,
                 "run_s": time.monotonic() - began,
+                "ended_at": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
             }
         )
         return result
@@ -716,6 +717,15 @@ def grouped(results: list[dict[str, Any]]) -> dict[tuple[str, str, int], list[di
     return out
 
 
+def measured_line(results: list[dict[str, Any]]) -> str:
+    """When the runs ended (not when the report was written: `--report-only` rewrites it)."""
+    ended = sorted(r["ended_at"] for r in results if r.get("ended_at"))
+    now = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
+    if not ended:
+        return f"Report written {now} UTC, from runs whose time was not recorded, on: {machine()}."
+    return f"Measured {ended[0]}–{ended[-1]} UTC on: {machine()}."
+
+
 def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "raw.json").write_text(json.dumps(results, indent=1))
@@ -745,7 +755,7 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
     lines = [
         "# Streaming benchmark",
         "",
-        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on: {machine()}.",
+        measured_line(results),
         "",
         'One server process (the scale-out variants: as their line under "Variants" says), '
         + pinned_txt
