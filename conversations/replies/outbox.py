@@ -183,8 +183,9 @@ class Outbox:
         if self._idle and len(self._queue) == 1 and self._server.backlog() <= SERVER_LOW_WATER:
             # The writer would take it on its next wake-up, with room to write: write it now.
             if self._write_now(text):
-                self._queue.popleft()
-                self.queued_bytes -= size
+                if self._queue:  # as in `_run`: a close while it was written emptied it
+                    self._queue.popleft()
+                    self.queued_bytes -= size
                 return True
             if self.closed:
                 return False
@@ -198,7 +199,11 @@ class Outbox:
         waiting (Uvicorn's waits only while its transport is paused, Daphne's never): run to
         its end here, it costs the frame no task wake-up. One that must wait after all goes
         on as a task of its own (`_GoingOn`); the frame stays at the head of the queue, and the
-        writer lets that send end before it writes anything after it."""
+        writer lets that send end before it writes anything after it.
+
+        Its first steps run in the caller's task, so a send() must not tie anything to its
+        task (a timeout or cancel scope around its wait, a context variable it sets): the
+        servers' own sends (Uvicorn's, Daphne's) and Channels' do not."""
         sending = self._write(text)
         try:
             waiting = sending.send(None)
@@ -332,7 +337,8 @@ class _GoingOn:
     """The rest of a send that `Outbox.put` began and that had to wait, to run as a task:
     the task is handed what the send waits for, exactly as if it had run the send from the
     start, and the send is resumed with its result, error or cancellation, until it ends.
-    (Python 3.12's eager tasks do this themselves; this project runs 3.11.)"""
+    (Python 3.12's eager tasks do this themselves; this project runs 3.11.) A task cancelled
+    before its first step never resumes the send: the send is closed when it is freed."""
 
     def __init__(self, sending: Coroutine[Any, Any, None], waiting: Any) -> None:
         self._sending = sending
@@ -341,16 +347,21 @@ class _GoingOn:
     def __await__(self) -> Generator[Any, None, None]:
         waiting = self._waiting
         while True:
+            # Resumed inside the except clause, which lets go of the exception when it ends:
+            # kept in a local, its traceback and this frame would hold each other (and the
+            # server's protocol) until the cycle collector's next run, which comes rarely.
             try:
                 yield waiting
             except BaseException as exc:  # cancellation too: the send decides what it does
-                resume = functools.partial(self._sending.throw, exc)
+                try:
+                    waiting = self._sending.throw(exc)
+                except StopIteration:
+                    return
             else:
-                resume = functools.partial(self._sending.send, None)
-            try:
-                waiting = resume()
-            except StopIteration:
-                return
+                try:
+                    waiting = self._sending.send(None)
+                except StopIteration:
+                    return
 
 
 async def _gone(_: object) -> None:

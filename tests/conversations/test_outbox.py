@@ -10,6 +10,8 @@ tests/workers/test_slow_clients.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -119,3 +121,24 @@ async def test_closing_while_a_send_waits_writes_nothing_more():
     await asyncio.sleep(0.05)
     assert server.written == []
     assert not outbox.put(frame(3))
+
+
+async def test_a_send_cancelled_while_it_waits_is_freed_without_the_cycle_collector():
+    """The worker runs the cycle collector rarely (chatproject/asgi.py): a socket closed while
+    the server's send() waits must not leave that send, and the server's protocol it holds,
+    in a cycle until the next full collection."""
+    server = Server()
+    outbox = await started_outbox(server)
+    server.open.clear()
+    assert outbox.put(frame(1))  # the send begins in put() and waits
+    await asyncio.sleep(0.05)  # and goes on waiting, as a task of its own
+    gone = weakref.ref(server)
+    del server
+    gc.disable()
+    try:
+        outbox.detach()  # the socket went away: the waiting send is cancelled
+        for _ in range(10):  # the cancellation takes a loop pass or two
+            await asyncio.sleep(0)
+        assert gone() is None
+    finally:
+        gc.enable()
