@@ -3,8 +3,8 @@
 A reply never awaits a socket. Whoever has a frame for a socket (a generation, a follow of
 another worker's reply log, the consumer itself) puts it here and moves on; one writer task
 per socket hands the frames to the ASGI server in order, at the pace the client reads. A
-frame that finds the writer idle, nothing queued and room in the server is handed to the
-server at once, in the same pass of the event loop (`Outbox.put`): a stream's frames to a
+frame that finds nothing queued (so the writer has nothing in flight) and room in the
+server is handed to the server at once, in the same pass of the event loop (`Outbox.put`): a stream's frames to a
 client that keeps up cost no wake-up of its writer. A
 client that falls too far behind (more than `SOCKET_BUFFER_BYTES` queued, or its oldest
 frame older than `SOCKET_MAX_LAG_SECONDS`) is dropped: the queue is discarded and the socket
@@ -148,7 +148,6 @@ class Outbox:
         self.queued_bytes = 0
         self._ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._idle = False  # the writer waits for a frame, with none queued
         # The head frame's send, begun by `put` and waiting on the server: the writer ends it.
         self._sending: asyncio.Future[None] | None = None
         self.closed = False
@@ -180,8 +179,9 @@ class Outbox:
         if self._over(now - self._queue[0][2]):
             self._drop()
             return False
-        if self._idle and len(self._queue) == 1 and self._server.backlog() <= SERVER_LOW_WATER:
-            # The writer would take it on its next wake-up, with room to write: write it now.
+        if len(self._queue) == 1 and self._server.backlog() <= SERVER_LOW_WATER:
+            # Nothing was queued, so the writer has nothing in flight (it pops a frame only
+            # once written), and the server has room: write it now, not on a wake-up.
             if self._write_now(text):
                 if self._queue:  # as in `_run`: a close while it was written emptied it
                     self._queue.popleft()
@@ -304,9 +304,7 @@ class Outbox:
     async def _run(self) -> None:
         try:
             while True:
-                self._idle = True
                 await self._ready.wait()
-                self._idle = False
                 while self._queue:
                     text, size, queued_at = self._queue[0]
                     sending, self._sending = self._sending, None
