@@ -3,10 +3,10 @@
 A reply never awaits a socket. Whoever has a frame for a socket (a generation, a follow of
 another worker's reply log, the consumer itself) puts it here and moves on; one writer task
 per socket hands the frames to the ASGI server in order, at the pace the client reads. A
-frame that finds nothing queued (so the writer has nothing in flight) and room in the
-server is handed to the server at once, in the same pass of the event loop (`Outbox.put`): a stream's frames to a
-client that keeps up cost no wake-up of its writer. A
-client that falls too far behind (more than `SOCKET_BUFFER_BYTES` queued, or its oldest
+frame that finds nothing queued (so the writer has nothing in flight) and room in the server
+is handed to the server at once, in the same pass of the event loop (`Outbox.put`): a
+stream's frames to a client that keeps up cost no wake-up of its writer. A client that
+falls too far behind (more than `SOCKET_BUFFER_BYTES` queued, or its oldest
 frame older than `SOCKET_MAX_LAG_SECONDS`) is dropped: the queue is discarded and the socket
 is closed with `SLOW_CLOSE_CODE`, from where the page reconnects and resumes by `after_seq`.
 
