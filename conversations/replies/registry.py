@@ -8,7 +8,7 @@ One `Busy` for every "not now": the conversation already has a reply in flight, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -34,7 +34,7 @@ def user_busy() -> Busy:
     )
 
 
-@dataclass
+@dataclass(eq=False)  # each one is itself: held in a set, found by identity
 class Reservation:
     """A slot held while a turn begins, so limits hold before the database is reached."""
 
@@ -57,20 +57,28 @@ class Reservation:
 @dataclass
 class Registry:
     generations: dict[uuid.UUID, Generation] = field(default_factory=dict)
-    reservations: list[Reservation] = field(default_factory=list)
+    reservations: set[Reservation] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     side_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # Replies of other workers followed from here, by conversation (their followers' pumps).
     remote: dict[uuid.UUID, RemoteReply] = field(default_factory=dict)
     draining: bool = False
     sockets: set[Any] = field(default_factory=set)  # open consumers, closed on shutdown
+    # Each user's generations and reservations here, and the reservations of each existing
+    # conversation: a turn's checks look them up rather than scan every reply in flight
+    # (at 1,000 streams, that scan was a few percent of the worker's CPU).
+    _per_user: collections.Counter[int] = field(default_factory=collections.Counter, init=False)
+    _reserving: dict[uuid.UUID, list[Reservation]] = field(default_factory=dict, init=False)
 
     def get(self, conversation_id: uuid.UUID) -> Generation | None:
         return self.generations.get(conversation_id)
 
-    def _count_for(self, user_id: int) -> int:
-        running = sum(1 for g in self.generations.values() if g.user_id == user_id)
-        return running + sum(1 for r in self.reservations if r.user_id == user_id)
+    def _count(self, user_id: int, change: int) -> None:
+        count = self._per_user[user_id] + change
+        if count > 0:
+            self._per_user[user_id] = count
+        else:
+            del self._per_user[user_id]
 
     def reserve(
         self,
@@ -83,28 +91,34 @@ class Registry:
         if self.draining:
             raise Busy("This server is restarting; reconnect and try again.")
         if conversation_id is not None and (
-            conversation_id in self.generations
-            or any(r.conversation_id == conversation_id for r in self.reservations)
+            conversation_id in self.generations or conversation_id in self._reserving
         ):
             raise Busy("A reply is already being generated in this conversation.")
-        if self._count_for(user_id) >= settings.MAX_GENERATIONS_PER_USER:
+        if self._per_user[user_id] >= settings.MAX_GENERATIONS_PER_USER:
             raise user_busy()
         if len(self.generations) + len(self.reservations) >= settings.MAX_GENERATIONS_PER_WORKER:
             raise Busy("The server is busy; try again in a moment.")
         reservation = Reservation(self, user_id, conversation_id, client_id)
-        self.reservations.append(reservation)
+        self.reservations.add(reservation)
+        self._count(user_id, 1)
+        if conversation_id is not None:
+            self._reserving.setdefault(conversation_id, []).append(reservation)
         return reservation
 
     def beginning(self, conversation_id: uuid.UUID, client_id: uuid.UUID) -> bool:
         """Whether a turn for this very client_id is beginning here (a re-send racing it)."""
-        return any(
-            r.conversation_id == conversation_id and r.client_id == client_id
-            for r in self.reservations
-        )
+        return any(r.client_id == client_id for r in self._reserving.get(conversation_id, ()))
 
     def release(self, reservation: Reservation) -> None:
-        with contextlib.suppress(ValueError):
-            self.reservations.remove(reservation)
+        if reservation not in self.reservations:
+            return
+        self.reservations.remove(reservation)
+        self._count(reservation.user_id, -1)
+        if reservation.conversation_id is not None:
+            held = self._reserving[reservation.conversation_id]
+            held.remove(reservation)
+            if not held:
+                del self._reserving[reservation.conversation_id]
 
     def start(
         self,
@@ -120,6 +134,7 @@ class Registry:
         generation.slot = reservation.slot
         generation.claim = reservation.claim
         self.generations[ctx.conversation_id] = generation
+        self._count(ctx.user_id, 1)
         # The task belongs to the process: a socket that goes away does not cancel it.
         task = asyncio.get_running_loop().create_task(generation.run())
         generation.task = task
@@ -137,6 +152,7 @@ class Registry:
     def forget(self, generation: Generation) -> None:
         if self.generations.get(generation.conversation_id) is generation:
             del self.generations[generation.conversation_id]
+            self._count(generation.user_id, -1)
 
     def unfollow_all(self, key: str) -> None:
         for generation in list(self.generations.values()):

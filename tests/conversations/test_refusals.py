@@ -180,6 +180,28 @@ async def test_too_many_generations_for_one_user_is_busy(ws, alice, persona, set
     assert await db_call(Conversation.objects.count)() == 2
 
 
+async def test_a_user_at_the_limit_may_send_again_once_a_reply_ends(
+    ws, alice, bob, persona, settings
+):
+    settings.DEMO_TOKEN_DELAY_MS = 5
+    settings.DEMO_REPLY_WORDS = 20
+    settings.MAX_GENERATIONS_PER_USER = 2
+    socket, other = await ws(alice), await ws(bob)
+    for round_ in range(3):
+        # Each round fills the user's two places, and each reply's end frees its place.
+        for n in range(2):
+            await socket.send_message(f"Round {round_}, message {n}")
+        await other.send_message(f"Bob's round {round_}")  # another user's count is his own
+        done = 0
+        while done < 2:
+            frame = await socket.receive()
+            assert frame["type"] != "chat.error", frame
+            done += frame["type"] == "chat.done"
+        while (await other.receive())["type"] != "chat.done":
+            pass
+    assert await db_call(Conversation.objects.count)() == 9  # 3 rounds of 2 + 1
+
+
 async def test_misconfigured_provider_is_a_provider_error(ws, alice, persona, settings):
     settings.LLM_PROVIDER = "gemini"
     settings.GEMINI_API_KEY = ""
