@@ -21,12 +21,13 @@ import asyncio
 import collections
 import contextlib
 import functools
+import inspect
 import logging
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -75,10 +76,15 @@ class ServerSocket:
         The consumer's send() goes through Channels' chain on every frame: the consumer,
         then the session middleware's wrapper, which reads the lazy session twice to decide
         whether to save it, and only does so on an HTTP response. A socket's frames need none
-        of that; its accept and close still go through Channels."""
+        of that; its accept and close still go through Channels. Where the server's send()
+        is a coroutine function (Uvicorn's, Daphne's), a frame's write is its coroutine
+        itself, with no coroutine of ours around it."""
         send = self._send
         if send is None:
             return None
+        if inspect.iscoroutinefunction(send):
+            server_send = cast(Callable[[Frame], Coroutine[Any, Any, None]], send)
+            return lambda text: server_send({"type": "websocket.send", "text": text})
 
         async def write(text: str) -> None:
             await send({"type": "websocket.send", "text": text})
@@ -102,13 +108,14 @@ class ServerSocket:
         transport = self.transport
         if transport is None:
             return 0
-        with contextlib.suppress(Exception):
+        try:  # asked before every frame: no context manager made each time
             if self.twisted:
                 # twisted.internet.abstract.FileDescriptor's write buffers.
                 pending = len(transport.dataBuffer) - transport.offset
                 return int(pending + transport._tempDataLen)
             return int(transport.get_write_buffer_size())
-        return 0
+        except Exception:
+            return 0
 
     def wait_for_close_reply(self, seconds: float) -> None:
         """How long the server waits for the client to answer our close frame before it
@@ -165,41 +172,40 @@ class Outbox:
         if self.closed:
             return False
         text = encode(frame)
-        # Counted as the memory the string takes (4 bytes a character once it holds an
-        # emoji), not its length: the bound is on what a slow client costs the server.
-        size = sys.getsizeof(text)
-        now = time.monotonic()
-        self._queue.append((text, size, now))
-        self.queued_bytes += size
+        if not self._queue and self._server.backlog() <= SERVER_LOW_WATER:
+            # Nothing queued, so the writer has nothing in flight (it pops a frame only once
+            # written), and the server has room: write it now, not on a wake-up. A lone
+            # frame passes no bound (what counts is what waits behind the one written).
+            return self._write_now(text)
+        self._enqueue(text)
         # What waits behind the frame being written counts, so one large frame (a long
         # message copied to another tab) never drops a client that keeps up. A replay
         # (chat.resume of a long reply) arrives all at once: a client that takes its frames
         # has the head frame moving, so bytes count once the head has waited BURST_SECONDS,
         # up to BURST_FACTOR times the bound.
-        if self._over(now - self._queue[0][2]):
+        if self._over(time.monotonic() - self._queue[0][2]):
             self._drop()
             return False
-        if len(self._queue) == 1 and self._server.backlog() <= SERVER_LOW_WATER:
-            # Nothing was queued, so the writer has nothing in flight (it pops a frame only
-            # once written), and the server has room: write it now, not on a wake-up.
-            if self._write_now(text):
-                if self._queue:  # as in `_run`: a close while it was written emptied it
-                    self._queue.popleft()
-                    self.queued_bytes -= size
-                return True
-            if self.closed:
-                return False
         self._ready.set()
         return True
 
+    def _enqueue(self, text: str) -> None:
+        # Counted as the memory the string takes (4 bytes a character once it holds an
+        # emoji), not its length: the bound is on what a slow client costs the server.
+        size = sys.getsizeof(text)
+        self._queue.append((text, size, time.monotonic()))
+        self.queued_bytes += size
+
     def _write_now(self, text: str) -> bool:
-        """Hand a frame to the server from here, as the writer would. True when it is written.
+        """Hand a frame to the server from here, as the writer would; False if the socket
+        went away.
 
         The server's send() is a coroutine that, with room in the server, finishes without
         waiting (Uvicorn's waits only while its transport is paused, Daphne's never): run to
-        its end here, it costs the frame no task wake-up. One that must wait after all goes
-        on as a task of its own (`_GoingOn`); the frame stays at the head of the queue, and the
-        writer lets that send end before it writes anything after it.
+        its end here, it costs the frame no task wake-up and no place in the queue. One that
+        must wait after all goes on as a task of its own (`_GoingOn`); the frame goes to the
+        head of the queue, and the writer lets that send end before it writes anything
+        after it.
 
         Its first steps run in the caller's task, so a send() must not tie anything to its
         task (a timeout or cancel scope around its wait, a context variable it sets): the
@@ -213,8 +219,13 @@ class Outbox:
             logger.debug("socket writer ended", exc_info=True)
             self.close()  # the socket went away; its disconnect detaches the outbox
             return False
+        if self.closed:  # closed while it was written: nothing more goes out
+            sending.close()
+            return False
+        self._enqueue(text)
         self._sending = asyncio.ensure_future(_GoingOn(sending, waiting))
-        return False
+        self._ready.set()
+        return True
 
     def _over(self, stuck: float) -> bool:
         """Past a bound, with the head frame waiting `stuck` seconds for the client."""
