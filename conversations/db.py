@@ -147,8 +147,9 @@ async def loop_run(steps: Steps[R], *, atomic: bool) -> R:
     statement on its own (autocommit). Raises NeedsThread, with nothing written, where the
     steps need the ORM; database errors come as Django's (`DatabaseError` and its kin), as
     from `db_call`."""
-    with connections[DEFAULT_DB_ALIAS].wrap_database_errors:
-        async with loop_connections.connection() as connection:
+    wrapper = connections[DEFAULT_DB_ALIAS]  # looked up once: each lookup costs a context lookup
+    with wrapper.wrap_database_errors:
+        async with loop_connections.connection(wrapper.settings_dict) as connection:
             if not atomic:
                 return await _drive(connection, steps)
             async with connection.transaction():
@@ -201,9 +202,9 @@ class LoopConnections:
         self.in_use = 0
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+    async def connection(self, database: dict[str, Any]) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection to `database` (the default database's settings)."""
         loop = asyncio.get_running_loop()
-        database = connections[DEFAULT_DB_ALIAS].settings_dict
         target = [database[key] for key in _TARGET]
         if loop is not self._loop or target != self._for:
             self.close_all()
@@ -211,8 +212,9 @@ class LoopConnections:
             self._for = copy.deepcopy(target)  # a copy: OPTIONS changed in place must show
             self._free = asyncio.Semaphore(_loop_connections_max())
         free = self._free
+        pool = _pool_options(database)
         try:
-            async with asyncio.timeout(_pool_timeout()):
+            async with asyncio.timeout(float((pool or {}).get("timeout", 30.0))):
                 await free.acquire()
         except TimeoutError:
             raise psycopg.OperationalError("no database connection free for a turn") from None
@@ -223,7 +225,7 @@ class LoopConnections:
                 yield connection
             finally:
                 self.in_use -= 1
-                self._give_back(connection, kept=free is self._free)
+                self._give_back(connection, kept=free is self._free and pool is not None)
         finally:
             free.release()
 
@@ -236,7 +238,7 @@ class LoopConnections:
 
     def _give_back(self, connection: AsyncConnection[Any], *, kept: bool) -> None:
         idle = connection.info.transaction_status == TransactionStatus.IDLE
-        if not kept or _pool_options() is None or connection.closed or not idle:
+        if not kept or connection.closed or not idle:
             _close(connection)
             return
         self._idle.append((connection, time.monotonic()))
@@ -262,17 +264,13 @@ def _loop_connections_max() -> int:
     return max(settings.DB_CALL_THREADS, 1)
 
 
-def _pool_options() -> dict[str, Any] | None:
+def _pool_options(database: dict[str, Any]) -> dict[str, Any] | None:
     """Django's pool settings; None with the pool off (DB_POOL=false), where the loop keeps
     no connection between turns either."""
-    pool = connections[DEFAULT_DB_ALIAS].settings_dict["OPTIONS"].get("pool")
+    pool = database["OPTIONS"].get("pool")
     if pool is True:
         return {}
     return pool if isinstance(pool, dict) else None
-
-
-def _pool_timeout() -> float:
-    return float((_pool_options() or {}).get("timeout", 30.0))
 
 
 async def _usable(connection: AsyncConnection[Any], returned: float) -> bool:

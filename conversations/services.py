@@ -328,7 +328,7 @@ def _begin_transaction(
     if (
         conversation_id is None
         and not attachment_ids
-        and connection.vendor == "postgresql"
+        and turn_sql.on_postgresql()
         and not connection.in_atomic_block
     ):
         return nullcontext()
@@ -361,7 +361,7 @@ def turn_begin_steps(
     now = timezone.now()
     start, resets = period_bounds(cast(Period, settings.TOKEN_BUDGET_PERIOD), now)
     # PostgreSQL locks an existing conversation in the same read (a lateral subquery).
-    one_read = connection.vendor == "postgresql"
+    one_read = turn_sql.on_postgresql()
     reads = yield from turn_sql.turn_reads(
         user_id=user_id,
         client_id=client_id,
@@ -900,7 +900,7 @@ def reply_save_steps(
     the conversation was deleted meanwhile. On PostgreSQL this is one statement (two when
     the reply was saved before), each atomic on its own.
     """
-    if connection.vendor != "postgresql":
+    if not turn_sql.on_postgresql():
         yield turn_sql.ORM
         return _reply_save_orm(
             message_id=message_id,

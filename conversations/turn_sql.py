@@ -103,6 +103,18 @@ def run_here(steps: Callable[P, Steps[T]]) -> Callable[P, T]:
     return ran
 
 
+# A turn builds its statements' text and parameters on every begin and save: what they
+# depend on of the database is asked once a process, not of `django.db.connection` each time
+# (a lookup in the task's connection handler that cost more than the rest of the building).
+# A process talks to one database vendor for its life.
+
+
+@functools.cache
+def on_postgresql() -> bool:
+    return connection.vendor == "postgresql"
+
+
+@functools.cache
 def _q(name: str) -> str:
     return connection.ops.quote_name(name)
 
@@ -111,19 +123,27 @@ def _table(model: Any) -> str:
     return _q(model._meta.db_table)
 
 
+@functools.cache
+def _native_uuids() -> bool:
+    return bool(connection.features.has_native_uuid_field)
+
+
 def _uuid(value: uuid.UUID | None) -> Any:
     """A UUID as the database takes it (SQLite keeps hex text)."""
+    if _native_uuids() and (value is None or isinstance(value, uuid.UUID)):
+        return value
     pk = Message._meta.pk
     assert pk is not None
     return pk.get_db_prep_value(value, connection)
 
 
 def _when(value: datetime) -> Any:
-    return connection.ops.adapt_datetimefield_value(value)
+    # PostgreSQL's backend passes dates and times as they are; SQLite's makes them text.
+    return value if on_postgresql() else connection.ops.adapt_datetimefield_value(value)
 
 
 def _day(value: date) -> Any:
-    return connection.ops.adapt_datefield_value(value)
+    return value if on_postgresql() else connection.ops.adapt_datefield_value(value)
 
 
 def as_uuid(value: Any) -> uuid.UUID | None:
@@ -453,6 +473,7 @@ _MESSAGE_COLUMNS = (
 )
 
 
+@functools.cache
 def _user_message_insert() -> str:
     """The user's message, unless one of this user and client_id exists (the constraint
     `message_unique_owner_client_id`): then nothing, and no row comes back."""
@@ -510,7 +531,7 @@ def message_insert(
             _when(now),
             _uuid(message_id),
         ]
-        if connection.vendor == "postgresql":
+        if on_postgresql():
             # One statement: the conversation is made only if the message was inserted,
             # so a client_id sent before leaves nothing behind, in a transaction or not.
             row = yield Statement(
@@ -529,7 +550,7 @@ def message_insert(
         row = yield Statement(insert, message)
         return row is not None, None
     move = f"UPDATE {conversations} SET updated_at = %s, current_leaf_id = "
-    if connection.vendor == "postgresql":
+    if on_postgresql():
         path_from = parent_id if history_limit > 0 else None
         rows = yield Statement(
             f"""WITH RECURSIVE sent AS ({insert}), moved AS (
@@ -593,6 +614,32 @@ def path_rows(leaf_id: uuid.UUID, limit: int) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
+@functools.cache
+def _reply_insert_sql() -> str:
+    conversations = _table(Conversation)
+    usage = _table(TokenUsage)
+    return f"""
+        WITH moved AS (
+            UPDATE {conversations} SET updated_at = %s, current_leaf_id = CASE
+                WHEN current_leaf_id = %s THEN %s ELSE current_leaf_id END
+            WHERE id = %s
+            RETURNING owner_id, persona_id
+        ), saved AS (
+            INSERT INTO {_table(Message)} ({_MESSAGE_COLUMNS})
+            SELECT %s, %s, 'assistant', %s, %s, NULL, NULL, %s, %s, %s, %s, NULL, '', NULL, %s
+            FROM moved
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        ), counted AS (
+            INSERT INTO {usage} (user_id, persona_id, day, tokens)
+            SELECT owner_id, persona_id, %s, %s FROM moved, saved
+            ON CONFLICT (user_id, persona_id, day)
+            DO UPDATE SET tokens = {usage}.tokens + excluded.tokens
+        )
+        SELECT EXISTS (SELECT 1 FROM moved), EXISTS (SELECT 1 FROM saved)
+    """
+
+
 @dataclass(frozen=True)
 class SavedRow:
     moved: bool  # the conversation still exists
@@ -616,28 +663,7 @@ def reply_insert_pg(
     """PostgreSQL, one statement (so one round trip, atomic without BEGIN/COMMIT): move the
     active leaf to the reply if it still ends at its question, insert the reply unless it
     was saved before, and count its tokens only if it was not."""
-    conversations = _table(Conversation)
-    usage = _table(TokenUsage)
-    sql = f"""
-        WITH moved AS (
-            UPDATE {conversations} SET updated_at = %s, current_leaf_id = CASE
-                WHEN current_leaf_id = %s THEN %s ELSE current_leaf_id END
-            WHERE id = %s
-            RETURNING owner_id, persona_id
-        ), saved AS (
-            INSERT INTO {_table(Message)} ({_MESSAGE_COLUMNS})
-            SELECT %s, %s, 'assistant', %s, %s, NULL, NULL, %s, %s, %s, %s, NULL, '', NULL, %s
-            FROM moved
-            ON CONFLICT (id) DO NOTHING
-            RETURNING id
-        ), counted AS (
-            INSERT INTO {usage} (user_id, persona_id, day, tokens)
-            SELECT owner_id, persona_id, %s, %s FROM moved, saved
-            ON CONFLICT (user_id, persona_id, day)
-            DO UPDATE SET tokens = {usage}.tokens + excluded.tokens
-        )
-        SELECT EXISTS (SELECT 1 FROM moved), EXISTS (SELECT 1 FROM saved)
-    """
+    sql = _reply_insert_sql()
     params = [
         _when(now),
         _uuid(user_message_id),
