@@ -934,10 +934,20 @@ def capacity_lines(results: list[dict[str, Any]]) -> list[str]:
     and the median p99 completion stayed within 1.25 times the variant's lone stream."""
     groups = grouped(results)
     out = []
-    found = {}
+    found: dict[str, tuple[int, int | None]] = {}  # passed, and the first level failed
     named = ("uvicorn", "daphne", "ceiling", "ceiling-asyncio")
-    # Then the code before a lever (`uvicorn@<rev>`), where a run searched its capacity too.
-    earlier = sorted({k[0] for k in groups if "@" in k[0] and k[1] == "ramp"})
+    # Then the code before a lever (`uvicorn@<rev>`), where a run searched its capacity too
+    # (raw.json from before runs were marked: any such variant with ramp rows).
+    marked = any("capacity_probe" in r for r in results)
+    earlier = sorted(
+        {
+            k[0]
+            for k, rows in groups.items()
+            if "@" in k[0]
+            and k[1] == "ramp"
+            and (not marked or any(r.get("capacity_probe") for r in rows))
+        }
+    )
     for variant in (*named, *earlier):
         lone = groups.get((variant, "ramp", 1))
         if not lone:
@@ -951,18 +961,32 @@ def capacity_lines(results: list[dict[str, Any]]) -> list[str]:
                 failed_at = n
                 break
             best = n
-        found[variant] = best
+        found[variant] = (best, failed_at or None)
         bound = f"{best} ≤ capacity < {failed_at}" if failed_at else f"capacity ≥ {best}"
         out.append(
             f"- {variant}: {bound} streams (levels run: {', '.join(map(str, levels))}); "
             f"limit p99 ≤ {limit:.2f} s (1.25 × lone), 0 errors"
         )
+    ceiling = found.get("ceiling")
     for variant in ("uvicorn", *earlier):
-        if found.get(variant) and found.get("ceiling"):
-            out.append(
-                f"- capacity, {variant} ÷ ceiling, from the levels passed: "
-                f"{found[variant] / found['ceiling']:.0%} (a coarse bound, not a bisection)"
-            )
+        app = found.get(variant)
+        if not app or not app[0] or not ceiling or not ceiling[0]:
+            continue
+        # The app's capacity lies in [passed, failed), the ceiling's too: the ratio's bounds.
+        low = f"{app[0] / ceiling[1]:.0%}" if ceiling[1] else None
+        high = f"{app[1] / ceiling[0]:.0%}" if app[1] else None
+        if low and high:
+            between = f"between {low} and {high}"
+        elif high:
+            between = f"below {high}; the ceiling passed every level it ran, so no lower bound"
+        elif low:
+            between = f"at least {low}; the app passed every level it ran"
+        else:
+            between = "unbounded: both passed every level they ran"
+        out.append(
+            f"- capacity, {variant} ÷ ceiling: {between} "
+            f"({app[0]} ÷ {ceiling[0]} = {app[0] / ceiling[0]:.0%} from the levels passed)"
+        )
     return ["## Capacity", "", *out, ""] if out else []
 
 
@@ -1386,7 +1410,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--capacity-grid",
-        default="50,100,150,200,250,300,400,500,700,1000,1500,2000",
+        default="100,200,300,500,700,1000,1200,1300,1400,1600,2000,2500,3000",
         help="the ramp levels the capacity search may probe",
     )
     parser.add_argument(
@@ -1534,6 +1558,8 @@ def main() -> int:
             notes.append(f"{variant} {scenario.name} N={n} did not finish: {exc}")
             print(f"  failed: {exc}", flush=True)
             return
+        if label.startswith("capacity"):
+            r["capacity_probe"] = True  # the capacity section reports only searched variants
         results.append(r)
         report(r, n)
 

@@ -142,3 +142,29 @@ async def test_a_send_cancelled_while_it_waits_is_freed_without_the_cycle_collec
         assert gone() is None
     finally:
         gc.enable()
+
+
+async def test_a_server_send_that_is_not_a_coroutine_function_gets_every_frame():
+    """ASGI asks only that send() return an awaitable: a server whose send() hands back a
+    future (not a coroutine) still gets each frame, in order, as an ASGI message."""
+    messages: list[dict[str, object]] = []
+
+    def send(message: dict[str, object]) -> asyncio.Future[None]:
+        messages.append(message)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    write = ServerSocket(send).text_writer()
+    assert write is not None
+    server = Server()
+    outbox = Outbox(write, server.close, ServerSocket(None), max_bytes=1 << 20, max_lag=30.0)
+    outbox.start()
+    for n in (1, 2, 3):
+        assert outbox.put(frame(n))
+    async with asyncio.timeout(5):
+        while len(messages) < 3:
+            await asyncio.sleep(0.01)
+    assert [m["type"] for m in messages] == ["websocket.send"] * 3
+    assert [f'"seq": {n},' in str(m["text"]) for n, m in enumerate(messages, 1)] == [True] * 3
+    outbox.detach()
