@@ -74,6 +74,14 @@ async def reply(turn: Turn, kind: str, frame: dict, workers, cookie, rng) -> Non
     seen = Seen(kind, accepted["message_id"], accepted["user_message_id"], accepted["parent_id"])
     turn.replies.append(seen)
     parts: dict[int, str] = {}
+    resumed = False
+
+    def resume() -> dict:
+        return {
+            "type": "chat.resume",
+            "conversation_id": accepted["conversation_id"],
+            "after_seq": max(parts, default=0),
+        }
 
     async def follow(c, timeout: float = 90) -> dict | None:
         async with asyncio.timeout(timeout):
@@ -89,6 +97,18 @@ async def reply(turn: Turn, kind: str, frame: dict, workers, cookie, rng) -> Non
                     and frame["conversation_id"] == accepted["conversation_id"]
                 ):
                     return None
+                elif (
+                    resumed
+                    and frame["type"] == "chat.error"
+                    and frame.get("code") == "unavailable"
+                    and frame.get("conversation_id") == accepted["conversation_id"]
+                ):
+                    # A resume of a reply that has ended asks the database whether the
+                    # conversation is the user's; during the restart that is refused
+                    # (`unavailable`, fail-closed), and the client asks again (the page
+                    # when the conversation is reloaded).
+                    await asyncio.sleep(0.2)
+                    await c.send(resume())
 
     roll = rng.random()
     if roll < 0.3:
@@ -100,13 +120,8 @@ async def reply(turn: Turn, kind: str, frame: dict, workers, cookie, rng) -> Non
         await client.close()
         await asyncio.sleep(rng.random() * 0.2)
         client = await open_with_cookie(rng.choice(workers), cookie)
-        await client.send(
-            {
-                "type": "chat.resume",
-                "conversation_id": accepted["conversation_id"],
-                "after_seq": max(parts, default=0),
-            }
-        )
+        await client.send(resume())
+        resumed = True
     elif roll < 0.5:
         seen.action = "stop"
         while True:
