@@ -105,8 +105,8 @@ def run_here(steps: Callable[P, Steps[T]]) -> Callable[P, T]:
 
 # A turn builds its statements' text and parameters on every begin and save: what they
 # depend on of the database is asked once a process, not of `django.db.connection` each time
-# (a lookup in the task's connection handler that cost more than the rest of the building).
-# A process talks to one database vendor for its life.
+# (a lookup in the task's connection handler: about a third of the building's time in a
+# profile of 1,000 turns). The default database keeps its vendor for the process's life.
 
 
 @functools.cache
