@@ -120,12 +120,16 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
             self.outbox.cut(FLOOD_CLOSE_CODE)
             return
         known: dict[str, Any] = {}
+        # What a refusal for the database says: a send saved nothing; a resume or a stop
+        # changed nothing (a reply saved before stays saved) and may simply be asked again.
+        unreachable = "The database could not be reached; try again in a moment."
         try:
             command = parse_frame(text_data)
             conversation_id = command.conversation_id
             known = {"conversation_id": str(conversation_id) if conversation_id else None}
             if isinstance(command, (Send, Regenerate)):
                 known["client_id"] = str(command.client_id)
+                unreachable = "The database could not be reached; nothing was saved."
                 await self.chat_send(command)
             elif isinstance(command, Stop):
                 await self.chat_stop(command)
@@ -138,7 +142,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
             self.refuse(error, known)
         except DatabaseError:
             logger.warning("database unavailable for a chat frame", exc_info=True)
-            self.refuse(Unavailable("The database could not be reached; nothing was saved."), known)
+            self.refuse(Unavailable(unreachable), known)
         except Exception:
             # A bug must cost one request, not the socket and the user's other replies.
             logger.exception("chat frame failed")

@@ -45,6 +45,39 @@ async def test_database_down_when_a_turn_begins_is_unavailable(spawn, scratch_pg
     await client.close()
 
 
+async def test_a_resume_while_the_database_is_down_says_to_try_again(spawn, scratch_pg):
+    """A resume of a reply that has ended asks the database whether the conversation is the
+    user's. With the database down it is refused, and the refusal says so without claiming
+    that nothing was saved (the reply was); asked again once it is back, the resume is
+    answered."""
+    cookies = await asyncio.to_thread(scratch_cookies, scratch_pg.url, ["alice"])
+    a = spawn("A", DATABASE_URL=scratch_pg.url, DB_POOL_TIMEOUT="1", DB_CONNECT_TIMEOUT="1")
+    client = await open_with_cookie(a, cookies["alice"])
+    await client.send_message("Answer me, then I will look again")
+    done = (await client.until("chat.done", timeout=30))[-1]
+    resume = {"type": "chat.resume", "conversation_id": done["conversation_id"], "after_seq": 0}
+
+    await asyncio.to_thread(scratch_pg.stop)
+    await client.send(resume)
+    refused = (await client.until("chat.error", timeout=30))[-1]
+    await asyncio.to_thread(scratch_pg.start)
+
+    assert (refused["code"], refused["conversation_id"]) == ("unavailable", done["conversation_id"])
+    assert "nothing was saved" not in refused["message"]
+    assert "try again" in refused["message"]
+    # Asked again, as the message says: the pool may take a moment to reconnect.
+    async with asyncio.timeout(30):
+        while True:
+            await client.send(resume)
+            answer = await client.receive()
+            if answer["type"] != "chat.error":
+                break
+            assert answer["code"] == "unavailable", answer
+            await asyncio.sleep(0.5)
+    assert (answer["type"], answer["conversation_id"]) == ("chat.idle", done["conversation_id"])
+    await client.close()
+
+
 async def test_restart_during_twenty_live_streams_loses_no_reply(spawn, scratch_pg):
     users = [f"user{i}" for i in range(5)]
     cookies = await asyncio.to_thread(scratch_cookies, scratch_pg.url, users)
