@@ -937,7 +937,7 @@ def capacity_lines(results: list[dict[str, Any]]) -> list[str]:
     found: dict[str, tuple[int, int | None]] = {}  # passed, and the first level failed
     named = ("uvicorn", "daphne", "ceiling", "ceiling-asyncio")
     # Then the code before a lever (`uvicorn@<rev>`), where a run searched its capacity too
-    # (raw.json from before runs were marked: any such variant with ramp rows).
+    # (a raw.json from before rows said so: any such variant with ramp rows).
     marked = any("capacity_probe" in r for r in results)
     earlier = sorted(
         {
@@ -1558,8 +1558,9 @@ def main() -> int:
             notes.append(f"{variant} {scenario.name} N={n} did not finish: {exc}")
             print(f"  failed: {exc}", flush=True)
             return
-        if label.startswith("capacity"):
-            r["capacity_probe"] = True  # the capacity section reports only searched variants
+        # Every row says whether the capacity search ran it: the capacity section reports
+        # only the variants a run searched (a raw.json without the field predates it).
+        r["capacity_probe"] = label.startswith("capacity")
         results.append(r)
         report(r, n)
 
