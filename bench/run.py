@@ -630,7 +630,8 @@ class Bench:
 
     def profile_targets(self) -> set[tuple[str, str, int]]:
         burst = {(v, "burst", 250) for v in HEADLINE}
-        return burst | {("uvicorn", "ramp", 300), ("uvicorn", "turns", 1000)}
+        near_capacity = {(v, "ramp", self.args.profile_ramp) for v in ("uvicorn", "ceiling")}
+        return burst | near_capacity | {("uvicorn", "ramp", 300), ("uvicorn", "turns", 1000)}
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -1263,7 +1264,109 @@ def write_profile(results: list[dict[str, Any]]) -> None:
     sections.append("")
     for path in sorted(RESULTS.glob("profile-*.txt")):
         sections += summarize_profile(path)
+    sections += compare_profiles(results)
     (RESULTS / "profile.md").write_text("\n".join(sections))
+
+
+# Parts of a stream's and a turn's work, first match wins, in both servers' code: the app's
+# (conversations/) and the ceiling's (bench/ceiling.py), which mirrors it.
+PROFILE_PARTS = [
+    (
+        "the server's send() itself (self time: mostly the kernel's write)",
+        ("WebSocketsSansIOProtocol.send (", "Connection.send_data (websockets/"),
+        True,
+    ),
+    ("turn: database statements (psycopg, on the loop)", ("loop_run (", "psycopg/"), False),
+    (
+        "frames: a tick's text into a frame, handed to the server (Python)",
+        ("_stream.<locals>.flush (", "Ceiling.turn.<locals>.flush ("),
+        False,
+    ),
+    (
+        "model: the provider's words and their pacing",
+        (
+            "_stream.<locals>.pull (",
+            "DemoProvider.stream (",
+            "Ceiling.model (",
+            # The pacing's own sleep, and its timer firing (py-spy often shows these alone).
+            "sleep (asyncio/tasks",
+            "_set_result_unless_cancelled (asyncio/futures",
+        ),
+        False,
+    ),
+    (
+        "turn: receive, limits, prompt, accepted, save, done, title",
+        (
+            "turn_start (conversations",
+            "ChatConsumer.receive (",
+            "Generation._finish (",
+            "conversations/titles",
+            "Generation.run (",
+        ),
+        False,
+    ),
+    (
+        "stream task: the first word, then waiting for each tick",
+        ("conversations/replies/ticker", "Generation._stream (", "wait (asyncio/tasks"),
+        False,
+    ),
+    ("turn: the ceiling's own frames and handler", ("Ceiling.turn (", "Ceiling.handler ("), False),
+    ("event loop (uvloop, C)", ("Runner.run (asyncio/runners",), True),
+]
+
+
+def profile_parts(path: Path) -> dict[str, int]:
+    """GIL-holding samples of one profile by part (`PROFILE_PARTS`; the rest is "other")."""
+    parts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, weight = line.rpartition(" ")
+        if not stack or not weight.isdigit():
+            continue
+        frames = stack.split(";")
+        part = "other (asyncio, the server's receive path, metrics, ...)"
+        for label, needles, leaf_only in PROFILE_PARTS:
+            where = frames[-1:] if leaf_only else frames
+            if any(n in f for f in where for n in needles):
+                part = label
+                break
+        parts[part] = parts.get(part, 0) + int(weight)
+    return parts
+
+
+def compare_profiles(results: list[dict[str, Any]]) -> list[str]:
+    """The app against the ceiling at the same ramp level, part by part, in µs a token: each
+    part's share of the server's GIL-holding samples times its measured CPU per token."""
+    ramp = {r["variant"]: r for r in results if r["scenario"] == "ramp"}
+    shared = {r["n"] for r in ramp.values()}
+    app, ceiling = ramp.get("uvicorn"), ramp.get("ceiling")
+    if app is None or ceiling is None or app["n"] != ceiling["n"] or len(shared) != 1:
+        return []
+    n = app["n"]
+    rows: dict[str, list[float]] = {}
+    for k, r in enumerate((app, ceiling)):
+        path = RESULTS / f"profile-{r['variant']}-ramp-{n}.txt"
+        if not path.exists():
+            return []
+        parts = profile_parts(path)
+        total = sum(parts.values()) or 1
+        for label, count in parts.items():
+            rows.setdefault(label, [0.0, 0.0])[k] = count / total * r["cpu_per_token_us"]
+    out = [
+        f"## Near capacity: the app against the ceiling, {n} ramped streams",
+        "",
+        "Each part's share of the server process's GIL-holding samples, times the run's "
+        "measured CPU per token (the server process alone; PostgreSQL's CPU is apart, in "
+        "results.md). Parts are exclusive, the first that matches a sample's stack "
+        "(bench/run.py, `PROFILE_PARTS`). Both runs were slowed by the profiler.",
+        "",
+        "| part | uvicorn µs/token | ceiling µs/token | app − ceiling |",
+        "|---|---|---|---|",
+    ]
+    for label, (a, c) in sorted(rows.items(), key=lambda kv: -(kv[1][0] - kv[1][1])):
+        out.append(f"| {label} | {a:.1f} | {c:.1f} | {a - c:+.1f} |")
+    a_all, c_all = app["cpu_per_token_us"], ceiling["cpu_per_token_us"]
+    out += [f"| all | {a_all:.1f} | {c_all:.1f} | {a_all - c_all:+.1f} |", ""]
+    return out
 
 
 # --- entry -----------------------------------------------------------------------------------
@@ -1442,7 +1545,15 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the 250 burst, the 300 ramp and 1,000 short turns",
+        help="py-spy the 250 burst, the 300 ramp, 1,000 short turns, and the app and the "
+        "ceiling at --profile-ramp",
+    )
+    parser.add_argument(
+        "--profile-ramp",
+        type=int,
+        default=1500,
+        help="the ramp level --profile runs the app and the ceiling at, side by side: where the "
+        "app's CPU goes beyond the ceiling's near its capacity (0: none)",
     )
     parser.add_argument("--uvicorn-ws", default="websockets-sansio")
     parser.add_argument(
@@ -1514,6 +1625,8 @@ def main() -> int:
         plan.add(list(HEADLINE), BURST, [250])
         plan.add(["uvicorn"], RAMP, [300])
         plan.add(["uvicorn"], TURNS, [1000])
+        if args.profile_ramp > 0:
+            plan.add(["uvicorn", "ceiling"], RAMP, [args.profile_ramp])
 
     missing = {
         "uvicorn-2workers": "nginx" if not topology.nginx_available() else "",
