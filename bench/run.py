@@ -1336,12 +1336,13 @@ def profile_parts(path: Path) -> dict[str, int]:
 def compare_profiles(results: list[dict[str, Any]]) -> list[str]:
     """The app against the ceiling at the same ramp level, part by part, in µs a token: each
     part's share of the server's GIL-holding samples times its measured CPU per token."""
-    ramp = {r["variant"]: r for r in results if r["scenario"] == "ramp"}
-    shared = {r["n"] for r in ramp.values()}
-    app, ceiling = ramp.get("uvicorn"), ramp.get("ceiling")
-    if app is None or ceiling is None or app["n"] != ceiling["n"] or len(shared) != 1:
+    ramps = [r for r in results if r["scenario"] == "ramp"]
+    apps = {r["n"]: r for r in ramps if r["variant"] == "uvicorn"}
+    ceilings = {r["n"]: r for r in ramps if r["variant"] == "ceiling"}
+    if not apps.keys() & ceilings.keys():
         return []
-    n = app["n"]
+    n = max(apps.keys() & ceilings.keys())  # the profile's other ramp (300) is the app's alone
+    app, ceiling = apps[n], ceilings[n]
     rows: dict[str, list[float]] = {}
     for k, r in enumerate((app, ceiling)):
         path = RESULTS / f"profile-{r['variant']}-ramp-{n}.txt"

@@ -49,6 +49,8 @@ def _results(n: int) -> list[dict[str, object]]:
         {"variant": "uvicorn", "scenario": "ramp", "n": n, "cpu_per_token_us": 25.0},
         {"variant": "ceiling", "scenario": "ramp", "n": n, "cpu_per_token_us": 14.0},
         {"variant": "uvicorn", "scenario": "burst", "n": 250, "cpu_per_token_us": 12.0},
+        # --profile also runs the app alone at 300 ramped streams, after the pair.
+        {"variant": "uvicorn", "scenario": "ramp", "n": 300, "cpu_per_token_us": 30.0},
     ]
 
 
