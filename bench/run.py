@@ -1188,21 +1188,24 @@ def _task_frames(frames: list[str]) -> list[str]:
     return frames[1:]
 
 
+def profile_samples(path: Path) -> list[tuple[list[str], int]]:
+    """py-spy's raw stacks: each one's frames, root (the thread) first, and its count."""
+    samples = []
+    for line in path.read_text().splitlines():
+        stack, _, weight = line.rpartition(" ")
+        if stack and weight.isdigit():
+            samples.append((stack.split(";"), int(weight)))
+    return samples
+
+
 def summarize_profile(path: Path) -> list[str]:
     """Shares of GIL-holding samples (py-spy --gil --threads): where the CPU goes.
 
     The first frame of each stack names the thread; the event loop runs on MainThread, every
     other thread is a sync_to_async worker. Buckets are inclusive and overlap.
     """
-    samples: list[tuple[list[str], int]] = []
-    loop_threads: set[str] = set()
-    for line in path.read_text().splitlines():
-        stack, _, weight = line.rpartition(" ")
-        if stack and weight.isdigit():
-            frames = stack.split(";")
-            samples.append((frames, int(weight)))
-            if "MainThread" in frames[0]:
-                loop_threads.add(frames[0])
+    samples = profile_samples(path)
+    loop_threads = {frames[0] for frames, _ in samples if "MainThread" in frames[0]}
     total = sum(c for _, c in samples) or 1
     on_loop = sum(c for frames, c in samples if frames[0] in loop_threads)
     out = [
@@ -1318,18 +1321,14 @@ PROFILE_PARTS = [
 def profile_parts(path: Path) -> dict[str, int]:
     """GIL-holding samples of one profile by part (`PROFILE_PARTS`; the rest is "other")."""
     parts: dict[str, int] = {}
-    for line in path.read_text().splitlines():
-        stack, _, weight = line.rpartition(" ")
-        if not stack or not weight.isdigit():
-            continue
-        frames = stack.split(";")
+    for frames, count in profile_samples(path):
         part = "other (asyncio, the server's receive path, metrics, ...)"
         for label, needles, leaf_only in PROFILE_PARTS:
             where = frames[-1:] if leaf_only else frames
             if any(n in f for f in where for n in needles):
                 part = label
                 break
-        parts[part] = parts.get(part, 0) + int(weight)
+        parts[part] = parts.get(part, 0) + count
     return parts
 
 
@@ -1339,9 +1338,10 @@ def compare_profiles(results: list[dict[str, Any]]) -> list[str]:
     ramps = [r for r in results if r["scenario"] == "ramp"]
     apps = {r["n"]: r for r in ramps if r["variant"] == "uvicorn"}
     ceilings = {r["n"]: r for r in ramps if r["variant"] == "ceiling"}
-    if not apps.keys() & ceilings.keys():
+    both = apps.keys() & ceilings.keys()  # the profile's other ramp (300) is the app's alone
+    if not both:
         return []
-    n = max(apps.keys() & ceilings.keys())  # the profile's other ramp (300) is the app's alone
+    n = max(both)
     app, ceiling = apps[n], ceilings[n]
     rows: dict[str, list[float]] = {}
     for k, r in enumerate((app, ceiling)):
