@@ -953,12 +953,11 @@ def capacity_lines(results: list[dict[str, Any]]) -> list[str]:
         lone = groups.get((variant, "ramp", 1))
         if not lone:
             continue
-        limit = 1.25 * spread(lone, "completion_p50_s")[0]
+        limit = capacity_limit(lone)
         levels = sorted(k[2] for k in groups if k[0] == variant and k[1] == "ramp")
         best, failed_at = 0, 0
         for n in levels:
-            rows = groups[(variant, "ramp", n)]
-            if any(r["error_count"] for r in rows) or spread(rows, "completion_p99_s")[0] > limit:
+            if not within_capacity(groups[(variant, "ramp", n)], limit):
                 failed_at = n
                 break
             best = n
@@ -1424,6 +1423,20 @@ def smoke(bench: Bench) -> int:
     return 1 if failures else 0
 
 
+def capacity_limit(lone: list[dict[str, Any]]) -> float:
+    """The capacity rule's bound on p99 completion: 1.25 times the lone stream's (median)."""
+    return 1.25 * spread(lone, "completion_p50_s")[0]
+
+
+def within_capacity(rows: list[dict[str, Any]], limit: float) -> bool:
+    """The capacity rule at one level: 0 errors in every repeat, median p99 within `limit`."""
+    return (
+        bool(rows)
+        and not any(r["error_count"] for r in rows)
+        and spread(rows, "completion_p99_s")[0] <= limit
+    )
+
+
 def capacity_search(
     variants: list[str],
     grid: list[int],
@@ -1446,15 +1459,10 @@ def capacity_search(
                 probe(label, variant, RAMP, n, k)
 
     round_of({v: 1 for v in variants}, "capacity: lone")
-    limit = {v: 1.25 * spread(rows(v, 1), "completion_p50_s")[0] for v in variants}
+    limit = {v: capacity_limit(rows(v, 1)) for v in variants}
 
     def passes(variant: str, n: int) -> bool:
-        got = rows(variant, n)
-        return (
-            bool(got)
-            and not any(r["error_count"] for r in got)
-            and (spread(got, "completion_p99_s")[0] <= limit[variant])
-        )
+        return within_capacity(rows(variant, n), limit[variant])
 
     lo = {v: -1 for v in variants}  # the highest grid index known to pass
     hi = {v: len(grid) for v in variants}  # the lowest known to fail
