@@ -9,7 +9,8 @@ first delta at once, then whatever arrived, flushed at each tick of the app's ow
 paced against absolute deadlines, as in the demo provider. `--loop uvloop` runs it on the
 event loop Uvicorn uses. Usage:
 
-    python -m bench.ceiling --port 8101 --delay-ms 20 --words 200 --coalesce-ms 40 --loop uvloop
+    python -m bench.ceiling --port 8101 --delay-ms 20 --words 200 --coalesce-ms 40 \
+        --coalesce-max-ms 160 --loop uvloop
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from conversations.replies.ticker import Pacer, ticker
 
 
 class Ceiling:
-    def __init__(self, delay_ms: float, words: int, coalesce_ms: float) -> None:
+    def __init__(
+        self, delay_ms: float, words: int, coalesce_ms: float, coalesce_max_ms: float
+    ) -> None:
         self.delay = delay_ms / 1000
         self.tokens = tokens(words)
         self.window = coalesce_ms / 1000
+        self.widest = coalesce_max_ms / 1000
 
     async def handler(self, ws: ServerConnection) -> None:
         async for message in ws:
@@ -100,7 +104,8 @@ class Ceiling:
             )
 
         # Generation._stream: wait for the first word, then flush at each of the process's
-        # flush ticks (the app's own FlushTicker: one timer, the window widened to the lag).
+        # flush ticks (the app's own FlushTicker: one timer, the window widened to the lag, and
+        # while short of CPU doubled up to the widest).
         producer = asyncio.ensure_future(self.model(buffer, first))
         try:
             waiter = asyncio.ensure_future(first.wait())
@@ -114,7 +119,7 @@ class Ceiling:
                     await flush()
                 if producer.done():
                     break
-                await pacer.next(self.window)
+                await pacer.next(self.window, self.widest)
         finally:
             if not producer.done():
                 producer.cancel()
@@ -142,12 +147,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--delay-ms", type=float, default=20)
     parser.add_argument("--words", type=int, default=200)
     parser.add_argument("--coalesce-ms", type=float, default=40)
+    # The app's STREAM_COALESCE_MAX_MS: the widest the window grows while short of CPU.
+    parser.add_argument("--coalesce-max-ms", type=float, default=160)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     return parser.parse_args()
 
 
 async def main(args: argparse.Namespace) -> None:
-    ceiling = Ceiling(args.delay_ms, args.words, args.coalesce_ms)
+    ceiling = Ceiling(args.delay_ms, args.words, args.coalesce_ms, args.coalesce_max_ms)
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)

@@ -295,6 +295,7 @@ class Generation:
         widens to the loop's lag.
         """
         window = settings.STREAM_COALESCE_MS / 1000
+        widest = settings.STREAM_COALESCE_MAX_MS / 1000
         buffer: list[str] = []
         events = self.provider.stream(self.request)
         first = asyncio.Event()
@@ -326,7 +327,7 @@ class Generation:
                     flush()
                 if producer.done():
                     break
-                await pacer.next(window)
+                await pacer.next(window, widest)
             producer.result()  # the provider's error, if it failed
         finally:
             if not producer.done():

@@ -1,6 +1,6 @@
 """The process-wide flush tick: every stream waiting for its coalescing window waits for the
-same timer, the window widens when the event loop runs late, and a stream whose model ended
-does not wait for the window at all."""
+same timer, the window widens when the event loop runs late or the worker is short of CPU,
+and a stream whose model ended does not wait for the window at all."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conversations.replies.ticker import FlushTicker, Pacer
+from conversations.replies.ticker import MAX_STRETCH, FlushTicker, Pacer
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,3 +62,96 @@ async def test_a_stream_cancelled_while_waiting_leaves_the_others_their_tick():
 
 async def _wait_tick(ticker: FlushTicker) -> None:
     await ticker.wait(0.05)
+
+
+class CpuClock:
+    """The process's CPU time as the ticker reads it, run at `share` of the loop's clock: 1.0
+    is a worker that used a whole core between two ticks, 0.0 one that sat idle."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._loop = asyncio.get_running_loop()
+        self._cpu = 0.0
+        self._at = self._loop.time()
+
+    def __call__(self) -> float:
+        now = self._loop.time()
+        self._cpu += (now - self._at) * self.share
+        self._at = now
+        return self._cpu
+
+
+async def _tick_gaps(ticker: FlushTicker, ticks: int, window: float, widest: float) -> list[float]:
+    loop = asyncio.get_running_loop()
+    gaps = []
+    for _ in range(ticks):
+        began = loop.time()
+        await ticker.wait(window, widest)
+        gaps.append(loop.time() - began)
+    return gaps
+
+
+async def test_a_worker_out_of_cpu_widens_the_window_up_to_the_widest_then_narrows_it_again():
+    clock = CpuClock(share=1.0)
+    ticker = FlushTicker(cpu_clock=clock)
+    # A whole core used since the last tick: each tick doubles the next window, 10 ms to 20,
+    # 40, then the widest, 80 ms, and no further.
+    gaps = await _tick_gaps(ticker, 6, 0.01, 0.08)
+    assert gaps[-1] >= 0.079
+    # Capped at the widest: uncapped, the stretch of 32 by now would make it 320 ms.
+    assert max(gaps) < 0.3
+    assert ticker.stretch > 1
+    # The worker idle again: the window halves back to the configured 10 ms.
+    clock.share = 0.0
+    await _tick_gaps(ticker, MAX_STRETCH.bit_length() + 1, 0.01, 0.08)
+    assert ticker.stretch == 1
+    assert (await _tick_gaps(ticker, 1, 0.01, 0.08))[0] < 0.079
+
+
+async def test_between_the_thresholds_the_window_stays_as_it_is():
+    clock = CpuClock(share=1.0)
+    ticker = FlushTicker(cpu_clock=clock)
+    await _tick_gaps(ticker, 2, 0.01, 0.08)
+    widened = ticker.stretch
+    assert widened > 1
+    clock.share = 0.75  # busier than IDLE, less than BUSY
+    await _tick_gaps(ticker, 3, 0.01, 0.08)
+    assert ticker.stretch == widened
+
+
+async def test_coalescing_off_stays_off_when_the_worker_is_out_of_cpu():
+    ticker = FlushTicker(cpu_clock=CpuClock(share=1.0))
+    await _tick_gaps(ticker, 4, 0.0, 0.08)
+    # STREAM_COALESCE_MS=0: every tick at once, however busy the worker.
+    assert max(await _tick_gaps(ticker, 3, 0.0, 0.08)) < 0.07
+
+
+async def test_a_busy_worker_widens_the_window_on_the_real_cpu_clock():
+    """No clock stand-in: the loop spins the process's own CPU between ticks."""
+    ticker = FlushTicker()
+    loop = asyncio.get_running_loop()
+    spinning = True
+
+    async def spin() -> None:
+        while spinning:
+            until = time.perf_counter() + 0.005
+            while time.perf_counter() < until:
+                pass
+            await asyncio.sleep(0)
+
+    spinner = asyncio.ensure_future(spin())
+    try:
+        widest = 0
+        end = loop.time() + 2.0
+        while loop.time() < end and widest < 4:
+            await ticker.wait(0.01, 0.04)
+            widest = max(widest, ticker.stretch)
+    finally:
+        spinning = False
+        await spinner
+    assert widest >= 4  # 10 ms to 20 to 40: the window grew while the loop spun
+    # Idle now: a tick of a 50 ms window later the worker used little CPU, and the window
+    # narrows again.
+    for _ in range(MAX_STRETCH.bit_length() + 1):
+        await ticker.wait(0.05, 0.05)
+    assert ticker.stretch == 1
