@@ -13,9 +13,10 @@ Under load the tick widens the window, on two signals:
   `IDLE`. A worker can be out of CPU with little lag: the app's turn begins then wait
   for their place (conversations/replies/admission.py) rather than run late, and every
   frame a stream sends, fewer tokens apiece, leaves them less. A frame's cost (building
-  it, the server's send, the kernel's write) is most of a token's, so twice the window is
-  nearly half the streaming's CPU: at 1,500 ramped streams a 160 ms window cut the app's
-  CPU a token from 28 to 19 µs and its p99 completion from 6.4 to 4.1 s (bench/results/busy-window).
+  it, the server's send, the kernel's write) is most of a token's: at 1,500 ramped
+  streams, widening cut frames a token from 0.49 to 0.18, the worker's CPU a token from 29
+  to 21 µs, the slowest `chat.accepted` (p99) from 2.0 s to 0.38 s and p99 completion from
+  6.04 to 4.38 s (bench/results/busy-window, 3 repeats each).
 
 Pure asyncio, no Django: the benchmark's ceiling (bench/ceiling.py) runs the same rule.
 """
