@@ -1522,7 +1522,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--capacity-grid",
-        default="100,200,300,500,700,1000,1200,1300,1400,1600,2000,2500,3000",
+        default="100,200,300,500,700,1000,1500,1750,2000,2500,3000,4000,5000,6000",
         help="the ramp levels the capacity search may probe",
     )
     parser.add_argument(
