@@ -32,8 +32,6 @@ from typing import Any
 # below which it halves back towards the configured one (between them it stays as it is).
 BUSY = 0.9
 IDLE = 0.6
-# `stretch` stops doubling here; `widest` (STREAM_COALESCE_MAX_MS) caps the window itself.
-MAX_STRETCH = 64
 
 
 class FlushTicker:
@@ -43,6 +41,7 @@ class FlushTicker:
         self._due: float | None = None
         self.lag = 0.0  # how late the last tick fired, in seconds
         self.stretch = 1  # the window's multiple while the worker is short of CPU
+        self._room = False  # whether the last window was narrower than the widest
         self._cpu_clock = cpu_clock
         self._mark: tuple[float, float] | None = None  # (loop time, CPU time) at the last tick
 
@@ -57,7 +56,11 @@ class FlushTicker:
         woken: asyncio.Future[None] = loop.create_future()
         self._waiting.append(woken)
         if self._due is None:
-            widened = min(window * self.stretch, max(window, widest))
+            widened = window * self.stretch
+            # At the widest the stretch stops doubling, so that it narrows again at the
+            # first tick the worker has CPU to spare. Coalescing off (0) stays off.
+            self._room = 0 < widened < widest
+            widened = min(widened, max(window, widest))
             self._due = loop.time() + max(widened, self.lag)
             loop.call_at(self._due, self._tick)
         return woken
@@ -76,8 +79,8 @@ class FlushTicker:
         cpu = self._cpu_clock()
         if self._mark is not None and now > self._mark[0]:
             busy = (cpu - self._mark[1]) / (now - self._mark[0])
-            if busy > BUSY:
-                self.stretch = min(self.stretch * 2, MAX_STRETCH)
+            if busy > BUSY and self._room:
+                self.stretch *= 2
             elif busy < IDLE:
                 self.stretch = max(self.stretch // 2, 1)
         self._mark = (now, cpu)

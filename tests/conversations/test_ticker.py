@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conversations.replies.ticker import MAX_STRETCH, FlushTicker, Pacer
+from conversations.replies.ticker import FlushTicker, Pacer
 
 pytestmark = pytest.mark.asyncio
 
@@ -98,12 +98,15 @@ async def test_a_worker_out_of_cpu_widens_the_window_up_to_the_widest_then_narro
     # 40, then the widest, 80 ms, and no further.
     gaps = await _tick_gaps(ticker, 6, 0.01, 0.08)
     assert gaps[-1] >= 0.079
-    # Capped at the widest: uncapped, the stretch of 32 by now would make it 320 ms.
+    # At the widest the stretch stops growing: uncapped, 32 by now would make it 320 ms.
+    assert ticker.stretch == 8
     assert max(gaps) < 0.3
-    assert ticker.stretch > 1
-    # The worker idle again: the window halves back to the configured 10 ms.
+    # The worker idle again: the first tick halves the window, the next ones bring it back
+    # to the configured 10 ms.
     clock.share = 0.0
-    await _tick_gaps(ticker, MAX_STRETCH.bit_length() + 1, 0.01, 0.08)
+    await _tick_gaps(ticker, 1, 0.01, 0.08)
+    assert ticker.stretch == 4
+    await _tick_gaps(ticker, 2, 0.01, 0.08)
     assert ticker.stretch == 1
     assert (await _tick_gaps(ticker, 1, 0.01, 0.08))[0] < 0.079
 
@@ -122,6 +125,7 @@ async def test_between_the_thresholds_the_window_stays_as_it_is():
 async def test_coalescing_off_stays_off_when_the_worker_is_out_of_cpu():
     ticker = FlushTicker(cpu_clock=CpuClock(share=1.0))
     await _tick_gaps(ticker, 4, 0.0, 0.08)
+    assert ticker.stretch == 1
     # STREAM_COALESCE_MS=0: every tick at once, however busy the worker.
     assert max(await _tick_gaps(ticker, 3, 0.0, 0.08)) < 0.07
 
@@ -152,6 +156,6 @@ async def test_a_busy_worker_widens_the_window_on_the_real_cpu_clock():
     assert widest >= 4  # 10 ms to 20 to 40: the window grew while the loop spun
     # Idle now: a tick of a 50 ms window later the worker used little CPU, and the window
     # narrows again.
-    for _ in range(MAX_STRETCH.bit_length() + 1):
+    for _ in range(3):
         await ticker.wait(0.05, 0.05)
     assert ticker.stretch == 1
