@@ -292,7 +292,8 @@ class Generation:
         flush ticks (conversations/replies/ticker.py), however many tokens arrive between
         them (a task or a wait per token is what made per-token streaming expensive). A
         model that pauses still has its text out within one window; under load the window
-        widens to the loop's lag.
+        widens to the loop's lag and, while the worker is short of CPU, up to
+        STREAM_COALESCE_MAX_MS.
         """
         window = settings.STREAM_COALESCE_MS / 1000
         widest = settings.STREAM_COALESCE_MAX_MS / 1000

@@ -38,39 +38,45 @@ class FlushTicker:
     def __init__(self, cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: list[asyncio.Future[None]] = []
-        self._due: float | None = None
+        self.due: float | None = None  # the next tick, in loop time, while one is set
+        self.window = 0.0  # the window the last tick was set to, before the lag
         self.lag = 0.0  # how late the last tick fired, in seconds
         self.stretch = 1  # the window's multiple while the worker is short of CPU
-        self._room = False  # whether the last window was narrower than the widest
+        self._room = False  # the window now set is narrower than the widest: it may double
+        # The process's CPU time, every thread's (the database threads' too: with the GIL,
+        # what they use the event loop cannot).
         self._cpu_clock = cpu_clock
         self._mark: tuple[float, float] | None = None  # (loop time, CPU time) at the last tick
 
-    def wait(self, window: float, widest: float = 0.0) -> asyncio.Future[None]:
-        """A future done at the next tick, due `window` from the first waiter since the last
-        tick: `window` times `stretch`, up to `widest`, while the worker is short of CPU,
-        and at least the lag."""
+    def wait(self, window: float, widest: float) -> asyncio.Future[None]:
+        """A future done at the next tick. The first waiter since the last tick sets it:
+        due `window` times `stretch` later, no more than `widest` and no less than `window`,
+        or the lag if that is longer. A `window` of 0 (coalescing off) never stretches."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (tests run one per test)
-            self._loop, self._waiting, self._due, self.lag = loop, [], None, 0.0
+            self._loop, self._waiting, self.due, self.lag = loop, [], None, 0.0
             self.stretch, self._mark = 1, None
         woken: asyncio.Future[None] = loop.create_future()
         self._waiting.append(woken)
-        if self._due is None:
+        if self.due is None:
+            now = loop.time()
+            if self._mark is not None and now - self._mark[0] > max(window, widest):
+                self._after_idle(now)
             widened = window * self.stretch
             # At the widest the stretch stops doubling, so that it narrows again at the
-            # first tick the worker has CPU to spare. Coalescing off (0) stays off.
+            # first tick the worker has CPU to spare.
             self._room = 0 < widened < widest
-            widened = min(widened, max(window, widest))
-            self._due = loop.time() + max(widened, self.lag)
-            loop.call_at(self._due, self._tick)
+            self.window = min(widened, max(window, widest))
+            self.due = now + max(self.window, self.lag)
+            loop.call_at(self.due, self._tick)
         return woken
 
     def _tick(self) -> None:
-        assert self._loop is not None and self._due is not None
+        assert self._loop is not None and self.due is not None
         now = self._loop.time()
-        self.lag = max(0.0, now - self._due)
+        self.lag = max(0.0, now - self.due)
         self._measure(now)
-        waiting, self._waiting, self._due = self._waiting, [], None
+        waiting, self._waiting, self.due = self._waiting, [], None
         for woken in waiting:
             _wake(woken)
 
@@ -85,6 +91,16 @@ class FlushTicker:
                 self.stretch = max(self.stretch // 2, 1)
         self._mark = (now, cpu)
 
+    def _after_idle(self, now: float) -> None:
+        """No stream waited for a whole window: if the worker had CPU to spare meanwhile,
+        the next stream starts from the configured window, as late ticks before the gap
+        no longer say anything about the loop."""
+        assert self._mark is not None
+        cpu = self._cpu_clock()
+        if (cpu - self._mark[1]) / (now - self._mark[0]) < IDLE:
+            self.stretch, self.lag = 1, 0.0
+        self._mark = (now, cpu)
+
 
 class Pacer:
     """One stream's side of the tick: wait for the next tick, or for the end of the model's
@@ -96,7 +112,7 @@ class Pacer:
         self._woken: asyncio.Future[None] | None = None
         producer.add_done_callback(self._producer_done)
 
-    async def next(self, window: float, widest: float = 0.0) -> None:
+    async def next(self, window: float, widest: float) -> None:
         if self._producer.done():
             return
         self._woken = self._ticker.wait(window, widest)
