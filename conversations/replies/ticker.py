@@ -82,24 +82,30 @@ class FlushTicker:
 
     def _measure(self, now: float) -> None:
         """Double or halve `stretch` by the CPU the worker used since the last tick."""
-        cpu = self._cpu_clock()
-        if self._mark is not None and now > self._mark[0]:
-            busy = (cpu - self._mark[1]) / (now - self._mark[0])
-            if busy > BUSY and self._room:
-                self.stretch *= 2
-            elif busy < IDLE:
-                self.stretch = max(self.stretch // 2, 1)
-        self._mark = (now, cpu)
+        busy = self._busy_since_mark(now)
+        if busy is None:
+            return
+        if busy > BUSY and self._room:
+            self.stretch *= 2
+        elif busy < IDLE:
+            self.stretch = max(self.stretch // 2, 1)
 
     def _after_idle(self, now: float) -> None:
         """No stream waited for a whole window: if the worker had CPU to spare meanwhile,
         the next stream starts from the configured window, as late ticks before the gap
         no longer say anything about the loop."""
-        assert self._mark is not None
-        cpu = self._cpu_clock()
-        if (cpu - self._mark[1]) / (now - self._mark[0]) < IDLE:
+        busy = self._busy_since_mark(now)
+        if busy is not None and busy < IDLE:
             self.stretch, self.lag = 1, 0.0
-        self._mark = (now, cpu)
+
+    def _busy_since_mark(self, now: float) -> float | None:
+        """The share of a core the process used since the mark (None before the first, or
+        with no time gone by), and the mark moved to now."""
+        cpu = self._cpu_clock()
+        mark, self._mark = self._mark, (now, cpu)
+        if mark is None or now <= mark[0]:
+            return None
+        return (cpu - mark[1]) / (now - mark[0])
 
 
 class Pacer:
