@@ -92,10 +92,25 @@ function carryOut(effects) {
       case "refreshList":
         scheduleListRefresh();
         break;
+      case "retryResume":
+        retryResume(effect);
+        break;
       default:
         break;
     }
   }
+}
+
+// A resume refused while the database was away: asked again later, one timer at a time.
+let resumeTimer = null;
+function retryResume({ conversationId, delayMs }) {
+  clearTimeout(resumeTimer);
+  resumeTimer = setTimeout(() => {
+    resumeTimer = null;
+    if (state.currentId !== conversationId) return; // the user moved on
+    const resume = chat.resumeFrame(state);
+    if (resume) transport.send(resume);
+  }, delayMs);
 }
 
 let gapTimer = null;

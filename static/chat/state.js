@@ -47,6 +47,11 @@ export function createState() {
     finalIds: new Set(),
     // Set by a reload that chat.idle asked for, so an unanswered message cannot loop us.
     idleReloaded: false,
+    // The conversation whose chat.resume awaits its answer, and how many times in a row one
+    // was refused as `unavailable` (the database away as the socket came back): the page asks
+    // again, each wait longer, rather than leave the reply in view frozen.
+    resuming: null,
+    resumeRefusals: 0,
     // The sidebar: the conversations listed, the search that listed them, a change counter.
     conversations: [],
     query: "",
@@ -245,6 +250,8 @@ function refusedNow(state, now) {
 
 function resetView(state) {
   state.stream = null;
+  state.resuming = null;
+  state.resumeRefusals = 0;
   state.finalIds = new Set();
   state.messages = [];
 }
@@ -291,6 +298,7 @@ export function conversationLoaded(state, id, conversation) {
 
 export function resumeFrame(state) {
   if (!state.loadedId || state.loadedId !== state.currentId) return null;
+  state.resuming = state.currentId;
   return {
     type: "chat.resume",
     conversation_id: state.currentId,
@@ -724,6 +732,7 @@ export function socketOpened(state, reconnected) {
 export function gapResume(state) {
   const stream = state.stream;
   if (!stream || !stream.buffer.size) return null;
+  state.resuming = stream.conversationId;
   return { type: "chat.resume", conversation_id: stream.conversationId, after_seq: stream.seq };
 }
 
@@ -781,11 +790,11 @@ export function receive(state, frame, now = null) {
     case "chat.delta":
       if (!showing(state, frame.conversation_id)) return [];
       settleResent(state, frame.conversation_id);
-      return delta(state, frame);
+      return [...resumeAnswered(state, frame), ...delta(state, frame)];
     case "chat.done":
-      return done(state, frame, now);
+      return [...resumeAnswered(state, frame), ...done(state, frame, now)];
     case "chat.idle":
-      return idle(state, frame);
+      return [...resumeAnswered(state, frame), ...idle(state, frame)];
     case "chat.error":
       return error(state, frame, now);
     case "conversation.updated": {
@@ -991,6 +1000,19 @@ function idle(state, frame) {
   return [{ type: "reload", conversationId: frame.conversation_id, afterIdle: true }];
 }
 
+/** The resume of the open conversation was answered: a notice of its refusals goes. */
+function resumeAnswered(state, frame) {
+  if (!state.resuming || frame.conversation_id !== state.resuming) return [];
+  const refused = state.resumeRefusals > 0;
+  state.resuming = null;
+  state.resumeRefusals = 0;
+  return refused ? [{ type: "error", message: "" }] : [];
+}
+
+// The waits before a refused resume is asked again: 1 s, doubling up to 30 s.
+const RESUME_RETRY_MS = 1000;
+const RESUME_RETRY_MAX_MS = 30_000;
+
 function error(state, frame, now) {
   const entry = frame.client_id ? state.pending.get(frame.client_id) : null;
   // Refusals the page shows as a notice in the conversation rather than under the box.
@@ -1022,6 +1044,15 @@ function error(state, frame, now) {
   }
   if (notice) return [];
   if (frame.conversation_id && frame.conversation_id !== state.currentId) return [];
+  if (frame.code === "unavailable" && frame.conversation_id && frame.conversation_id === state.resuming) {
+    // Nothing was lost (a resume changes nothing): ask again once the database may be back.
+    state.resumeRefusals += 1;
+    const delayMs = Math.min(RESUME_RETRY_MAX_MS, RESUME_RETRY_MS * 2 ** (state.resumeRefusals - 1));
+    return [
+      { type: "retryResume", conversationId: frame.conversation_id, delayMs },
+      { type: "error", message: `The reply could not be reached just now; trying again in ${delayMs / 1000} s.` },
+    ];
+  }
   if (frame.code === "not_found" && frame.conversation_id) {
     return [{ type: "error", message: "That conversation does not exist or was deleted." }];
   }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from django.db import connection
 from playwright.sync_api import Locator, Page, WebSocketRoute, expect
 
 from conversations.models import Conversation, Message
@@ -226,6 +229,96 @@ def test_socket_drop_mid_reply_reconnects_and_resumes(
     expect(status).to_contain_text("Offline")
     page.context.set_offline(False)
     expect(status).to_have_attribute("data-state", "connected", timeout=20_000)
+
+
+@contextlib.contextmanager
+def database_closed_to_the_server() -> Iterator[Callable[[], None]]:
+    """The test database refuses new connections and the server's are cut (this test's own
+    stays): the server sees PostgreSQL go away. Yields `reopen`; reopened on the way out.
+    PostgreSQL takes the change from a session in another database only."""
+    settings_dict = connection.settings_dict
+    name = connection.ops.quote_name(settings_dict["NAME"])
+    admin = psycopg.connect(
+        host=settings_dict["HOST"] or None,
+        port=settings_dict["PORT"] or None,
+        user=settings_dict["USER"] or None,
+        dbname="postgres",
+        autocommit=True,
+    )
+    reopened = False
+
+    def reopen() -> None:
+        nonlocal reopened
+        if not reopened:
+            reopened = True
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+    with admin:
+        admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        try:
+            yield reopen
+        finally:
+            reopen()
+
+
+def test_resume_refused_while_the_database_is_away_is_asked_again_by_itself(
+    open_page: Callable[..., Page], alice: Any, persona: Any
+) -> None:
+    """The socket comes back while PostgreSQL is away: the page's resume is refused as
+    `unavailable`. The page says so, asks again by itself, and once the database is back
+    shows the reply as saved, with no reload by the user."""
+    page = open_page(alice, path=None)
+    sockets: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+    resumes: list[list[str]] = []
+    held: list[str] = []  # the first resume of the new socket, until the database is away
+
+    def proxy(route: WebSocketRoute) -> None:
+        server = route.connect_to_server()
+        mine: list[str] = []
+
+        def forward(message: str | bytes) -> None:
+            if json.loads(message)["type"] == "chat.resume":
+                mine.append(str(message))
+                if len(sockets) > 1 and not held:
+                    held.append(str(message))
+                    return
+            server.send(message)
+
+        route.on_message(forward)
+        sockets.append((route, server))
+        resumes.append(mine)
+
+    page.route_web_socket(re.compile(r"/ws/chat/$"), proxy)
+    page.goto("/")
+    status = page.locator("#socket-status")
+    expect(status).to_have_attribute("data-state", "connected")
+    reply = send(page, "What if the database naps?")
+    expect(reply.locator(".msg-body")).to_contain_text("Hello Alice")
+
+    client_side, server_side = sockets[-1]
+    server_side.close()
+    client_side.close(code=4000, reason="blip")
+    expect(status).to_have_attribute("data-state", "connected")
+    wait_for(page, lambda: held)
+    # Unfollowed, the reply goes on to its end and is saved; only then does PostgreSQL go.
+    wait_for(page, Message.objects.filter(role=Message.Role.ASSISTANT).exists, timeout_s=20)
+    notice = page.locator("#composer-error")
+    with database_closed_to_the_server() as reopen:
+        sockets[-1][1].send(held[0])
+        expect(notice).to_contain_text("trying again", timeout=20_000)
+        expect(reply).to_have_attribute("data-status", "streaming")
+        reopen()
+        expect(reply).to_have_attribute("data-status", "complete", timeout=30_000)
+    assert len(resumes[-1]) >= 2, "the page asked again by itself"
+    assert shown(page, "article[data-role=assistant] .msg-body") == visible_text(
+        saved_reply().content
+    )
+    expect(notice).to_be_hidden()
 
 
 def test_keyboard_sending_and_auto_scroll_that_yields_to_the_reader(

@@ -310,3 +310,70 @@ test("the composer refuses a message over the limit, counted in characters, and 
   });
   assert.deepEqual(chat.stopFrame(state), { type: "chat.stop", conversation_id: A });
 });
+
+const UNREACHABLE = "The database could not be reached; try again in a moment.";
+
+function refusedResume(state, conversationId = A) {
+  return chat.receive(state, { type: "chat.error", conversation_id: conversationId, code: "unavailable", message: UNREACHABLE });
+}
+
+test("a resume refused as unavailable is asked again, each wait longer, until it is answered", () => {
+  // The socket came back while the database was away: the reply in view must not freeze.
+  const state = openA();
+  sendAndAccept(state);
+  chat.receive(state, delta(1, "Abou"));
+  assert.deepEqual(chat.socketOpened(state, true).frames, [{ type: "chat.resume", conversation_id: A, after_seq: 1 }]);
+
+  const first = refusedResume(state);
+  assert.deepEqual(effectsOf(first, "retryResume"), [{ type: "retryResume", conversationId: A, delayMs: 1000 }]);
+  assert.deepEqual(effectsOf(first, "error"), [{ type: "error", message: "The reply could not be reached just now; trying again in 1 s." }]);
+  assert.deepEqual(effectsOf(refusedResume(state), "retryResume")[0].delayMs, 2000);
+  assert.deepEqual(effectsOf(refusedResume(state), "retryResume")[0].delayMs, 4000);
+  for (let i = 0; i < 6; i += 1) refusedResume(state);
+  assert.deepEqual(effectsOf(refusedResume(state), "retryResume")[0].delayMs, 30000, "the wait stops growing at 30 s");
+  assert.equal(lastReply(state).text, "Abou", "the text shown so far stays");
+  assert.equal(chat.isGenerating(state), true, "still waiting for the reply");
+
+  // The retry the page sends asks from where it stopped; its answer clears the notice.
+  assert.deepEqual(chat.resumeFrame(state), { type: "chat.resume", conversation_id: A, after_seq: 1 });
+  assert.deepEqual(chat.receive(state, delta(2, "t an hour.")), [{ type: "error", message: "" }]);
+  assert.equal(lastReply(state).text, "About an hour.");
+  assert.deepEqual(chat.receive(state, delta(3, "")), [], "cleared once");
+
+  // A later refusal starts again from the shortest wait.
+  chat.gapResume(state);
+  chat.socketOpened(state, true);
+  assert.deepEqual(effectsOf(refusedResume(state), "retryResume")[0].delayMs, 1000);
+});
+
+test("a resume answered by chat.idle after refusals stops the retries and reloads what was saved", () => {
+  const state = openA();
+  sendAndAccept(state);
+  chat.socketOpened(state, true);
+  refusedResume(state);
+  const effects = chat.receive(state, { type: "chat.idle", conversation_id: A });
+  assert.deepEqual(effects, [
+    { type: "error", message: "" },
+    { type: "reload", conversationId: A, afterIdle: true },
+  ]);
+});
+
+test("an unavailable refusal is retried only for a resume of the open conversation", () => {
+  const state = openA();
+  // The resume that opened A was answered: a refusal now (of a stop, say) is only shown.
+  chat.receive(state, { type: "chat.idle", conversation_id: A });
+  assert.deepEqual(refusedResume(state), [{ type: "error", message: UNREACHABLE }]);
+  // Another conversation's refusal: another tab's business.
+  chat.socketOpened(state, true);
+  assert.deepEqual(refusedResume(state, B), []);
+  // A refused send is given back to the user, never re-sent by itself.
+  const { frame } = chat.compose(state, { content: "Later", clientId: "c9", persona: null, maxChars: 100 });
+  const refused = chat.receive(state, {
+    type: "chat.error", client_id: frame.client_id, conversation_id: A, code: "unavailable", message: "The database could not be reached; nothing was saved.",
+  });
+  assert.deepEqual(effectsOf(refused, "retryResume"), []);
+  assert.deepEqual(effectsOf(refused, "refused"), [{ type: "refused", text: "Later" }]);
+  // Opening another conversation forgets the retries of the last one.
+  chat.openConversation(state, B);
+  assert.deepEqual(refusedResume(state), []);
+});
