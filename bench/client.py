@@ -7,6 +7,14 @@ every frame. While the turns run, a sampler thread reads the server's RSS from /
 benchmark database's backends from `pg_stat_activity` every 100 ms. The result is one JSON
 object on stdout (or `--out`).
 
+With `--cut-after S`, every socket still streaming is cut at once S seconds after the turns
+start (the TCP connection aborted, as in a network blip or a load balancer's restart) and
+opened again, `--connect-concurrency` handshakes at a time, as the page does: a reply
+accepted resumes from the last `seq` it had (`chat.resume`), one not yet accepted is sent
+again with the same `client_id`. A reply that ended while its socket was away is answered
+`chat.idle`; its saved text is then read from the JSON API, as the page reloads it, and
+must begin with the text streamed before the cut.
+
 Every time is taken here, in the client, with `time.perf_counter()`.
 """
 
@@ -26,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from bench.common import (
     CONNECT_CONCURRENCY,
@@ -53,6 +62,12 @@ class Turn:
     error: str = ""
     content_ok: bool = False
     seq_ok: bool = True
+    # --cut-after: when its socket was cut, when the new one opened, the first frame of the
+    # reply after it, and whether the reply had ended meanwhile (answered chat.idle).
+    t_cut: float = 0.0
+    t_reopened: float = 0.0
+    t_back: float = 0.0
+    ended_away: bool = False
 
 
 class Sampler(threading.Thread):
@@ -181,7 +196,51 @@ async def open_socket(
     return ws
 
 
-async def run_turn(ws: ClientConnection, turn: Turn, start_at: float, timeout: float) -> None:
+@dataclass
+class Cut:
+    """`--cut-after`: the moment every live socket is cut, and how to open one again."""
+
+    at: float
+    url: str
+    origin: str
+    gate: asyncio.Semaphore
+    sessions: list[str | None]
+    live: list[ClientConnection | None]
+    turns: list[Turn]
+
+    async def run(self) -> None:
+        await asyncio.sleep(max(0.0, self.at - time.perf_counter()))
+        for ws, turn in zip(self.live, self.turns, strict=True):
+            streaming = turn.t_send and not turn.t_done
+            if streaming and ws is not None and ws.transport is not None:
+                ws.transport.abort()  # no close handshake: the connection is simply gone
+
+    async def reopen(self, turn: Turn) -> ClientConnection | None:
+        session = self.sessions[turn.index]
+        ws = await open_socket(turn, self.url, self.origin, session, self.gate)
+        self.live[turn.index] = ws
+        return ws
+
+    def saved_content(self, turn: Turn, conversation_id: str) -> str | None:
+        """The reply as saved, read as the page reloads a conversation (blocking)."""
+        http = self.url.replace("ws://", "http://", 1).split("/ws/", 1)[0]
+        request = urllib.request.Request(
+            f"{http}/api/conversations/{conversation_id}/",
+            # As nginx hands it on (deploy/): the server would send plain HTTP to HTTPS.
+            headers={
+                "Cookie": f"sessionid={self.sessions[turn.index]}",
+                "X-Forwarded-Proto": "https",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            messages = json.loads(response.read())["messages"]
+        replies = [m for m in messages if m["role"] == "assistant"]
+        return replies[-1]["content"] if replies else None
+
+
+async def run_turn(
+    ws: ClientConnection, turn: Turn, start_at: float, timeout: float, cut: Cut | None = None
+) -> None:
     await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     frame = {
         "type": "chat.send",
@@ -192,6 +251,7 @@ async def run_turn(ws: ClientConnection, turn: Turn, start_at: float, timeout: f
     }
     texts: list[str] = []
     expected_seq = 1
+    conversation_id = ""
     loads = json.loads
     perf = time.perf_counter
     try:
@@ -199,11 +259,31 @@ async def run_turn(ws: ClientConnection, turn: Turn, start_at: float, timeout: f
             turn.t_send = perf()
             await ws.send(json.dumps(frame))
             while True:
-                raw = await ws.recv()
+                try:
+                    raw = await ws.recv()
+                except ConnectionClosed:
+                    if cut is None or turn.t_cut:
+                        raise
+                    turn.t_cut = perf()
+                    reopened = await cut.reopen(turn)
+                    if reopened is None:
+                        turn.status, turn.error = "failed", "reopen_failed"
+                        return
+                    ws = reopened
+                    turn.t_reopened = perf()
+                    if conversation_id:
+                        after = expected_seq - 1
+                        resume = {"type": "chat.resume", "conversation_id": conversation_id}
+                        await ws.send(json.dumps({**resume, "after_seq": after}))
+                    else:
+                        await ws.send(json.dumps(frame))  # the same client_id: saved once
+                    continue
                 now = perf()
                 message = loads(raw)
                 kind = message.get("type")
                 turn.frames_all += 1
+                if turn.t_reopened and not turn.t_back and kind != "chat.accepted":
+                    turn.t_back = now
                 if kind == "chat.delta":
                     if not turn.t_first:
                         turn.t_first = now
@@ -214,13 +294,26 @@ async def run_turn(ws: ClientConnection, turn: Turn, start_at: float, timeout: f
                     expected_seq += 1
                     texts.append(message.get("text", ""))
                 elif kind == "chat.accepted":
-                    turn.t_accepted = now
+                    if not turn.t_accepted:
+                        turn.t_accepted = now
+                    conversation_id = message.get("conversation_id", "")
                 elif kind == "chat.done":
                     turn.t_done = now
                     turn.status = message.get("status", "")
                     turn.content_ok = message.get("content") == "".join(texts)
                     if turn.status != "complete":
                         turn.error = f"status:{turn.status}"
+                    return
+                elif kind == "chat.idle" and cut is not None and turn.t_reopened:
+                    # It ended while the socket was away: what was saved is the truth.
+                    turn.t_done = now
+                    turn.ended_away = True
+                    assert cut is not None
+                    saved = await asyncio.to_thread(cut.saved_content, turn, conversation_id)
+                    turn.status = "complete" if saved is not None else "lost"
+                    turn.content_ok = saved is not None and saved.startswith("".join(texts))
+                    if saved is None:
+                        turn.error = "lost"
                     return
                 elif kind == "chat.error":
                     turn.t_done = now
@@ -232,7 +325,7 @@ async def run_turn(ws: ClientConnection, turn: Turn, start_at: float, timeout: f
         turn.error = "timeout"
     except Exception as exc:
         turn.status = "failed"
-        turn.error = f"{type(exc).__name__}"
+        turn.error = f"{type(exc).__name__}: {exc}"[:120]
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -288,14 +381,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     print("TURNS_START", file=sys.stderr, flush=True)
     t0 = time.perf_counter() + 0.2
     step = args.ramp_s / args.n if args.shape == "ramp" and args.n > 1 else 0.0
+    live = list(sockets)
+    cut = (
+        Cut(t0 + args.cut_after, args.url, args.origin, gate, sessions, live, turns)
+        if args.cut_after > 0
+        else None
+    )
+    cutter = asyncio.ensure_future(cut.run()) if cut is not None else None
     await asyncio.gather(
         *(
-            run_turn(ws, turn, t0 + turn.index * step, timeout)
+            run_turn(ws, turn, t0 + turn.index * step, timeout, cut)
             for ws, turn in zip(sockets, turns, strict=False)
             if ws is not None
         )
     )
     t_end = time.perf_counter()
+    if cutter is not None:
+        cutter.cancel()
+    sockets = live
     side1 = server_side()
     # A process born during the turns counts from zero; one gone meanwhile is lost.
     side = {
@@ -342,6 +445,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         before_total, before_count = db_before.get(step_name, (0.0, 0.0))
         if count - before_count > 0:
             db_steps[step_name] = (total - before_total) / (count - before_count)
+    cut_turns = [t for t in turns if t.t_cut]
+    # From the cut to the reply's next frame (a delta, its chat.done, or chat.idle).
+    back = [t.t_back - t.t_cut for t in cut_turns if t.t_back]
+    reopened = [t.t_reopened - t.t_cut for t in cut_turns if t.t_reopened]
     cpu_client = (client_cpu1.ru_utime - client_cpu0.ru_utime) + (
         client_cpu1.ru_stime - client_cpu0.ru_stime
     )
@@ -400,6 +507,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "pg_long_tx_peak": sampler.peak_long_tx if sampler else 0,
         "pg_backends_after": after_backends,
         "db_ms_per_turn": {k: v * 1000 for k, v in db_steps.items()},
+        "cut_after_s": args.cut_after,
+        "cut": len(cut_turns),
+        "cut_ended_away": sum(1 for t in cut_turns if t.ended_away),
+        "cut_back_p50_ms": percentile(back, 50) * 1000,
+        "cut_back_p99_ms": percentile(back, 99) * 1000,
+        "cut_back_max_ms": max(back, default=float("nan")) * 1000,
+        "cut_reopen_p99_ms": percentile(reopened, 99) * 1000,
+        "cut_reopen_all_s": (
+            max(t.t_reopened for t in cut_turns if t.t_reopened) - min(t.t_cut for t in cut_turns)
+            if reopened
+            else float("nan")
+        ),
     }
     return result
 
@@ -422,6 +541,13 @@ def main() -> None:
     parser.add_argument("--postmaster-pid", type=int, default=0, help="its children's CPU counts")
     parser.add_argument("--extra-pid", type=int, action="append", default=[], help="Redis, nginx")
     parser.add_argument("--connect-concurrency", type=int, default=CONNECT_CONCURRENCY)
+    parser.add_argument(
+        "--cut-after",
+        type=float,
+        default=0.0,
+        help="cut every live socket this many seconds after the turns start, then reopen and "
+        "resume (0: no cut)",
+    )
     parser.add_argument("--out")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

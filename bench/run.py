@@ -72,6 +72,7 @@ class Scenario:
     delay_ms: float
     ramp_s: float = 0.0
     coalesce_ms: int = 40
+    cut_s: float = 0.0  # every streaming socket cut this long after the start, then resumed
 
     @property
     def ideal_s(self) -> float:
@@ -84,6 +85,11 @@ PERTOKEN = Scenario("burst-pertoken", "burst", words=500, delay_ms=10, coalesce_
 # What a turn itself costs, beside the words it streams: replies of two words, all at once.
 TURNS = Scenario("turns", "burst", words=2, delay_ms=10)
 SMOKE = Scenario("smoke", "burst", words=20, delay_ms=10)
+# A reconnect storm: the ramp, with every socket still streaming cut at once 4.5 s in (most
+# of them mid-reply), reopened 64 handshakes at a time and resumed, as pages do.
+STORM = Scenario("storm", "ramp", words=200, delay_ms=20, ramp_s=5.0, cut_s=4.5)
+# The smoke's storm: every socket cut half-way through its one-second reply.
+SMOKE_STORM = Scenario("smoke-storm", "burst", words=40, delay_ms=25, cut_s=0.5)
 
 APP = "chatproject.asgi:application"
 # The shipped defaults of the settings the bench may change (chatproject/settings.py). A run
@@ -482,6 +488,8 @@ class Bench:
                     "--ramp-s",
                     str(scenario.ramp_s),
                 ]
+                if scenario.cut_s:
+                    client_base += ["--cut-after", str(scenario.cut_s)]
                 if django:
                     client_base += ["--sessions-file", str(self.sessions_file)]
                     # Warm up: one full turn, so imports and the pool's first connection
@@ -822,6 +830,12 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
                 else "all clients at once"
             )
             + (", coalescing off" if first.get("coalesce_ms") == 0 else "")
+            + (
+                f"; every socket still streaming cut at once {first['cut_after_s']:.1f} s in, "
+                "then reopened 64 handshakes at a time and resumed from its last seq"
+                if first.get("cut_after_s")
+                else ""
+            )
         )
         lines += [
             f"## {scenario}: {desc}",
@@ -871,6 +885,8 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
         lines.append("")
         if scenario == TURNS.name:
             lines += per_turn_lines(groups, keys)
+        if scenario == STORM.name:
+            lines += storm_lines(groups, keys)
         pairs = [("uvicorn", "daphne"), ("uvicorn", "uvicorn-shared-thread")]
         # The levers measured against the code before them, and scaling out against 1 worker.
         here = dict.fromkeys(k[0] for k in keys)
@@ -926,6 +942,31 @@ def per_turn_lines(
             f"{fmt_spread(rows, 'whole_cpu_per_token_us', 0, words)} µs, the server process "
             f"{fmt_spread(rows, 'cpu_per_token_us', 0, words)} µs"
             + (f" (inflated: {errors} turns failed)" if errors else "")
+        )
+    return [*out, ""]
+
+
+def storm_lines(
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]], keys: list[tuple[str, str, int]]
+) -> list[str]:
+    """The reconnect storm's own figures, and its p99 against the same ramp uncut."""
+    out = []
+    for variant, scenario, n in sorted(keys, key=lambda k: (k[2], k[0])):
+        rows = groups[(variant, scenario, n)]
+        uncut = groups.get((variant, RAMP.name, n))
+        out.append(
+            f"- N={n}: {variant}: {fmt_spread(rows, 'cut', 0)} sockets cut mid-reply, "
+            f"{fmt_spread(rows, 'cut_ended_away', 0)} of them ended while away (answered "
+            f"chat.idle, their saved text read back); all reopened "
+            f"{fmt_spread(rows, 'cut_reopen_all_s', 2)} s after the cut; from the cut to the "
+            f"reply's next frame p50 {fmt_spread(rows, 'cut_back_p50_ms', 0)} ms, p99 "
+            f"{fmt_spread(rows, 'cut_back_p99_ms', 0)} ms"
+            + (
+                f"; p99 completion against the same ramp uncut: "
+                f"{compare(rows, uncut, 'completion_p99_s')}"
+                if uncut
+                else ""
+            )
         )
     return [*out, ""]
 
@@ -1416,6 +1457,20 @@ def smoke(bench: Bench) -> int:
             failures.append(
                 f"{variant}: backends left after the server stopped: {r['pg_backends_after_stop']}"
             )
+    if "uvicorn" in variants:
+        # Every socket cut mid-reply and reopened: each reply still arrives whole, once.
+        r = bench.run_one("uvicorn", SMOKE_STORM, n)
+        results.append(r)
+        print(
+            f"smoke storm uvicorn N={n}: {r['completed']}/{n} complete, errors {r['errors']}, "
+            f"{r['cut']} cut mid-reply, {r['cut_ended_away']} ended while away "
+            f"({r['run_s']:.1f}s)",
+            flush=True,
+        )
+        if r["completed"] != n or r["error_count"]:
+            failures.append(f"storm: {r['completed']}/{n} complete, errors {r['errors']}")
+        if r["cut"] != n:
+            failures.append(f"storm: {r['cut']} of {n} sockets were cut mid-reply")
     (RESULTS / "smoke.json").write_text(json.dumps(results, indent=1))
     for failure in failures:
         print(f"SMOKE FAILURE: {failure}", flush=True)
@@ -1542,6 +1597,15 @@ def main() -> int:
     )
     parser.add_argument("--turns-variants", default="ceiling,uvicorn")
     parser.add_argument(
+        "--storm",
+        default="1000",
+        help="levels of the reconnect storm (the ramp, every streaming socket cut 4.5 s in, "
+        "then reopened and resumed)",
+    )
+    parser.add_argument(
+        "--storm-variants", default="uvicorn", help="app variants only: the ceiling cannot resume"
+    )
+    parser.add_argument(
         "--before-max", type=int, default=500, help="highest N the before designs run at"
     )
     parser.add_argument("--nopool-levels", default="100,250", help="before-nopool ramp levels")
@@ -1626,6 +1690,7 @@ def main() -> int:
     burst_variants = [v for v in args.burst_variants.split(",") if v]
     plan.add(burst_variants, BURST, parse_levels(args.burst))
     plan.add([v for v in args.turns_variants.split(",") if v], TURNS, parse_levels(args.turns))
+    plan.add([v for v in args.storm_variants.split(",") if v], STORM, parse_levels(args.storm))
     if args.pertoken:
         plan.add(["ceiling-pertoken", "daphne-pertoken"], PERTOKEN, parse_levels(args.burst))
     if args.profile:

@@ -45,7 +45,7 @@ def test_bench_smoke() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "smoke: ok" in output, output[-4000:]
-    for variant in ("ceiling", "daphne", "before", "uvicorn"):
+    for variant in ("ceiling", "daphne", "before", "uvicorn", "storm uvicorn"):
         assert f"smoke {variant}" in output, output[-4000:]
     # Daphne and Uvicorn serve what ships: no server setting moved from its default.
     for line in output.splitlines():
