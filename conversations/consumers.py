@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+import weakref
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -33,7 +34,7 @@ from conversations.replies.protocol import (
     parse_frame,
 )
 from conversations.replies.registry import registry
-from conversations.replies.reply import find_reply
+from conversations.replies.reply import Reply, find_reply
 from conversations.replies.start import turn_start
 from conversations.signals import SessionEnds, user_group
 
@@ -46,6 +47,10 @@ FLOOD_CLOSE_CODE = 4029
 
 class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
     inflow: FrameRate
+    # The replies this socket follows, so that closing it unfollows those alone: a scan of
+    # every reply of the worker on each close made a reconnect storm quadratic. Weak: a
+    # reply that ended is dropped with the registry's hold on it.
+    following: weakref.WeakSet[Reply]
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, less the `aclose_old_connections()` it awaits before every
@@ -91,6 +96,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         )
         self.outbox.start()
         self.inflow = FrameRate(settings.SOCKET_FRAMES_PER_SECOND)
+        self.following = weakref.WeakSet()
         self.counted = True
         registry.sockets.add(self)
         metrics.OPEN_SOCKETS.inc()
@@ -102,9 +108,15 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         self.outbox.detach()
         metrics.OPEN_SOCKETS.dec()
         registry.sockets.discard(self)
-        registry.unfollow_all(self.channel_name)
+        for reply in list(self.following):
+            reply.unfollow(self.channel_name)
+        self.following.clear()
         with contextlib.suppress(Exception):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    def _follow(self, reply: Reply, after_seq: int) -> None:
+        reply.follow(self.channel_name, self.push, after_seq)
+        self.following.add(reply)
 
     def push(self, frame: Frame) -> bool:
         """Queue a frame for this socket without waiting; False once it stopped taking them."""
@@ -160,7 +172,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         )
         accepted = accepted_frame(started.ctx)
         self.push(accepted)
-        started.reply.follow(self.channel_name, self.push, 0)
+        self._follow(started.reply, 0)
         if not started.resumed:
             # Other tabs have not seen the message: it travels with their copy.
             await self._tell_other_tabs({**accepted, "content": started.ctx.content})
@@ -172,14 +184,14 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
             return
         await reply.stop()
         # The stopping socket hears chat.done even if it was not following.
-        reply.follow(self.channel_name, self.push, FINAL_ONLY)
+        self._follow(reply, FINAL_ONLY)
 
     async def chat_resume(self, command: Resume) -> None:
         reply = await find_reply(command.conversation_id, self.user_id)
         if reply is None:
             await self._idle_or_not_found(command.conversation_id)
             return
-        reply.follow(self.channel_name, self.push, command.after_seq)
+        self._follow(reply, command.after_seq)
 
     async def _idle_or_not_found(self, conversation_id: uuid.UUID) -> None:
         owned = await db_call(services.conversation_owned)(
@@ -211,7 +223,7 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         reply = await find_reply(uuid.UUID(frame["conversation_id"]), self.user_id)
         if reply is not None:
             self.push(frame)
-            reply.follow(self.channel_name, self.push, 0)
+            self._follow(reply, 0)
 
     async def conversation_updated(self, event: dict[str, Any]) -> None:
         if self.counted:  # the socket may have closed while the event was on its way

@@ -154,12 +154,6 @@ class Registry:
             del self.generations[generation.conversation_id]
             self._count(generation.user_id, -1)
 
-    def unfollow_all(self, key: str) -> None:
-        for generation in list(self.generations.values()):
-            generation.unfollow(key)
-        for remote in list(self.remote.values()):
-            remote.unfollow(key)
-
     async def drain(self, timeout: float) -> None:
         """Let generations finish for `timeout` seconds, then save the rest as interrupted."""
         self.draining = True

@@ -289,3 +289,40 @@ async def test_a_closed_socket_is_freed_without_the_cycle_collector(ws, alice):
         assert gone() is None
     finally:
         gc.enable()
+
+
+async def test_a_closed_socket_leaves_its_replies_and_only_those(ws, alice, bob, persona, settings):
+    """Closing a socket unfollows the replies it followed (its own, and another tab's it
+    was shown), found through the socket itself rather than a scan of the worker's replies;
+    the user's other tab and other users go on receiving theirs to the end."""
+    import uuid
+
+    from conversations.replies.registry import registry
+
+    settings.DEMO_TOKEN_DELAY_MS = 10
+    settings.DEMO_REPLY_WORDS = 80
+    before = set(registry.sockets)
+    closing = await ws(alice)
+    (closing_consumer,) = set(registry.sockets) - before
+    other_tab = await ws(alice)
+    someone_else = await ws(bob)
+    await closing.send_message("Alice's long answer")
+    accepted = await closing.receive()
+    # The other tab is told of the reply (chat.started) and follows it too.
+    assert (await other_tab.receive())["type"] == "chat.accepted"
+    await someone_else.send_message("Bob's own answer")
+    bobs = await someone_else.receive()
+    alices = registry.get(uuid.UUID(accepted["conversation_id"]))
+    bobs_generation = registry.get(uuid.UUID(bobs["conversation_id"]))
+    assert alices is not None and bobs_generation is not None
+    assert set(closing_consumer.following) == {alices}
+    assert len(alices.followers) == 2
+
+    await closing.disconnect()
+
+    assert closing_consumer.channel_name not in alices.followers
+    assert len(alices.followers) == 1, "the other tab still follows"
+    assert len(bobs_generation.followers) == 1
+    for socket in (other_tab, someone_else):
+        done = (await socket.receive_until("chat.done"))[-1]
+        assert done["status"] == "complete"
