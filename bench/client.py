@@ -68,6 +68,7 @@ class Turn:
     t_reopened: float = 0.0
     t_back: float = 0.0
     ended_away: bool = False
+    replayed: int = 0  # deltas it had before the cut, sent again after it
 
 
 class Sampler(threading.Thread):
@@ -252,6 +253,7 @@ async def run_turn(
     texts: list[str] = []
     expected_seq = 1
     conversation_id = ""
+    resent = False  # sent again after a cut, before it was accepted
     loads = json.loads
     perf = time.perf_counter
     try:
@@ -276,6 +278,7 @@ async def run_turn(
                         resume = {"type": "chat.resume", "conversation_id": conversation_id}
                         await ws.send(json.dumps({**resume, "after_seq": after}))
                     else:
+                        resent = True
                         await ws.send(json.dumps(frame))  # the same client_id: saved once
                     continue
                 now = perf()
@@ -289,7 +292,11 @@ async def run_turn(
                         turn.t_first = now
                     turn.deltas.append(now)
                     turn.frames += 1
-                    if message.get("seq") != expected_seq:
+                    seq = message.get("seq")
+                    if cut is not None and isinstance(seq, int) and seq < expected_seq:
+                        turn.replayed += 1  # had it before the cut: shown once, as the page does
+                        continue
+                    if seq != expected_seq:
                         turn.seq_ok = False
                     expected_seq += 1
                     texts.append(message.get("text", ""))
@@ -300,7 +307,11 @@ async def run_turn(
                 elif kind == "chat.done":
                     turn.t_done = now
                     turn.status = message.get("status", "")
-                    turn.content_ok = message.get("content") == "".join(texts)
+                    content = message.get("content") or ""
+                    turn.content_ok = content == "".join(texts) or (
+                        # Sent again and found saved: chat.done alone, as a resume answers it.
+                        resent and content.startswith("".join(texts))
+                    )
                     if turn.status != "complete":
                         turn.error = f"status:{turn.status}"
                     return
@@ -319,6 +330,8 @@ async def run_turn(
                     turn.t_done = now
                     turn.status = "error"
                     turn.error = f"chat.error:{message.get('code')}"
+                    if cut is not None and turn.t_cut:
+                        turn.error += " after the cut"
                     return
     except TimeoutError:
         turn.status = "timeout"
@@ -510,6 +523,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "cut_after_s": args.cut_after,
         "cut": len(cut_turns),
         "cut_ended_away": sum(1 for t in cut_turns if t.ended_away),
+        "cut_replayed_frames": sum(t.replayed for t in cut_turns),
         "cut_back_p50_ms": percentile(back, 50) * 1000,
         "cut_back_p99_ms": percentile(back, 99) * 1000,
         "cut_back_max_ms": max(back, default=float("nan")) * 1000,
