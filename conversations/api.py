@@ -12,6 +12,7 @@ from typing import Any, TypeVar, cast
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
+from django.db import InterfaceError, OperationalError
 from django.db.models import Exists, OuterRef, Q
 from django.http import (
     Http404,
@@ -59,6 +60,18 @@ def error_response(status: int, code: str, message: str) -> JsonResponse:
 
 # What a view or the reading of a body may raise that is the client's mistake.
 REFUSALS = (Http404, ApiError, SuspiciousOperation, BadRequest, MultiPartParserError)
+
+
+# The database could not be reached (down, restarting, the pool's wait for a connection
+# over): nothing was done, and the same call may simply be made again. Errors in a statement
+# itself (a constraint, a bug) stay server errors.
+DATABASE_AWAY = (OperationalError, InterfaceError)
+
+
+def unavailable_response() -> JsonResponse:
+    return error_response(
+        503, "unavailable", "The database could not be reached; try again in a moment."
+    )
 
 
 def refusal_response(exc: Exception) -> JsonResponse:
@@ -129,28 +142,32 @@ def api_view(*methods: str) -> Callable[[View], View]:
             async def async_wrapper(
                 request: HttpRequest, *args: Any, **kwargs: Any
             ) -> HttpResponseBase:
-                # The session and the CSRF check read the database through db_call, so no
-                # connection stays checked out while the view waits (maybe for a whole reply).
-                authenticated = await db_call(_authenticated)(request)
-                if refused := _refused_before_view(request, allowed, authenticated=authenticated):
-                    return refused
                 try:
+                    # The session and the CSRF check read the database through db_call, so no
+                    # connection stays checked out while the view waits (maybe for a whole
+                    # reply).
+                    authenticated = await db_call(_authenticated)(request)
+                    refused = _refused_before_view(request, allowed, authenticated=authenticated)
+                    if refused:
+                        return refused
                     if request.method not in SAFE_METHODS and await db_call(csrf_failed)(request):
                         return _csrf_response()
                     response: HttpResponseBase = await view(request, *args, **kwargs)
                     return response
                 except REFUSALS as exc:
                     return refusal_response(exc)
+                except DATABASE_AWAY:
+                    return unavailable_response()
 
             return cast(View, async_wrapper)
 
         @csrf_exempt
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            authenticated = request.user.is_authenticated
-            if refused := _refused_before_view(request, allowed, authenticated=authenticated):
-                return refused
             try:
+                authenticated = request.user.is_authenticated  # reads the session
+                if refused := _refused_before_view(request, allowed, authenticated=authenticated):
+                    return refused
                 # The CSRF check may read a form body, so it may refuse a huge one too.
                 if request.method not in SAFE_METHODS and csrf_failed(request):
                     return _csrf_response()
@@ -158,6 +175,8 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return response
             except REFUSALS as exc:
                 return refusal_response(exc)
+            except DATABASE_AWAY:
+                return unavailable_response()
 
         return cast(View, wrapper)
 

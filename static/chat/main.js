@@ -19,6 +19,13 @@ const state = chat.createState();
 let selectedPersona = null;
 // Counts conversation loads, so a slow one that lost the race is dropped.
 let loadSeq = 0;
+// Loads that failed in a row (the server or the network), for the wait before the next.
+let loadFailures = 0;
+
+// Waits of many pages that failed together spread out, so they do not come back in step.
+function withJitter(delayMs) {
+  return delayMs * (0.75 + Math.random() * 0.5);
+}
 
 function uuid4() {
   if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
@@ -110,7 +117,7 @@ function retryResume({ conversationId, delayMs }) {
     if (state.currentId !== conversationId) return; // the user moved on
     const resume = chat.resumeFrame(state);
     if (resume) transport.send(resume);
-  }, delayMs);
+  }, withJitter(delayMs));
 }
 
 let gapTimer = null;
@@ -153,6 +160,7 @@ function newChat({ push }) {
 async function openConversation(id, { push = false, keepView = false, afterIdle = false } = {}) {
   if (push) history.pushState({}, "", `/c/${id}/`);
   const seq = ++loadSeq;
+  if (!keepView) loadFailures = 0; // the user's own choice: not a retry
   chat.openConversation(state, id, { keepView, afterIdle });
   if (!keepView) view.showError("");
   render();
@@ -165,11 +173,21 @@ async function openConversation(id, { push = false, keepView = false, afterIdle 
       newChat({ push: false });
       history.replaceState({}, "", "/");
       view.showError("That conversation does not exist or was deleted.");
+    } else if (!error.status || error.status >= 500) {
+      // The server or the network failed (the database away, a restart): until it loads,
+      // the conversation's frames are ignored, so it must not be left there. Ask again.
+      loadFailures += 1;
+      const delayMs = chat.retryDelay(loadFailures);
+      view.showError(`Could not load the conversation just now; trying again in ${delayMs / 1000} s.`);
+      setTimeout(() => {
+        if (seq === loadSeq) openConversation(id, { keepView: true, afterIdle });
+      }, withJitter(delayMs));
     } else {
       view.showError(`Could not load the conversation: ${error.message}`);
     }
     return;
   }
+  loadFailures = 0;
   await personasReady;
   if (seq !== loadSeq) return; // the user opened something else meanwhile
   view.showError("");

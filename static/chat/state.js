@@ -1009,9 +1009,11 @@ function resumeAnswered(state, frame) {
   return refused ? [{ type: "error", message: "" }] : [];
 }
 
-// The waits before a refused resume is asked again: 1 s, doubling up to 30 s.
-const RESUME_RETRY_MS = 1000;
-const RESUME_RETRY_MAX_MS = 30_000;
+/** The wait before asking again after `failures` refusals in a row (a resume refused as
+ * `unavailable`, a conversation that would not load): 1 s, doubling up to 30 s. */
+export function retryDelay(failures) {
+  return Math.min(30_000, 1000 * 2 ** (Math.max(1, failures) - 1));
+}
 
 function error(state, frame, now) {
   const entry = frame.client_id ? state.pending.get(frame.client_id) : null;
@@ -1047,7 +1049,7 @@ function error(state, frame, now) {
   if (frame.code === "unavailable" && frame.conversation_id && frame.conversation_id === state.resuming) {
     // Nothing was lost (a resume changes nothing): ask again once the database may be back.
     state.resumeRefusals += 1;
-    const delayMs = Math.min(RESUME_RETRY_MAX_MS, RESUME_RETRY_MS * 2 ** (state.resumeRefusals - 1));
+    const delayMs = retryDelay(state.resumeRefusals);
     return [
       { type: "retryResume", conversationId: frame.conversation_id, delayMs },
       { type: "error", message: `The reply could not be reached just now; trying again in ${delayMs / 1000} s.` },

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection
-from playwright.sync_api import Locator, Page, WebSocketRoute, expect
+from playwright.sync_api import Locator, Page, Route, WebSocketRoute, expect
 
 from conversations.models import Conversation, Message
 from conversations.services import message_append
@@ -319,6 +319,46 @@ def test_resume_refused_while_the_database_is_away_is_asked_again_by_itself(
         saved_reply().content
     )
     expect(notice).to_be_hidden()
+
+
+def test_conversation_that_fails_to_load_is_loaded_again_by_itself(
+    open_page: Callable[..., Page], alice: Any, persona: Any
+) -> None:
+    """The conversation's load is answered 503 (PostgreSQL away): the page says so, asks
+    again by itself, and once the database is back shows the conversation and streams into
+    it. Before, it kept the error and ignored every frame of that conversation."""
+    chat = Conversation.objects.create(owner=alice, persona=persona, title="Naps")
+    message_append(conversation=chat, role=Message.Role.USER, content="Hello there")
+    message_append(conversation=chat, role=Message.Role.ASSISTANT, content="Hi Alice, ahoy")
+    page = open_page(alice, path=None)
+    held: list[Route] = []  # the first load, until the database is away
+    loads: list[str] = []
+
+    def hold_first(route: Route) -> None:
+        loads.append(route.request.url)
+        if not held:
+            held.append(route)
+            return
+        route.continue_()
+
+    page.route(re.compile(rf"/api/conversations/{chat.id}/$"), hold_first)
+    page.goto(f"/c/{chat.id}/")
+    expect(page.locator("#socket-status")).to_have_attribute("data-state", "connected")
+    wait_for(page, lambda: held)
+    notice = page.locator("#composer-error")
+    with database_closed_to_the_server() as reopen:
+        held[0].continue_()
+        expect(notice).to_contain_text("trying again", timeout=20_000)
+        reopen()
+        expect(page.locator("article[data-role=assistant]")).to_contain_text(
+            "Hi Alice, ahoy", timeout=30_000
+        )
+    assert len(loads) >= 2, "the page asked again by itself"
+    expect(notice).to_be_hidden()
+    # The conversation is live again: a message sent there is answered in place.
+    reply = send(page, "Still there?")
+    expect(reply).to_have_attribute("data-status", "complete", timeout=20_000)
+    expect(page.locator("article[data-role=user]")).to_have_count(2)
 
 
 def test_keyboard_sending_and_auto_scroll_that_yields_to_the_reader(

@@ -6,9 +6,12 @@ These run against a scratch PostgreSQL server of their own, so they can stop it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -76,6 +79,39 @@ async def test_a_resume_while_the_database_is_down_says_to_try_again(spawn, scra
             await asyncio.sleep(0.5)
     assert (answer["type"], answer["conversation_id"]) == ("chat.idle", done["conversation_id"])
     await client.close()
+
+
+def api_get(worker, path: str, cookie: str) -> tuple[int, dict]:
+    """GET a JSON API path as the page does; the status and the JSON body, errors included."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{worker.port}{path}",
+        headers={"Cookie": f"sessionid={cookie}", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+async def test_the_json_api_answers_unavailable_while_the_database_is_down(spawn, scratch_pg):
+    """A page that loads a conversation while PostgreSQL is away hears `unavailable` (503,
+    JSON) and may ask again; not a server error. Once it is back, the same call answers."""
+    cookies = await asyncio.to_thread(scratch_cookies, scratch_pg.url, ["alice"])
+    a = spawn("A", DATABASE_URL=scratch_pg.url, DB_POOL_TIMEOUT="1", DB_CONNECT_TIMEOUT="1")
+
+    await asyncio.to_thread(scratch_pg.stop)
+    status, body = await asyncio.to_thread(api_get, a, "/api/conversations/", cookies["alice"])
+    await asyncio.to_thread(scratch_pg.start)
+
+    assert status == 503, body
+    assert body["error"]["code"] == "unavailable"
+    assert "try again" in body["error"]["message"]
+    async with asyncio.timeout(30):  # the pool reconnects in the background
+        while (await asyncio.to_thread(api_get, a, "/api/conversations/", cookies["alice"]))[
+            0
+        ] != 200:
+            await asyncio.sleep(0.5)
 
 
 async def test_restart_during_twenty_live_streams_loses_no_reply(spawn, scratch_pg):
