@@ -140,7 +140,7 @@ class Ceiling:
         )
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -150,7 +150,7 @@ def parse_args() -> argparse.Namespace:
     # The app's STREAM_COALESCE_MAX_MS: the widest the window grows while short of CPU.
     parser.add_argument("--coalesce-max-ms", type=float, default=160)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 async def main(args: argparse.Namespace) -> None:
