@@ -1046,12 +1046,16 @@ function error(state, frame, now) {
   }
   if (notice) return [];
   if (frame.conversation_id && frame.conversation_id !== state.currentId) return [];
-  if (frame.code === "unavailable" && frame.conversation_id && frame.conversation_id === state.resuming) {
-    // Nothing was lost (a resume changes nothing): ask again once the database may be back.
+  const id = frame.conversation_id;
+  const waiting = id && (id === state.resuming || (state.stream && state.stream.conversationId === id));
+  if (frame.code === "unavailable" && waiting) {
+    // A resume refused (the database away as the socket came back), or the reply's log
+    // lost while following it: nothing was lost, and a resume picks it up where it was.
+    state.resuming = id;
     state.resumeRefusals += 1;
     const delayMs = retryDelay(state.resumeRefusals);
     return [
-      { type: "retryResume", conversationId: frame.conversation_id, delayMs },
+      { type: "retryResume", conversationId: id, delayMs },
       { type: "error", message: `The reply could not be reached just now; trying again in ${delayMs / 1000} s.` },
     ];
   }

@@ -377,3 +377,18 @@ test("an unavailable refusal is retried only for a resume of the open conversati
   chat.openConversation(state, B);
   assert.deepEqual(refusedResume(state), []);
 });
+
+test("a reply whose log was lost mid-stream is resumed by itself", () => {
+  // Following a reply of another worker, its Redis log failed: the socket heard
+  // `unavailable` with the conversation's id, and the reply in view must not freeze.
+  const state = openA();
+  sendAndAccept(state);
+  chat.receive(state, delta(1, "Abou"));
+  const effects = chat.receive(state, {
+    type: "chat.error", conversation_id: A, code: "unavailable", message: "Lost the reply's log; resume in a moment.",
+  });
+  assert.deepEqual(effectsOf(effects, "retryResume"), [{ type: "retryResume", conversationId: A, delayMs: 1000 }]);
+  assert.deepEqual(chat.resumeFrame(state), { type: "chat.resume", conversation_id: A, after_seq: 1 });
+  assert.deepEqual(chat.receive(state, delta(2, "t")), [{ type: "error", message: "" }]);
+  assert.equal(lastReply(state).text, "About");
+});
