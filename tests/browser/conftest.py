@@ -45,6 +45,7 @@ DEMO_REPLY_WORDS = "80"
 DESKTOP = {"width": 1280, "height": 800}
 expect.set_options(timeout=10_000)
 PHONE = {"width": 375, "height": 812}
+SERVER_APPLICATION_NAME = "browser-tests-server"
 
 
 def _free_port() -> int:
@@ -75,6 +76,9 @@ def app_url(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
         "LLM_PROVIDER": "demo",
         "ALLOW_SIGNUP": "true",
         "DB_POOL_MAX_SIZE": "4",
+        # Its connections told apart from this process's own (libpq reads the name from
+        # here; the loop's are `chat-turn`): a test may cut the server's alone.
+        "PGAPPNAME": SERVER_APPLICATION_NAME,
     }
     env.pop("DATABASE_TEST_NAME", None)
     daphne = str(Path(sys.executable).with_name("daphne"))

@@ -13,9 +13,10 @@ import pytest
 from django.db import connection
 from playwright.sync_api import Locator, Page, Route, WebSocketRoute, expect
 
+from conversations.db import LOOP_APPLICATION_NAME
 from conversations.models import Conversation, Message
 from conversations.services import message_append
-from tests.browser.conftest import shown, visible_text
+from tests.browser.conftest import SERVER_APPLICATION_NAME, shown, visible_text
 from tests.conftest import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -233,9 +234,9 @@ def test_socket_drop_mid_reply_reconnects_and_resumes(
 
 @contextlib.contextmanager
 def database_closed_to_the_server() -> Iterator[Callable[[], None]]:
-    """The test database refuses new connections and the server's are cut (this test's own
-    stays): the server sees PostgreSQL go away. Yields `reopen`; reopened on the way out.
-    PostgreSQL takes the change from a session in another database only."""
+    """The test database refuses new connections and the server's are cut (this process's
+    own, pooled, stay): the server sees PostgreSQL go away. Yields `reopen`; reopened on the
+    way out. PostgreSQL takes the change from a session in another database only."""
     settings_dict = connection.settings_dict
     name = connection.ops.quote_name(settings_dict["NAME"])
     admin = psycopg.connect(
@@ -255,11 +256,11 @@ def database_closed_to_the_server() -> Iterator[Callable[[], None]]:
 
     with admin:
         admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name IN (%s, %s)",
+            [settings_dict["NAME"], SERVER_APPLICATION_NAME, LOOP_APPLICATION_NAME],
+        )
         try:
             yield reopen
         finally:
