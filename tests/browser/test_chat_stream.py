@@ -55,6 +55,24 @@ def saved_reply() -> Message:
     return Message.objects.get(role=Message.Role.ASSISTANT)
 
 
+def reply_under_way(page: Page, proxy: Callable[[WebSocketRoute], None], question: str) -> Locator:
+    """Every socket of the page through `proxy`; the page open, and a reply to `question`
+    streaming."""
+    page.route_web_socket(re.compile(r"/ws/chat/$"), proxy)
+    page.goto("/")
+    expect(page.locator("#socket-status")).to_have_attribute("data-state", "connected")
+    reply = send(page, question)
+    expect(reply.locator(".msg-body")).to_contain_text("Hello Alice")
+    return reply
+
+
+def blip(sockets: list[tuple[WebSocketRoute, WebSocketRoute]]) -> None:
+    """Cut the page's newest socket at both ends, as a network blip would."""
+    client_side, server_side = sockets[-1]
+    server_side.close()
+    client_side.close(code=4000, reason="blip")
+
+
 def test_signup_profile_persona_and_streamed_reply(
     open_page: Callable[..., Page], persona: Any, pirate: Any
 ) -> None:
@@ -200,16 +218,10 @@ def test_socket_drop_mid_reply_reconnects_and_resumes(
         sockets.append((route, server))
         sent.append(frames)
 
-    page.route_web_socket(re.compile(r"/ws/chat/$"), proxy)
-    page.goto("/")
+    reply = reply_under_way(page, proxy, "What is a network blip?")
     status = page.locator("#socket-status")
-    expect(status).to_have_attribute("data-state", "connected")
-    reply = send(page, "What is a network blip?")
-    expect(reply.locator(".msg-body")).to_contain_text("Hello Alice")
 
-    client_side, server_side = sockets[-1]
-    server_side.close()
-    client_side.close(code=4000, reason="blip")
+    blip(sockets)
     expect(status).to_have_attribute("data-state", "reconnecting")
     expect(status).to_have_attribute("data-state", "connected")
     assert len(sockets) == 2, "the page opened a new socket by itself"
@@ -294,17 +306,10 @@ def test_resume_refused_while_the_database_is_away_is_asked_again_by_itself(
         sockets.append((route, server))
         resumes.append(mine)
 
-    page.route_web_socket(re.compile(r"/ws/chat/$"), proxy)
-    page.goto("/")
-    status = page.locator("#socket-status")
-    expect(status).to_have_attribute("data-state", "connected")
-    reply = send(page, "What if the database naps?")
-    expect(reply.locator(".msg-body")).to_contain_text("Hello Alice")
+    reply = reply_under_way(page, proxy, "What if the database naps?")
 
-    client_side, server_side = sockets[-1]
-    server_side.close()
-    client_side.close(code=4000, reason="blip")
-    expect(status).to_have_attribute("data-state", "connected")
+    blip(sockets)
+    expect(page.locator("#socket-status")).to_have_attribute("data-state", "connected")
     wait_for(page, lambda: held)
     # Unfollowed, the reply goes on to its end and is saved; only then does PostgreSQL go.
     wait_for(page, Message.objects.filter(role=Message.Role.ASSISTANT).exists, timeout_s=20)
