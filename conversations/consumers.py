@@ -221,7 +221,9 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
             return
         frame = event["frame"]
         reply = await find_reply(uuid.UUID(frame["conversation_id"]), self.user_id)
-        if reply is not None:
+        # Not when this socket follows it already (a re-send of the same message from this
+        # tab): the page would hear its chat.accepted twice and every delta again.
+        if reply is not None and reply not in self.following:
             self.push(frame)
             self._follow(reply, 0)
 

@@ -47,11 +47,18 @@ class Reservation:
     # The conversation's claim across workers (Redis), once taken; the generation keeps it.
     claim: str | None = None
     released: bool = False
+    # A new conversation's first message: its reply once started here, or None when the
+    # turn ended without one. A re-send of the message meanwhile waits on it (`twin_of`).
+    outcome: asyncio.Future[Generation | None] | None = None
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             self.registry.release(self)
+
+    def settle(self, generation: Generation | None) -> None:
+        if self.outcome is not None and not self.outcome.done():
+            self.outcome.set_result(generation)
 
 
 @dataclass
@@ -69,6 +76,10 @@ class Registry:
     # (at 1,000 streams, that scan was a few percent of the worker's CPU).
     _per_user: collections.Counter[int] = field(default_factory=collections.Counter, init=False)
     _reserving: dict[uuid.UUID, list[Reservation]] = field(default_factory=dict, init=False)
+    # The first messages of new conversations beginning here, by user and client_id.
+    _first_messages: dict[tuple[int, uuid.UUID], Reservation] = field(
+        default_factory=dict, init=False
+    )
 
     def get(self, conversation_id: uuid.UUID) -> Generation | None:
         return self.generations.get(conversation_id)
@@ -103,7 +114,14 @@ class Registry:
         self._count(user_id, 1)
         if conversation_id is not None:
             self._reserving.setdefault(conversation_id, []).append(reservation)
+        elif client_id is not None:
+            reservation.outcome = asyncio.get_running_loop().create_future()
+            self._first_messages.setdefault((user_id, client_id), reservation)
         return reservation
+
+    def twin_of(self, user_id: int, client_id: uuid.UUID) -> Reservation | None:
+        """The first send of a new conversation's first message, still beginning here."""
+        return self._first_messages.get((user_id, client_id))
 
     def beginning(self, conversation_id: uuid.UUID, client_id: uuid.UUID) -> bool:
         """Whether a turn for this very client_id is beginning here (a re-send racing it)."""
@@ -114,6 +132,11 @@ class Registry:
             return
         self.reservations.remove(reservation)
         self._count(reservation.user_id, -1)
+        reservation.settle(None)  # a no-op once started
+        if reservation.client_id is not None:
+            key = (reservation.user_id, reservation.client_id)
+            if self._first_messages.get(key) is reservation:
+                del self._first_messages[key]
         if reservation.conversation_id is not None:
             held = self._reserving[reservation.conversation_id]
             held.remove(reservation)
@@ -127,14 +150,16 @@ class Registry:
         request: ProviderRequest,
         reservation: Reservation,
     ) -> Generation:
-        reservation.release()
         if ctx.conversation_id in self.generations:
+            reservation.release()
             raise Busy("A reply is already being generated in this conversation.")
         generation = Generation(ctx, provider, request, self)
         generation.slot = reservation.slot
         generation.claim = reservation.claim
         self.generations[ctx.conversation_id] = generation
         self._count(ctx.user_id, 1)
+        reservation.settle(generation)  # a re-send waiting on this turn follows this reply
+        reservation.release()
         # The task belongs to the process: a socket that goes away does not cancel it.
         task = asyncio.get_running_loop().create_task(generation.run())
         generation.task = task

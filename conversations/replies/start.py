@@ -211,6 +211,10 @@ async def _begin(
     remote: replylog.GenerationMeta | None,
 ) -> Started:
     received_at = time.monotonic()
+    if command.conversation_id is None:
+        first = registry.twin_of(user_id, command.client_id)
+        if first is not None and (started := await _after_first_send(first)) is not None:
+            return started
     try:
         reservation = registry.reserve(
             user_id=user_id, conversation_id=command.conversation_id, client_id=command.client_id
@@ -276,6 +280,28 @@ async def _begin(
         await announce_title(ctx.user_id, ctx.conversation_id, ctx.title)
         registry.spawn(title_generate(ctx, provider))
     return Started(ctx, generation)
+
+
+async def _after_first_send(first: Reservation) -> Started | None:
+    """A re-send of a new conversation's first message while its first send still begins
+    here (the page re-sends what it has not seen accepted, on a new socket): the reply of
+    the first, once it starts, rather than a second place and a second begin. None when
+    the first ended without a reply: this send then begins on its own."""
+    assert first.outcome is not None
+    try:
+        async with asyncio.timeout(FIRST_SEND_WAIT_SECONDS):
+            # Shielded: this socket going away must not settle the first send's outcome.
+            generation = await asyncio.shield(first.outcome)
+    except TimeoutError:
+        return None
+    if generation is None:
+        return None
+    return Started(generation.ctx, generation, resumed=True)
+
+
+# A first send waits at most TURN_BEGIN_WAIT_SECONDS for its place and then runs two short
+# statements: its re-send need not wait longer than this for it.
+FIRST_SEND_WAIT_SECONDS = 60.0
 
 
 async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> TurnContext:

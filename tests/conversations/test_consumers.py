@@ -326,3 +326,49 @@ async def test_a_closed_socket_leaves_its_replies_and_only_those(ws, alice, bob,
     for socket in (other_tab, someone_else):
         done = (await socket.receive_until("chat.done"))[-1]
         assert done["status"] == "complete"
+
+
+async def test_a_resend_while_the_first_send_begins_waits_for_it(ws, alice, persona, settings):
+    """The page re-sends an unanswered message on its new socket while the first send of
+    it still waits to begin (the database slow): the re-send takes no second place (at
+    the user's limit that was a `busy`, and the page gave the text back as refused though
+    it was saved) and gets the reply of the first, once, whole."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from conversations.replies.registry import registry
+    from tests.conftest import admin_dsn
+
+    settings.MAX_GENERATIONS_PER_USER = 1
+    settings.DEMO_TOKEN_DELAY_MS = 1
+    settings.DEMO_REPLY_WORDS = 20
+    lost, new = await ws(alice), await ws(alice)
+    dsn = make_conninfo(admin_dsn(), dbname=settings.DATABASES["default"]["NAME"])
+    async with await psycopg.AsyncConnection.connect(dsn) as lock:
+        # Holds back every insert of a message, so the first send's begin waits.
+        await lock.execute("LOCK TABLE conversations_message IN EXCLUSIVE MODE")
+        client_id = await lost.send_message("Are you there?")
+        async with asyncio.timeout(10):
+            while not registry.reservations:
+                await asyncio.sleep(0.01)
+        await new.send(
+            {
+                "type": "chat.send",
+                "conversation_id": None,
+                "persona": None,
+                "content": "Are you there?",
+                "client_id": client_id,
+            }
+        )
+        assert await new.nothing_pending(0.5), "the re-send is not refused meanwhile"
+        await lock.rollback()
+
+    frames = await new.receive_until("chat.done")
+    accepted = [f for f in frames if f["type"] == "chat.accepted"]
+    deltas = [f for f in frames if f["type"] == "chat.delta"]
+    assert [a["client_id"] for a in accepted] == [client_id]
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)), "each delta once"
+    assert frames[-1]["status"] == "complete"
+    assert frames[-1]["content"] == "".join(d["text"] for d in deltas)
+    saved = await db_call(rows)(accepted[0]["conversation_id"])
+    assert [role for role, _, _ in saved] == ["user", "assistant"]
