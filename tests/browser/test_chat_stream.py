@@ -255,6 +255,7 @@ def database_closed_to_the_server() -> Iterator[Callable[[], None]]:
         host=settings_dict["HOST"] or None,
         port=settings_dict["PORT"] or None,
         user=settings_dict["USER"] or None,
+        password=settings_dict["PASSWORD"] or None,
         dbname="postgres",
         autocommit=True,
     )
