@@ -179,6 +179,11 @@ async def turn_start(*, user_id: int, command: Turn, session_key: str | None = N
                 twin = await _twin(user_id, command.conversation_id, command)
                 if twin is not None:
                     return twin
+    elif first := registry.twin_of(user_id, command.client_id):
+        # A new conversation's first message, its first send still beginning here.
+        started = await _after_first_send(first)
+        if started is not None:
+            return started
     counted = remote is None
     if counted:
         try:
@@ -211,10 +216,6 @@ async def _begin(
     remote: replylog.GenerationMeta | None,
 ) -> Started:
     received_at = time.monotonic()
-    if command.conversation_id is None:
-        first = registry.twin_of(user_id, command.client_id)
-        if first is not None and (started := await _after_first_send(first)) is not None:
-            return started
     try:
         reservation = registry.reserve(
             user_id=user_id, conversation_id=command.conversation_id, client_id=command.client_id
