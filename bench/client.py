@@ -319,7 +319,6 @@ async def run_turn(
                     # It ended while the socket was away: what was saved is the truth.
                     turn.t_done = now
                     turn.ended_away = True
-                    assert cut is not None
                     saved = await asyncio.to_thread(cut.saved_content, turn, conversation_id)
                     turn.status = "complete" if saved is not None else "lost"
                     turn.content_ok = saved is not None and saved.startswith("".join(texts))

@@ -50,6 +50,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -847,9 +848,7 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
             "|" + "---|" * (len(columns) + 9),
         ]
         keys = [k for k in groups if k[1] == scenario]
-        for group_key in sorted(keys, key=lambda k: (k[2], k[0])):
-            rows = groups[group_key]
-            variant, _, n = group_key
+        for variant, n, rows in by_level(groups, keys):
             base_name = "ceiling-asyncio" if variant.startswith(("daphne", "before")) else "ceiling"
             if variant.endswith("-pertoken"):
                 base_name = "ceiling-pertoken"
@@ -928,13 +927,20 @@ def write_report(results: list[dict[str, Any]], notes: list[str], elapsed: float
     plot(results)
 
 
+def by_level(
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]], keys: list[tuple[str, str, int]]
+) -> Iterator[tuple[str, int, list[dict[str, Any]]]]:
+    """A scenario's groups in the report's order, by N then variant: (variant, N, rows)."""
+    for variant, scenario, n in sorted(keys, key=lambda k: (k[2], k[0])):
+        yield variant, n, groups[(variant, scenario, n)]
+
+
 def per_turn_lines(
     groups: dict[tuple[str, str, int], list[dict[str, Any]]], keys: list[tuple[str, str, int]]
 ) -> list[str]:
     """The turns scenario's figure: CPU per turn (a turn streams `words` tokens)."""
     out = []
-    for variant, scenario, n in sorted(keys, key=lambda k: (k[2], k[0])):
-        rows = groups[(variant, scenario, n)]
+    for variant, n, rows in by_level(groups, keys):
         words = rows[0]["words"]
         # The CPU of every turn over the turns that completed: errors would inflate it.
         errors = sum(r["error_count"] for r in rows)
@@ -952,8 +958,7 @@ def storm_lines(
 ) -> list[str]:
     """The reconnect storm's own figures, and its p99 against the same ramp uncut."""
     out = []
-    for variant, scenario, n in sorted(keys, key=lambda k: (k[2], k[0])):
-        rows = groups[(variant, scenario, n)]
+    for variant, n, rows in by_level(groups, keys):
         uncut = groups.get((variant, RAMP.name, n))
         out.append(
             f"- N={n}: {variant}: {fmt_spread(rows, 'cut', 0)} sockets cut mid-reply, "
