@@ -149,14 +149,14 @@ async def loop_run(steps: Steps[R], *, atomic: bool) -> R:
     from `db_call`."""
     wrapper = connections[DEFAULT_DB_ALIAS]  # looked up once: each lookup costs a context lookup
     with wrapper.wrap_database_errors:
-        async with loop_connections.connection(wrapper.settings_dict) as connection:
+        async with loop_connections.cursor(wrapper.settings_dict) as cursor:
             if not atomic:
-                return await _drive(connection, steps)
-            async with connection.transaction():
-                return await _drive(connection, steps)
+                return await _drive(cursor, steps)
+            async with cursor.connection.transaction():
+                return await _drive(cursor, steps)
 
 
-async def _drive(connection: AsyncConnection[Any], steps: Steps[R]) -> R:
+async def _drive(cursor: AsyncCursor[Any], steps: Steps[R]) -> R:
     from conversations.turn_sql import Statement
 
     try:
@@ -166,12 +166,11 @@ async def _drive(connection: AsyncConnection[Any], steps: Steps[R]) -> R:
                 steps.close()
                 raise NeedsThread
             result: Any = None
-            async with connection.cursor() as cursor:
-                await cursor.execute(step.sql, step.params)
-                if step.fetch == "one":
-                    result = await cursor.fetchone()
-                elif step.fetch == "all":
-                    result = await cursor.fetchall()
+            await cursor.execute(step.sql, step.params)
+            if step.fetch == "one":
+                result = await cursor.fetchone()
+            elif step.fetch == "all":
+                result = await cursor.fetchall()
             step = steps.send(result)
     except StopIteration as finished:
         return finished.value
@@ -190,20 +189,25 @@ class LoopConnections:
     idle (a cancelled statement, a broken link) is closed, not kept; with Django's pool off
     (`DB_POOL=false`) none is kept.
 
+    Each connection keeps one cursor for every statement it runs, rather than a cursor
+    made and closed for each (about 2% of a turn's CPU samples under 3,000 short turns;
+    over a whole turn a tie, bench/results/loop-cursor). The cursor goes with its
+    connection; a statement's rows stay on it only until the next one.
+
     A connection belongs to no loop between uses, but a new event loop (a test's), or a
     database setting changed (a test's database), starts afresh: those kept are closed.
     """
 
     def __init__(self) -> None:
-        self._idle: list[tuple[AsyncConnection[Any], float]] = []
+        self._idle: list[tuple[AsyncCursor[Any], float]] = []  # each connection's cursor
         self._loop: asyncio.AbstractEventLoop | None = None
         self._for: list[Any] = []
         self._free = asyncio.Semaphore(0)
         self.in_use = 0
 
     @contextlib.asynccontextmanager
-    async def connection(self, database: dict[str, Any]) -> AsyncIterator[AsyncConnection[Any]]:
-        """A connection to `database` (the default database's settings)."""
+    async def cursor(self, database: dict[str, Any]) -> AsyncIterator[AsyncCursor[Any]]:
+        """The cursor of a connection to `database` (the default database's settings)."""
         loop = asyncio.get_running_loop()
         target = [database[key] for key in _TARGET]
         if loop is not self._loop or target != self._for:
@@ -219,34 +223,35 @@ class LoopConnections:
         except TimeoutError:
             raise psycopg.OperationalError("no database connection free for a turn") from None
         try:
-            connection = await self._take()
+            cursor = await self._take()
             self.in_use += 1
             try:
-                yield connection
+                yield cursor
             finally:
                 self.in_use -= 1
-                self._give_back(connection, kept=free is self._free and pool is not None)
+                self._give_back(cursor, kept=free is self._free and pool is not None)
         finally:
             free.release()
 
-    async def _take(self) -> AsyncConnection[Any]:
+    async def _take(self) -> AsyncCursor[Any]:
         while self._idle:
-            connection, returned = self._idle.pop()
-            if await _usable(connection, returned):
-                return connection
-        return await _connect()
+            cursor, returned = self._idle.pop()
+            if await _usable(cursor.connection, returned):
+                return cursor
+        return (await _connect()).cursor()
 
-    def _give_back(self, connection: AsyncConnection[Any], *, kept: bool) -> None:
+    def _give_back(self, cursor: AsyncCursor[Any], *, kept: bool) -> None:
+        connection = cursor.connection
         idle = connection.info.transaction_status == TransactionStatus.IDLE
         if not kept or connection.closed or not idle:
             _close(connection)
             return
-        self._idle.append((connection, time.monotonic()))
+        self._idle.append((cursor, time.monotonic()))
 
     def close_all(self) -> None:
         """Close every idle connection (a new loop, or the end of a test session)."""
         while self._idle:
-            _close(self._idle.pop()[0])
+            _close(self._idle.pop()[0].connection)
 
     @property
     def idle(self) -> int:

@@ -11,10 +11,11 @@ import asyncio
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connection, connections
+from django.db import DataError, connection, connections
 
-from conversations.db import LOOP_APPLICATION_NAME, db_call
+from conversations.db import LOOP_APPLICATION_NAME, db_call, loop_run
 from conversations.models import Conversation, Message
+from conversations.turn_sql import Statement, Steps
 from tests.conftest import admin_dsn, make_user, socket_nobody_listens_on
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
@@ -152,3 +153,28 @@ async def test_a_database_the_loop_cannot_reach_is_unavailable_and_saves_nothing
     assert await db_call(saved_messages)() == []
     await socket.send_message("and again")  # the database back, the same socket goes on
     assert (await socket.receive_type("chat.done"))["status"] == "complete"
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["autocommit", "in a transaction"])
+async def test_a_statement_the_server_refused_leaves_its_connection_fit_for_the_next_turn(
+    ws, alice, persona, fast_demo, atomic
+):
+    """A loop connection keeps one cursor for all its statements. One the server refuses
+    fails its own call alone, as Django's error; the connection, kept with its cursor,
+    answers the next turn."""
+    fast_demo.DB_CALL_THREADS = 1  # one connection: the turn must run on the one that failed
+
+    def refused() -> Steps[None]:
+        yield Statement("SELECT 1 / 0", [])
+
+    with pytest.raises(DataError):
+        await loop_run(refused(), atomic=atomic)
+    failed_on = set(await asyncio.to_thread(loop_backends))
+
+    socket = await ws(alice)
+    await socket.send_message("after the refusal")
+    answer = await socket.receive_type("chat.done")
+
+    assert answer["status"] == "complete"
+    assert await db_call(saved_messages)() == ["after the refusal", answer["content"]]
+    assert set(await asyncio.to_thread(loop_backends)) == failed_on
