@@ -170,6 +170,10 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         started = await turn_start(
             user_id=self.user_id, command=command, session_key=self.session_key
         )
+        if started.reply in self.following:
+            # A re-send of a reply this socket follows already (another tab sent it first,
+            # and chat.started told this one): its chat.accepted and deltas came once.
+            return
         accepted = accepted_frame(started.ctx)
         self.push(accepted)
         self._follow(started.reply, 0)

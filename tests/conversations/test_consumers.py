@@ -372,3 +372,37 @@ async def test_a_resend_while_the_first_send_begins_waits_for_it(ws, alice, pers
     assert frames[-1]["content"] == "".join(d["text"] for d in deltas)
     saved = await db_call(rows)(accepted[0]["conversation_id"])
     assert [role for role, _, _ in saved] == ["user", "assistant"]
+
+
+async def test_a_tab_that_follows_a_reply_and_sends_it_again_hears_it_once(
+    ws, alice, persona, settings
+):
+    """Another tab is told of the reply (chat.started) and follows it; then, its socket
+    back, it re-sends the message it had not seen accepted itself. Its chat.accepted and
+    every delta come once, as when the re-send arrives first; a client that joins the text
+    as it comes shows the reply as saved."""
+    settings.DEMO_TOKEN_DELAY_MS = 10
+    settings.DEMO_REPLY_WORDS = 40
+    first, other = await ws(alice), await ws(alice)
+    client_id = await first.send_message("Hello from one tab")
+    frames = [await other.receive()]
+    assert frames[0]["type"] == "chat.accepted"
+    frames.append(await other.receive_type("chat.delta"))
+
+    await other.send(
+        {
+            "type": "chat.send",
+            "conversation_id": None,
+            "persona": None,
+            "content": "Hello from one tab",
+            "client_id": client_id,
+        }
+    )
+    frames += await other.receive_until("chat.done")
+
+    accepted = [f for f in frames if f["type"] == "chat.accepted"]
+    deltas = [f for f in frames if f["type"] == "chat.delta"]
+    assert [a["client_id"] for a in accepted] == [client_id]
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)), "each delta once"
+    assert frames[-1]["status"] == "complete"
+    assert frames[-1]["content"] == "".join(d["text"] for d in deltas)
