@@ -13,7 +13,7 @@ import hashlib
 import math
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -109,6 +109,30 @@ def session_user_id(*, session_key: str | None) -> int | None:
 
 
 _DB_SESSIONS = "django.contrib.sessions.backends.db"
+_ROW_SESSIONS = (_DB_SESSIONS, "django.contrib.sessions.backends.cached_db")
+_COOKIE_SESSIONS = "django.contrib.sessions.backends.signed_cookies"
+_KEYS_A_QUERY = 1000
+
+
+def sessions_gone(*, session_keys: Collection[str]) -> set[str]:
+    """Which of these sessions are over: deleted (an operator's script, `clearsessions`) or
+    past their expiry. With sessions kept as rows, one query for up to a thousand keys; a
+    session kept in its cookie alone (`signed_cookies`) is never found over here."""
+    engine = settings.SESSION_ENGINE
+    if engine == _COOKIE_SESSIONS:
+        return set()
+    store = import_module(engine).SessionStore
+    if engine not in _ROW_SESSIONS:
+        return {key for key in session_keys if not store().exists(key)}
+    keys = list(session_keys)
+    live: set[str] = set()
+    now = timezone.now()
+    for start in range(0, len(keys), _KEYS_A_QUERY):
+        rows = store.get_model_class().objects.filter(
+            session_key__in=keys[start : start + _KEYS_A_QUERY], expire_date__gt=now
+        )
+        live.update(rows.values_list("session_key", flat=True))
+    return set(keys) - live
 
 
 # The sessions `session_signs_in` accepted lately: a digest of the user, the session key, its

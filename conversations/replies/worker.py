@@ -42,9 +42,44 @@ async def stop() -> None:
 
 
 async def _supervise() -> None:
-    if not settings.REDIS_URL:
-        return
-    await asyncio.gather(_heartbeats(), _control(), _recovery())
+    duties = [_session_checks()]
+    if settings.REDIS_URL:
+        duties += [_heartbeats(), _control(), _recovery()]
+    await asyncio.gather(*duties)
+
+
+async def _session_checks() -> None:
+    """A session can end with no signal to its sockets: its row deleted (an operator's
+    "sign out everywhere", `clearsessions`) or its expiry passed. Such a socket would go on
+    hearing the user's other tabs and could stop their replies; it ends (4401) within
+    `SOCKET_SESSION_CHECK_SECONDS`. A logout, a password change or a deactivation end
+    theirs at once (conversations/signals.py)."""
+    while settings.SOCKET_SESSION_CHECK_SECONDS > 0:
+        await asyncio.sleep(settings.SOCKET_SESSION_CHECK_SECONDS)
+        await end_sockets_of_sessions_gone()
+
+
+async def end_sockets_of_sessions_gone() -> int:
+    """End this worker's sockets whose session is over; how many ended."""
+    from django.db import DatabaseError
+
+    from conversations import services
+    from conversations.db import db_call
+
+    sockets = [s for s in list(registry.sockets) if s.counted and not s.ending and s.session_key]
+    if not sockets:
+        return 0
+    try:
+        gone = await db_call(services.sessions_gone)(
+            session_keys={socket.session_key for socket in sockets}
+        )
+    except DatabaseError:
+        logger.warning("could not check the sockets' sessions; the next round will")
+        return 0
+    ended = [s for s in sockets if s.session_key in gone and s.counted and not s.ending]
+    for socket in ended:
+        await socket.end_session()
+    return len(ended)
 
 
 async def _heartbeats() -> None:

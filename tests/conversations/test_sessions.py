@@ -160,3 +160,56 @@ async def test_a_resend_is_answered_while_every_reply_slot_is_taken(ws, alice, p
     resent = await again.receive_type("chat.accepted")
     assert resent["message_id"] == accepted["message_id"]
     assert (await again.receive_type("chat.done"))["status"] == "complete"
+
+
+@pytest.mark.asyncio
+async def test_a_session_deleted_or_expired_without_a_logout_ends_its_sockets(
+    ws, alice, persona, fast_demo
+):
+    """No signal tells a socket that its session row was deleted (an operator's "sign out
+    everywhere", `clearsessions`) or that it expired. Such a socket went on hearing the
+    other tabs' messages, and could stop their replies, until it sent one itself; the
+    worker's round of checks now closes it (4401), and only it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    fast_demo.SOCKET_SESSION_CHECK_SECONDS = 0.2
+    deleted, expired, phone = await ws(alice), await ws(alice), await ws(alice)
+
+    def session_of(socket) -> str:
+        return dict(socket.communicator.scope["headers"])[b"cookie"].decode().partition("=")[2]
+
+    def end(deleted_key: str, expired_key: str) -> None:
+        Session.objects.filter(session_key=deleted_key).delete()
+        past = timezone.now() - timedelta(seconds=1)
+        Session.objects.filter(session_key=expired_key).update(expire_date=past)
+
+    await db_call(end)(session_of(deleted), session_of(expired))
+
+    assert await close_code(deleted) == 4401
+    assert await close_code(expired) == 4401
+    await phone.send_message("still here")
+    assert (await phone.receive_type("chat.done"))["status"] == "complete"
+
+
+def test_sessions_gone_are_the_deleted_and_the_expired_whatever_their_number(monkeypatch, settings):
+    """One query a thousand keys (here two, so that the keys span three queries)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations import services
+
+    monkeypatch.setattr(services, "_KEYS_A_QUERY", 2)
+    now = timezone.now()
+    for key, expires in (("live-one", 60), ("live-two", 60), ("expired", -1)):
+        Session.objects.create(
+            session_key=key, session_data="", expire_date=now + timedelta(seconds=expires)
+        )
+    keys = ["live-one", "never-was", "expired", "live-two", "deleted"]
+
+    assert services.sessions_gone(session_keys=keys) == {"never-was", "expired", "deleted"}
+    # A session kept in its cookie alone is never found over here.
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+    assert services.sessions_gone(session_keys=keys) == set()
