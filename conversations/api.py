@@ -264,6 +264,8 @@ def conversations(request: HttpRequest) -> HttpResponse:
 
     found = Conversation.objects.filter(owner=request_user(request)).select_related("persona")
     query = request.GET.get("q", "").strip()[:SEARCH_MAX_CHARS]
+    if unstorable(query):  # no column holds it, so none matches: and PostgreSQL refuses it
+        raise ApiError(400, "invalid", UNSTORABLE_MESSAGE)
     if query:
         # Exists() rather than a join keeps one row per conversation without DISTINCT.
         in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=query)

@@ -149,3 +149,14 @@ def test_text_no_column_can_hold_is_invalid_not_a_server_error(
     assert (reply.rating, Conversation.objects.get(id=chat.id).title) == (None, "Kept")
     assert Message.objects.count() == 2
     assert_no_traceback(caplog)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("query", ["a%00b", "%00"])
+def test_a_search_for_nul_is_invalid_not_a_server_error(
+    alice_client: Client, caplog: pytest.LogCaptureFixture, query: str
+) -> None:
+    response = alice_client.get(f"/api/conversations/?q={query}")
+
+    assert_json_error(response, 400, "invalid")
+    assert_no_traceback(caplog)
