@@ -397,9 +397,10 @@ REPLY_LOG_TTL = envint("REPLY_LOG_TTL", 3600)
 REPLY_LOG_KEEP_SECONDS = envint("REPLY_LOG_KEEP_SECONDS", 7 * 24 * 3600)
 RECOVERY_INTERVAL_SECONDS = envfloat("RECOVERY_INTERVAL_SECONDS", 3.0)
 FOLLOW_GIVE_UP_SECONDS = envfloat("FOLLOW_GIVE_UP_SECONDS", 120.0)
-# How often a worker checks that its sockets' sessions still exist: a session deleted with no
-# logout (an operator's "sign out everywhere", `clearsessions`) or past its expiry ends its
-# sockets (4401) within this. One query a worker each time, whatever its sockets. 0: off.
+# How often a worker checks that its sockets' sessions still sign their users in: a session
+# deleted with no logout (an operator's "sign out everywhere", `clearsessions`), past its
+# expiry, or whose user another process changed where no Redis carries the signal, ends its
+# sockets (4401) within this. Two queries a round for up to a thousand sockets. 0: off.
 SOCKET_SESSION_CHECK_SECONDS = envfloat("SOCKET_SESSION_CHECK_SECONDS", 30.0)
 METRICS_TOKEN = envstr("METRICS_TOKEN")
 # Tokens per user per period (input + output of saved replies); unset: no limit, unless an

@@ -110,29 +110,47 @@ def session_user_id(*, session_key: str | None) -> int | None:
 
 _DB_SESSIONS = "django.contrib.sessions.backends.db"
 _ROW_SESSIONS = (_DB_SESSIONS, "django.contrib.sessions.backends.cached_db")
-_COOKIE_SESSIONS = "django.contrib.sessions.backends.signed_cookies"
-_KEYS_A_QUERY = 1000
+_SOCKETS_A_QUERY = 1000
 
 
-def sessions_gone(*, session_keys: Collection[str]) -> set[str]:
-    """Which of these sessions are over: deleted (an operator's script, `clearsessions`) or
-    past their expiry. With sessions kept as rows, one query for up to a thousand keys; a
-    session kept in its cookie alone (`signed_cookies`) is never found over here."""
-    engine = settings.SESSION_ENGINE
-    if engine == _COOKIE_SESSIONS:
-        return set()
-    store = import_module(engine).SessionStore
-    if engine not in _ROW_SESSIONS:
-        return {key for key in session_keys if not store().exists(key)}
-    keys = list(session_keys)
-    live: set[str] = set()
+def sessions_over(*, sockets: Collection[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Of these sockets' sessions (user id, session key), those that no longer sign in
+    that user: deleted (an operator's script, `clearsessions`), expired, or their user's
+    password changed, deactivated or deleted, by any process. With sessions kept as rows,
+    two queries for up to a thousand sockets, and what `session_signs_in` saw before costs
+    no decoding; any session it does not vouch for gets Django's full check
+    (`session_user_id`), as does every session kept elsewhere (a cache, a cookie)."""
+    over: set[tuple[int, str]] = set()
+    pairs = list(sockets)
+    if settings.SESSION_ENGINE not in _ROW_SESSIONS:
+        return {
+            (user_id, key) for user_id, key in pairs if session_user_id(session_key=key) != user_id
+        }
+    sessions = import_module(settings.SESSION_ENGINE).SessionStore.get_model_class().objects
     now = timezone.now()
-    for start in range(0, len(keys), _KEYS_A_QUERY):
-        rows = store.get_model_class().objects.filter(
-            session_key__in=keys[start : start + _KEYS_A_QUERY], expire_date__gt=now
+    for start in range(0, len(pairs), _SOCKETS_A_QUERY):
+        chunk = pairs[start : start + _SOCKETS_A_QUERY]
+        data = dict(
+            sessions.filter(
+                session_key__in={key for _, key in chunk}, expire_date__gt=now
+            ).values_list("session_key", "session_data")
         )
-        live.update(rows.values_list("session_key", flat=True))
-    return set(keys) - live
+        passwords = dict(
+            get_user_model()
+            .objects.filter(pk__in={user_id for user_id, _ in chunk}, is_active=True)
+            .values_list("pk", "password")
+        )
+        for user_id, key in chunk:
+            if key not in data:
+                over.add((user_id, key))  # gone or expired: nothing more to ask
+                continue
+            row = turn_sql.SessionRow(data[key], passwords.get(user_id))
+            if (
+                not session_signs_in(user_id, key, row)
+                and session_user_id(session_key=key) != user_id
+            ):
+                over.add((user_id, key))
+    return over
 
 
 # The sessions `session_signs_in` accepted lately: a digest of the user, the session key, its

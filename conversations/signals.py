@@ -4,8 +4,9 @@ Logout names the session, so its sockets close at once. A user saved (password c
 deactivated) or deleted asks each of the user's sockets to check its own session again, after
 the change commits; a socket whose session no longer signs that user in closes. Whatever
 slips between the change and the event, `turn_begin` checks in its own read, just before
-it writes. A session that ends with no signal at all (its row deleted, its expiry passed)
-ends its sockets at the worker's next round of checks (`worker._session_checks`).
+it writes. A session that ends with no signal reaching the worker (its row deleted, its
+expiry passed, a change made by another process without Redis) ends its sockets at the
+worker's next round of checks (`worker._session_checks`).
 """
 
 from __future__ import annotations

@@ -49,17 +49,19 @@ async def _supervise() -> None:
 
 
 async def _session_checks() -> None:
-    """A session can end with no signal to its sockets: its row deleted (an operator's
-    "sign out everywhere", `clearsessions`) or its expiry passed. Such a socket would go on
+    """A session can end with no signal reaching its sockets: its row deleted (an
+    operator's "sign out everywhere", `clearsessions`), its expiry passed, or its user
+    changed by another process where no Redis carries the signal (`manage.py
+    changepassword` beside a worker on the in-memory layer). Such a socket would go on
     hearing the user's other tabs and could stop their replies; it ends (4401) within
-    `SOCKET_SESSION_CHECK_SECONDS`. A logout, a password change or a deactivation end
-    theirs at once (conversations/signals.py)."""
+    `SOCKET_SESSION_CHECK_SECONDS`. A logout, and a change made in a worker or with Redis,
+    end theirs at once (conversations/signals.py)."""
     while settings.SOCKET_SESSION_CHECK_SECONDS > 0:
         await asyncio.sleep(settings.SOCKET_SESSION_CHECK_SECONDS)
-        await end_sockets_of_sessions_gone()
+        await end_sockets_of_sessions_over()
 
 
-async def end_sockets_of_sessions_gone() -> int:
+async def end_sockets_of_sessions_over() -> int:
     """End this worker's sockets whose session is over; how many ended."""
     from django.db import DatabaseError
 
@@ -70,13 +72,15 @@ async def end_sockets_of_sessions_gone() -> int:
     if not sockets:
         return 0
     try:
-        gone = await db_call(services.sessions_gone)(
-            session_keys={socket.session_key for socket in sockets}
+        over = await db_call(services.sessions_over)(
+            sockets={(socket.user_id, socket.session_key) for socket in sockets}
         )
     except DatabaseError:
         logger.warning("could not check the sockets' sessions; the next round will")
         return 0
-    ended = [s for s in sockets if s.session_key in gone and s.counted and not s.ending]
+    ended = [
+        s for s in sockets if (s.user_id, s.session_key) in over and s.counted and not s.ending
+    ]
     for socket in ended:
         await socket.end_session()
     return len(ended)

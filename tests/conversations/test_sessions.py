@@ -163,19 +163,23 @@ async def test_a_resend_is_answered_while_every_reply_slot_is_taken(ws, alice, p
 
 
 @pytest.mark.asyncio
-async def test_a_session_deleted_or_expired_without_a_logout_ends_its_sockets(
-    ws, alice, persona, fast_demo
+async def test_a_session_ended_with_no_signal_to_its_sockets_ends_them(
+    ws, alice, bob, persona, fast_demo
 ):
-    """No signal tells a socket that its session row was deleted (an operator's "sign out
-    everywhere", `clearsessions`) or that it expired. Such a socket went on hearing the
-    other tabs' messages, and could stop their replies, until it sent one itself; the
-    worker's round of checks now closes it (4401), and only it."""
+    """No signal reaches a socket whose session row was deleted (an operator's "sign out
+    everywhere", `clearsessions`) or expired, nor, without Redis, one whose user another
+    process changed (`manage.py changepassword`, a deactivation in a shell). Such a socket
+    went on hearing the other tabs' messages, and could stop their replies, until it sent
+    one itself; the worker's round of checks now closes it (4401), and only it."""
     from datetime import timedelta
 
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.auth.models import User
     from django.utils import timezone
 
     fast_demo.SOCKET_SESSION_CHECK_SECONDS = 0.2
     deleted, expired, phone = await ws(alice), await ws(alice), await ws(alice)
+    bobs = await ws(bob)
 
     def session_of(socket) -> str:
         return dict(socket.communicator.scope["headers"])[b"cookie"].decode().partition("=")[2]
@@ -184,32 +188,63 @@ async def test_a_session_deleted_or_expired_without_a_logout_ends_its_sockets(
         Session.objects.filter(session_key=deleted_key).delete()
         past = timezone.now() - timedelta(seconds=1)
         Session.objects.filter(session_key=expired_key).update(expire_date=past)
+        # As another process's change looks from here: no signal in this one.
+        User.objects.filter(pk=bob.pk).update(password=make_password("changed elsewhere"))
 
     await db_call(end)(session_of(deleted), session_of(expired))
 
     assert await close_code(deleted) == 4401
     assert await close_code(expired) == 4401
+    assert await close_code(bobs) == 4401
     await phone.send_message("still here")
     assert (await phone.receive_type("chat.done"))["status"] == "complete"
 
 
-def test_sessions_gone_are_the_deleted_and_the_expired_whatever_their_number(monkeypatch, settings):
-    """One query a thousand keys (here two, so that the keys span three queries)."""
-    from datetime import timedelta
-
+def test_sessions_over_whatever_their_number(alice, bob, monkeypatch):
+    """Two queries a thousand sockets (here two, so that six span three rounds of them):
+    the live session stays; the deleted, the expired, and those whose user changed
+    password, was deactivated or deleted, or is not the socket's, are over."""
+    from django.contrib.auth.models import User
     from django.utils import timezone
 
     from conversations import services
 
-    monkeypatch.setattr(services, "_KEYS_A_QUERY", 2)
-    now = timezone.now()
-    for key, expires in (("live-one", 60), ("live-two", 60), ("expired", -1)):
-        Session.objects.create(
-            session_key=key, session_data="", expire_date=now + timedelta(seconds=expires)
-        )
-    keys = ["live-one", "never-was", "expired", "live-two", "deleted"]
+    def signed_in(user) -> str:
+        client = Client()
+        client.force_login(user)
+        return client.session.session_key
 
-    assert services.sessions_gone(session_keys=keys) == {"never-was", "expired", "deleted"}
-    # A session kept in its cookie alone is never found over here.
-    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
-    assert services.sessions_gone(session_keys=keys) == set()
+    carol = User.objects.create_user("carol", password="carol-password-1")
+    dave = User.objects.create_user("dave", password="dave-password-1")
+    live, expired, deleted = signed_in(alice), signed_in(alice), signed_in(alice)
+    changed, deactivated, gone = signed_in(bob), signed_in(carol), signed_in(dave)
+    sockets = [
+        (alice.pk, live),
+        (alice.pk, expired),
+        (alice.pk, deleted),
+        (bob.pk, changed),
+        (carol.pk, deactivated),
+        (dave.pk, gone),
+        (alice.pk, changed),  # Bob's session, claimed for Alice
+    ]
+    monkeypatch.setattr(services, "_SOCKETS_A_QUERY", 2)
+    assert services.sessions_over(sockets=sockets) == {(alice.pk, changed)}
+
+    # As changes made by another process look from here: no signal in this one.
+    Session.objects.filter(session_key=expired).update(expire_date=timezone.now())
+    Session.objects.filter(session_key=deleted).delete()
+    bob.set_password("a new one")
+    User.objects.filter(pk=bob.pk).update(password=bob.password)
+    User.objects.filter(pk=carol.pk).update(is_active=False)
+    User.objects.filter(pk=dave.pk).delete()
+
+    over = services.sessions_over(sockets=sockets)
+
+    assert over == {
+        (alice.pk, expired),
+        (alice.pk, deleted),
+        (bob.pk, changed),
+        (carol.pk, deactivated),
+        (dave.pk, gone),
+        (alice.pk, changed),
+    }
