@@ -212,7 +212,9 @@ def test_sessions_over_whatever_their_number(alice, bob, monkeypatch):
     def signed_in(user) -> str:
         client = Client()
         client.force_login(user)
-        return client.session.session_key
+        key = client.session.session_key
+        assert key is not None
+        return key
 
     carol = User.objects.create_user("carol", password="carol-password-1")
     dave = User.objects.create_user("dave", password="dave-password-1")
