@@ -58,7 +58,11 @@ async def _session_checks() -> None:
     end theirs at once (conversations/signals.py)."""
     while settings.SOCKET_SESSION_CHECK_SECONDS > 0:
         await asyncio.sleep(settings.SOCKET_SESSION_CHECK_SECONDS)
-        await end_sockets_of_sessions_over()
+        try:
+            await end_sockets_of_sessions_over()
+        except Exception:
+            # A bug must cost one round, not every round after it.
+            logger.exception("checking the sockets' sessions failed; the next round tries again")
 
 
 async def end_sockets_of_sessions_over() -> int:
