@@ -63,6 +63,8 @@ RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
 POOL_MAX = 10
+# The turns' own connections on the event loop (DB_CALL_THREADS's shipped 4), beside the pool.
+LOOP_CONNECTIONS = 4
 
 
 @dataclass(frozen=True)
@@ -1086,11 +1088,22 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
                 f"- {server}: all server-side CPU per delivered frame at the 250 burst, × ceiling: "
                 f"{x:.1f}× (target ≤ 2×): {mark(x <= 2)}"
             )
-        peaks = [r["pg_backends_peak"] for r in results if r["variant"] == server]
+        # Streaming draws on no pool connection; the storm's page reloads (HTTP) do, beside
+        # the turns' own few: a worker's bound there is both.
+        runs = [r for r in results if r["variant"] == server]
+        peaks = [r["pg_backends_peak"] for r in runs if r["scenario"] != "storm"]
         if peaks:
             out.append(
                 f"- {server}: peak PostgreSQL backends {max(peaks)} (pool max {POOL_MAX}): "
                 f"{mark(max(peaks) <= POOL_MAX)}"
+            )
+        reloads = [r["pg_backends_peak"] for r in runs if r["scenario"] == "storm"]
+        if reloads:
+            bound = POOL_MAX + LOOP_CONNECTIONS
+            out.append(
+                f"- {server}: peak PostgreSQL backends in the reconnect storm (its reloads "
+                f"through the pool, beside the turns' {LOOP_CONNECTIONS}) {max(reloads)} "
+                f"(at most {bound}): {mark(max(reloads) <= bound)}"
             )
     for variant in ("before", "before-nopool"):
         failed = [

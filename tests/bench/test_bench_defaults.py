@@ -23,3 +23,9 @@ def test_the_defaults_the_bench_calls_shipped_are_the_settings_defaults():
         "DEMO_TOKEN_DELAY_MS",
     ):
         assert run.SHIPPED[name] == str(getattr(settings, name)), name
+
+
+def test_the_reports_bounds_on_backends_are_the_shipped_pool_and_turn_connections():
+    """The test settings run PostgreSQL with the shipped pool, as the bench's servers do."""
+    assert settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"] == run.POOL_MAX
+    assert settings.DB_CALL_THREADS == run.LOOP_CONNECTIONS
