@@ -328,6 +328,18 @@ async def test_a_closed_socket_leaves_its_replies_and_only_those(ws, alice, bob,
         assert done["status"] == "complete"
 
 
+def heard_once(frames: list[dict], client_id: str) -> dict:
+    """A socket's frames for one reply: its chat.accepted once, every delta once in order,
+    and a chat.done whose content is their text. The chat.accepted."""
+    accepted = [f for f in frames if f["type"] == "chat.accepted"]
+    deltas = [f for f in frames if f["type"] == "chat.delta"]
+    assert [a["client_id"] for a in accepted] == [client_id]
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)), "each delta once"
+    assert frames[-1]["status"] == "complete"
+    assert frames[-1]["content"] == "".join(d["text"] for d in deltas)
+    return accepted[0]
+
+
 async def test_a_resend_while_the_first_send_begins_waits_for_it(ws, alice, persona, settings):
     """The page re-sends an unanswered message on its new socket while the first send of
     it still waits to begin (the database slow): the re-send takes no second place (at
@@ -364,13 +376,8 @@ async def test_a_resend_while_the_first_send_begins_waits_for_it(ws, alice, pers
         await lock.rollback()
 
     frames = await new.receive_until("chat.done")
-    accepted = [f for f in frames if f["type"] == "chat.accepted"]
-    deltas = [f for f in frames if f["type"] == "chat.delta"]
-    assert [a["client_id"] for a in accepted] == [client_id]
-    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)), "each delta once"
-    assert frames[-1]["status"] == "complete"
-    assert frames[-1]["content"] == "".join(d["text"] for d in deltas)
-    saved = await db_call(rows)(accepted[0]["conversation_id"])
+    accepted = heard_once(frames, client_id)
+    saved = await db_call(rows)(accepted["conversation_id"])
     assert [role for role, _, _ in saved] == ["user", "assistant"]
 
 
@@ -400,9 +407,4 @@ async def test_a_tab_that_follows_a_reply_and_sends_it_again_hears_it_once(
     )
     frames += await other.receive_until("chat.done")
 
-    accepted = [f for f in frames if f["type"] == "chat.accepted"]
-    deltas = [f for f in frames if f["type"] == "chat.delta"]
-    assert [a["client_id"] for a in accepted] == [client_id]
-    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)), "each delta once"
-    assert frames[-1]["status"] == "complete"
-    assert frames[-1]["content"] == "".join(d["text"] for d in deltas)
+    heard_once(frames, client_id)
