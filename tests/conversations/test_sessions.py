@@ -201,7 +201,7 @@ async def test_a_session_ended_with_no_signal_to_its_sockets_ends_them(
 
 
 def test_sessions_over_whatever_their_number(alice, bob, monkeypatch):
-    """Two queries a thousand sockets (here two, so that six span three rounds of them):
+    """Two queries a thousand sockets (here two, so that seven span four rounds of them):
     the live session stays; the deleted, the expired, and those whose user changed
     password, was deactivated or deleted, or is not the socket's, are over."""
     from django.contrib.auth.models import User
