@@ -114,6 +114,17 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         with contextlib.suppress(Exception):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
+    def _show(self, accepted: Frame, reply: Reply) -> bool:
+        """Tell this socket of a reply (its chat.accepted) and follow it from its first
+        delta, unless it follows it already: a re-send of a message this tab sent, or was
+        told of by another tab's chat.started, whichever came first. Its chat.accepted and
+        every delta come once. Whether it was told now."""
+        if reply in self.following:
+            return False
+        self.push(accepted)
+        self._follow(reply, 0)
+        return True
+
     def _follow(self, reply: Reply, after_seq: int) -> None:
         reply.follow(self.channel_name, self.push, after_seq)
         self.following.add(reply)
@@ -170,13 +181,9 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
         started = await turn_start(
             user_id=self.user_id, command=command, session_key=self.session_key
         )
-        if started.reply in self.following:
-            # A re-send of a reply this socket follows already (another tab sent it first,
-            # and chat.started told this one): its chat.accepted and deltas came once.
-            return
         accepted = accepted_frame(started.ctx)
-        self.push(accepted)
-        self._follow(started.reply, 0)
+        if not self._show(accepted, started.reply):
+            return
         if not started.resumed:
             # Other tabs have not seen the message: it travels with their copy.
             await self._tell_other_tabs({**accepted, "content": started.ctx.content})
@@ -225,11 +232,8 @@ class ChatConsumer(SessionEnds, AsyncWebsocketConsumer):
             return
         frame = event["frame"]
         reply = await find_reply(uuid.UUID(frame["conversation_id"]), self.user_id)
-        # Not when this socket follows it already (a re-send of the same message from this
-        # tab): the page would hear its chat.accepted twice and every delta again.
-        if reply is not None and reply not in self.following:
-            self.push(frame)
-            self._follow(reply, 0)
+        if reply is not None:
+            self._show(frame, reply)
 
     async def conversation_updated(self, event: dict[str, Any]) -> None:
         if self.counted:  # the socket may have closed while the event was on its way
