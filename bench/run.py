@@ -1091,13 +1091,13 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
         # Streaming draws on no pool connection; the storm's page reloads (HTTP) do, beside
         # the turns' own few: a worker's bound there is both.
         runs = [r for r in results if r["variant"] == server]
-        peaks = [r["pg_backends_peak"] for r in runs if r["scenario"] != "storm"]
+        peaks = [r["pg_backends_peak"] for r in runs if r["scenario"] != STORM.name]
         if peaks:
             out.append(
                 f"- {server}: peak PostgreSQL backends {max(peaks)} (pool max {POOL_MAX}): "
                 f"{mark(max(peaks) <= POOL_MAX)}"
             )
-        reloads = [r["pg_backends_peak"] for r in runs if r["scenario"] == "storm"]
+        reloads = [r["pg_backends_peak"] for r in runs if r["scenario"] == STORM.name]
         if reloads:
             bound = POOL_MAX + LOOP_CONNECTIONS
             out.append(
