@@ -934,13 +934,17 @@ def reply_save_steps(
     input_tokens: int | None,
     output_tokens: int | None,
     error: str,
+    owner_id: int | None = None,
+    persona_slug: str | None = None,
 ) -> turn_sql.Steps[ReplyInfo | None]:
     """Insert the assistant's reply once, and return the row as saved.
 
     If the reply was saved before (a recovering worker, a retried save), the earlier row
     stands and is returned, so `chat.done` always carries what the database holds. None when
-    the conversation was deleted meanwhile. On PostgreSQL this is one statement (two when
-    the reply was saved before), each atomic on its own.
+    the conversation was deleted meanwhile: the reply is not saved, but its tokens still
+    count to `owner_id` and `persona_slug` where the caller knows them (the live turn
+    does), or deleting a chat mid-reply would make its reply free. On PostgreSQL this is
+    one statement (two when the reply was saved before), each atomic on its own.
     """
     if not turn_sql.on_postgresql():
         yield turn_sql.ORM
@@ -953,6 +957,8 @@ def reply_save_steps(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             error=error,
+            owner_id=owner_id,
+            persona_slug=persona_slug,
         )
     now = timezone.now()
     row = yield from turn_sql.reply_insert_pg(
@@ -967,6 +973,8 @@ def reply_save_steps(
         tokens=reply_tokens(input_tokens, output_tokens, content),
         now=now,
         day=now.astimezone(UTC).date(),
+        owner_id=owner_id,
+        persona_slug=persona_slug,
     )
     if not row.moved:
         return None
@@ -997,6 +1005,8 @@ def _reply_save_orm(
     input_tokens: int | None,
     output_tokens: int | None,
     error: str,
+    owner_id: int | None,
+    persona_slug: str | None,
 ) -> ReplyInfo | None:
     """`reply_save` where data-modifying CTEs are not to be had (SQLite)."""
     # The update doubles as the check that the conversation still exists. The active path
@@ -1010,6 +1020,11 @@ def _reply_save_orm(
         ),
     )
     if not moved:
+        _usage_count_gone(
+            owner_id=owner_id,
+            persona_slug=persona_slug,
+            tokens=reply_tokens(input_tokens, output_tokens, content),
+        )
         return None
     reply, created = Message.objects.get_or_create(
         id=message_id,
@@ -1037,6 +1052,19 @@ def reply_tokens(input_tokens: int | None, output_tokens: int | None, content: s
     if input_tokens is None and output_tokens is None:
         return math.ceil(len(content) / 4)
     return (input_tokens or 0) + (output_tokens or 0)
+
+
+def _usage_count_gone(*, owner_id: int | None, persona_slug: str | None, tokens: int) -> None:
+    """The tokens of a reply whose conversation is gone, to its owner and persona while
+    both exist (the ORM's `reply_insert_pg`)."""
+    persona_id = Persona.objects.filter(slug=persona_slug).values_list("id", flat=True).first()
+    User = get_user_model()
+    if owner_id is None or persona_id is None or not User.objects.filter(id=owner_id).exists():
+        return
+    usage, _ = TokenUsage.objects.get_or_create(
+        user_id=owner_id, persona_id=persona_id, day=timezone.now().astimezone(UTC).date()
+    )
+    TokenUsage.objects.filter(id=usage.id).update(tokens=F("tokens") + tokens)
 
 
 def usage_count(*, conversation_id: uuid.UUID, tokens: int) -> None:

@@ -618,6 +618,8 @@ def path_rows(leaf_id: uuid.UUID, limit: int) -> list[tuple[Any, ...]]:
 def _reply_insert_sql() -> str:
     conversations = _table(Conversation)
     usage = _table(TokenUsage)
+    users = _table(get_user_model())
+    personas = _table(Persona)
     return f"""
         WITH moved AS (
             UPDATE {conversations} SET updated_at = %s, current_leaf_id = CASE
@@ -633,6 +635,9 @@ def _reply_insert_sql() -> str:
         ), counted AS (
             INSERT INTO {usage} (user_id, persona_id, day, tokens)
             SELECT owner_id, persona_id, %s, %s FROM moved, saved
+            UNION ALL
+            SELECT owner.id, persona.id, %s, %s FROM {users} owner, {personas} persona
+            WHERE owner.id = %s AND persona.slug = %s AND NOT EXISTS (SELECT 1 FROM moved)
             ON CONFLICT (user_id, persona_id, day)
             DO UPDATE SET tokens = {usage}.tokens + excluded.tokens
         )
@@ -659,10 +664,14 @@ def reply_insert_pg(
     tokens: int,
     now: datetime,
     day: date,
+    owner_id: int | None,
+    persona_slug: str | None,
 ) -> Steps[SavedRow]:
     """PostgreSQL, one statement (so one round trip, atomic without BEGIN/COMMIT): move the
     active leaf to the reply if it still ends at its question, insert the reply unless it
-    was saved before, and count its tokens only if it was not."""
+    was saved before, and count its tokens only if it was not. A conversation deleted while
+    its reply streamed saves nothing, but the reply's tokens still count, to `owner_id` and
+    the persona `persona_slug` (where they are known and still exist)."""
     sql = _reply_insert_sql()
     params = [
         _when(now),
@@ -680,6 +689,10 @@ def reply_insert_pg(
         _when(now),
         _day(day),
         tokens,
+        _day(day),
+        tokens,
+        owner_id,
+        persona_slug,
     ]
     moved, inserted = yield Statement(sql, params)
     return SavedRow(moved=bool(moved), inserted=bool(inserted))

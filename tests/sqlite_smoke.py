@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import uuid
+from typing import Any
 
 import django
 
@@ -22,7 +23,7 @@ from accounts.services import demo_user_ensure  # noqa: E402
 from chatproject.asgi import application  # noqa: E402
 from conversations.db import db_call  # noqa: E402
 from conversations.models import Conversation, Message  # noqa: E402
-from conversations.services import path_history  # noqa: E402
+from conversations.services import budget_for, path_history, reply_save  # noqa: E402
 
 
 def login_cookie() -> str:
@@ -31,6 +32,28 @@ def login_cookie() -> str:
     # django-axes throttles by the request's address, so authenticate() needs a request.
     assert client.login(request=HttpRequest(), username="demo", password="demo-chat-2026")
     return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def _reply_of_a_deleted_chat(conversation_id: str) -> dict[str, Any]:
+    """A reply saved after its chat was deleted (by the ORM's save, as on SQLite): nothing
+    saved, its tokens counted all the same."""
+    conversation = Conversation.objects.get(id=conversation_id)
+    owner_id = conversation.owner_id
+    used = budget_for(user_id=owner_id).used_tokens
+    conversation.delete()
+    saved = reply_save(
+        message_id=uuid.uuid4(),
+        conversation_id=uuid.UUID(conversation_id),
+        user_message_id=uuid.uuid4(),
+        content="Too late",
+        status="complete",
+        input_tokens=5,
+        output_tokens=7,
+        error="",
+        owner_id=owner_id,
+        persona_slug="pirate",
+    )
+    return {"saved": saved, "counted": budget_for(user_id=owner_id).used_tokens - used}
 
 
 async def main() -> None:
@@ -91,6 +114,7 @@ async def main() -> None:
             )
         ]
     )()
+    gone = await db_call(_reply_of_a_deleted_chat)(conversation_id)
     print(
         json.dumps(
             {
@@ -100,6 +124,7 @@ async def main() -> None:
                 "saved": saved,
                 "path": path,
                 "regenerated": regenerated[-1]["content"],
+                "gone": gone,
             }
         )
     )

@@ -47,3 +47,4 @@ def test_sqlite_default_runs_a_whole_turn(tmp_path):
         "Again",
         report["regenerated"],
     ]
+    assert report["gone"] == {"saved": None, "counted": 12}

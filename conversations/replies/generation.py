@@ -362,6 +362,8 @@ class Generation:
                 usage=self.usage,
                 error=error,
                 retry_for=settings.REPLY_SAVE_RETRY_SECONDS,
+                owner_id=self.user_id,
+                persona_slug=self.ctx.persona.slug,
             )
         except SaveFailed as failed:
             final, unsaved = failed.frame(**known), True
@@ -399,9 +401,12 @@ async def save_reply(
     usage: Usage,
     error: str,
     retry_for: float,
+    owner_id: int | None = None,
+    persona_slug: str | None = None,
 ) -> ReplyInfo | None:
     """Save a reply (once: an earlier row stands and is returned), retrying with backoff for
-    `retry_for` seconds while the database is away. None when the conversation is gone;
+    `retry_for` seconds while the database is away. None when the conversation is gone
+    (its tokens still count where `owner_id` and `persona_slug` say whose they are);
     SaveFailed when the database never came back. The live path and recovery both use it."""
     deadline = time.monotonic() + retry_for
     delay = 0.25
@@ -421,6 +426,8 @@ async def save_reply(
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 error=error,
+                owner_id=owner_id,
+                persona_slug=persona_slug,
             )
             metrics.DB_SECONDS.labels("save").observe(time.monotonic() - began)
             logger.debug("turn save: database work ends (%.1f ms)", _ms(began))

@@ -285,3 +285,25 @@ async def test_two_replies_saved_at_once_are_both_counted(alice, persona):
     assert await db_call(used_tokens)(alice) == (7 + 100) + (7 + 250)
     counters = await db_call(lambda: list(TokenUsage.objects.values_list("tokens", flat=True)))()
     assert counters == [364]  # one row per user, persona and day
+
+
+async def test_a_reply_whose_chat_was_deleted_while_it_streamed_still_counts(
+    ws, alice, persona, settings
+):
+    """Deleting the chat mid-reply must not make the reply free: the user read its words,
+    and the model was paid for them (an outside attack took replies that way, with
+    nothing counted, as often as it liked)."""
+    settings.DEMO_TOKEN_DELAY_MS = 40
+    socket = await ws(alice)
+    await socket.send_message("Tell me a long story " + "about the sea " * 200)
+    accepted = await socket.receive_type("chat.accepted")
+    await socket.receive_type("chat.delta")
+    await db_call(Conversation.objects.filter(id=accepted["conversation_id"]).delete)()
+    gone = await socket.receive_type("chat.error")
+
+    assert gone["code"] == "not_found"
+    used = await db_call(used_tokens)(alice)
+    # The prompt alone is hundreds of tokens; the reply had begun.
+    assert used > 600
+    by_persona = await db_call(lambda: list(TokenUsage.objects.values_list("persona__slug")))()
+    assert by_persona == [(persona.slug,)]
