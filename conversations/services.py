@@ -936,6 +936,7 @@ def reply_save_steps(
     error: str,
     owner_id: int | None = None,
     persona_slug: str | None = None,
+    prompt_chars: int = 0,
 ) -> turn_sql.Steps[ReplyInfo | None]:
     """Insert the assistant's reply once, and return the row as saved.
 
@@ -959,6 +960,7 @@ def reply_save_steps(
             error=error,
             owner_id=owner_id,
             persona_slug=persona_slug,
+            prompt_chars=prompt_chars,
         )
     now = timezone.now()
     row = yield from turn_sql.reply_insert_pg(
@@ -970,7 +972,7 @@ def reply_save_steps(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         error=error[:500],
-        tokens=reply_tokens(input_tokens, output_tokens, content),
+        tokens=reply_tokens(input_tokens, output_tokens, content, prompt_chars),
         now=now,
         day=now.astimezone(UTC).date(),
         owner_id=owner_id,
@@ -1007,8 +1009,10 @@ def _reply_save_orm(
     error: str,
     owner_id: int | None,
     persona_slug: str | None,
+    prompt_chars: int,
 ) -> ReplyInfo | None:
     """`reply_save` where data-modifying CTEs are not to be had (SQLite)."""
+    tokens = reply_tokens(input_tokens, output_tokens, content, prompt_chars)
     # The update doubles as the check that the conversation still exists. The active path
     # moves on to the reply only if it still ends at its question: a user who switched to
     # another version meanwhile stays there. (The foreign key is checked at commit.)
@@ -1023,7 +1027,7 @@ def _reply_save_orm(
         _usage_count_gone(
             owner_id=owner_id,
             persona_slug=persona_slug,
-            tokens=reply_tokens(input_tokens, output_tokens, content),
+            tokens=tokens,
         )
         return None
     reply, created = Message.objects.get_or_create(
@@ -1040,17 +1044,17 @@ def _reply_save_orm(
         },
     )
     if created:
-        usage_count(
-            conversation_id=conversation_id,
-            tokens=reply_tokens(input_tokens, output_tokens, content),
-        )
+        usage_count(conversation_id=conversation_id, tokens=tokens)
     return _reply_info(reply)
 
 
-def reply_tokens(input_tokens: int | None, output_tokens: int | None, content: str) -> int:
-    """What a reply costs: the provider's usage, or characters / 4 where it reported none."""
+def reply_tokens(
+    input_tokens: int | None, output_tokens: int | None, content: str, prompt_chars: int = 0
+) -> int:
+    """What a reply costs: the provider's usage, or where it reported none (a stopped reply:
+    providers report at the end) characters / 4, of its prompt and its words."""
     if input_tokens is None and output_tokens is None:
-        return math.ceil(len(content) / 4)
+        return math.ceil((prompt_chars + len(content)) / 4)
     return (input_tokens or 0) + (output_tokens or 0)
 
 

@@ -364,6 +364,8 @@ class Generation:
                 retry_for=settings.REPLY_SAVE_RETRY_SECONDS,
                 owner_id=self.user_id,
                 persona_slug=self.ctx.persona.slug,
+                prompt_chars=len(self.request.system)
+                + sum(len(m.content) for m in self.request.messages),
             )
         except SaveFailed as failed:
             final, unsaved = failed.frame(**known), True
@@ -403,10 +405,12 @@ async def save_reply(
     retry_for: float,
     owner_id: int | None = None,
     persona_slug: str | None = None,
+    prompt_chars: int = 0,
 ) -> ReplyInfo | None:
     """Save a reply (once: an earlier row stands and is returned), retrying with backoff for
     `retry_for` seconds while the database is away. None when the conversation is gone
     (its tokens still count where `owner_id` and `persona_slug` say whose they are);
+    `prompt_chars` counts towards a reply the provider reported no usage for;
     SaveFailed when the database never came back. The live path and recovery both use it."""
     deadline = time.monotonic() + retry_for
     delay = 0.25
@@ -428,6 +432,7 @@ async def save_reply(
                 error=error,
                 owner_id=owner_id,
                 persona_slug=persona_slug,
+                prompt_chars=prompt_chars,
             )
             metrics.DB_SECONDS.labels("save").observe(time.monotonic() - began)
             logger.debug("turn save: database work ends (%.1f ms)", _ms(began))

@@ -307,3 +307,21 @@ async def test_a_reply_whose_chat_was_deleted_while_it_streamed_still_counts(
     assert used > 600
     by_persona = await db_call(lambda: list(TokenUsage.objects.values_list("persona__slug")))()
     assert by_persona == [(persona.slug,)]
+
+
+async def test_a_stopped_reply_counts_its_prompt_as_well_as_its_words(ws, alice, persona, settings):
+    """A provider reports its usage at the end, so a stopped reply has none: it is counted as
+    characters / 4, of the prompt it was sent as well as of its words (the prompt alone was
+    free, and a stop right before the end took a long reply for its words only)."""
+    settings.DEMO_TOKEN_DELAY_MS = 40
+    socket = await ws(alice)
+    question = "Summarise this contract clause by clause. " * 100  # 4,200 characters
+    await socket.send_message(question)
+    accepted = await socket.receive_type("chat.accepted")
+    await socket.receive_type("chat.delta")
+    await socket.send({"type": "chat.stop", "conversation_id": accepted["conversation_id"]})
+    done = await socket.receive_type("chat.done")
+
+    assert done["status"] == "stopped"
+    assert done["usage"] == {"input_tokens": None, "output_tokens": None}
+    assert await db_call(used_tokens)(alice) >= math.ceil(len(question) / 4)
