@@ -32,7 +32,7 @@ from conversations import serializers, services
 from conversations.db import db_call, released
 from conversations.errors import NotFound
 from conversations.models import Conversation, Message
-from conversations.text import UNSTORABLE_MESSAGE, unstorable
+from conversations.text import UNSTORABLE_MESSAGE, one_line, unstorable, visible
 from conversations.tree import Tree, path_through
 from conversations.views import get_conversation_for_user
 from personas.models import Persona
@@ -220,8 +220,8 @@ def _persona_for_new_conversation(slug: Any, user_id: int) -> Persona:
 def _clean_title(value: Any) -> str:
     if not isinstance(value, str):
         raise ApiError(400, "invalid", "title must be a string.")
-    title = " ".join(value.split())
-    if not title:
+    title = one_line(value)
+    if not visible(title):
         raise ApiError(400, "invalid", "title must not be empty.")
     if len(title) > TITLE_MAX_CHARS:
         raise ApiError(400, "invalid", f"title must be at most {TITLE_MAX_CHARS} characters.")

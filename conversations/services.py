@@ -94,8 +94,20 @@ def persona_for_new_conversation(slug: str | None, user_id: int) -> Persona:
         else personas.order_by("-is_default", "order", "name").first()
     )
     if persona is None:
-        raise NotFound(f"No persona {slug!r}." if slug is not None else "No persona is set up yet.")
+        raise _no_persona(slug)
     return persona
+
+
+def _no_persona(slug: str | None) -> NotFound:
+    """The refusal of a persona the user may not use, or that does not exist (the same: see
+    PROTOCOL.md). The slug is named as far as a slug can be long, not echoed whole."""
+    if slug is None:
+        return NotFound("No persona is set up yet.")
+    shown = slug if len(slug) <= PERSONA_SLUG_SHOWN else slug[:PERSONA_SLUG_SHOWN] + "…"
+    return NotFound(f"No persona {shown!r}.")
+
+
+PERSONA_SLUG_SHOWN = 60
 
 
 def session_user_id(*, session_key: str | None) -> int | None:
@@ -428,11 +440,7 @@ def turn_begin_steps(
         if parent_given and parent_id is not None:
             raise NotFound("No such message in this conversation.")
         if reads.persona is None or reads.persona_id is None:
-            raise NotFound(
-                f"No persona {persona_slug!r}."
-                if persona_slug is not None
-                else "No persona is set up yet."
-            )
+            raise _no_persona(persona_slug)
         persona, persona_id, title = reads.persona, reads.persona_id, ""
     else:
         locked = (

@@ -1,7 +1,10 @@
-"""Text a database column can hold, checked where JSON from clients is decoded."""
+"""Users' text: what a database column can hold (checked where JSON from clients is
+decoded), and what shows as one line, to them and to others (a title, a display name).
+Attachment file names have their own, stricter rule (attachments/judge.py)."""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 
@@ -28,3 +31,26 @@ def unstorable(value: Any) -> bool:
 
 
 UNSTORABLE_MESSAGE = "Text may not contain NUL characters or unpaired surrogates."
+
+# Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): in a
+# line they turn the text after them around, so "invoice\u202efdp.exe" reads as a PDF. The
+# marks (U+200E, U+200F) only nudge neutral characters and stay; so do joiners, which emoji
+# and some scripts need.
+_BIDI_CONTROLS = dict.fromkeys(range(0x202A, 0x202F)) | dict.fromkeys(range(0x2066, 0x206A))
+
+
+def one_line(text: str) -> str:
+    """`text` without control characters or bidirectional overrides, every run of
+    whitespace (line breaks too) one space, trimmed."""
+    words = text.translate(_BIDI_CONTROLS).split()
+    return " ".join(kept for word in words if (kept := "".join(c for c in word if not _control(c))))
+
+
+def visible(text: str) -> bool:
+    """Whether anything in `text` shows: a text of spaces, zero-width spaces and joiners
+    alone is a blank one."""
+    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in text)
+
+
+def _control(character: str) -> bool:
+    return unicodedata.category(character) == "Cc"

@@ -13,6 +13,7 @@ from conversations import services
 from conversations.context import TurnContext
 from conversations.db import db_call
 from conversations.llm.base import ChatMessage, Provider, ProviderError, ProviderRequest
+from conversations.text import one_line, visible
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ def clean_title(text: str) -> str:
     previous = None
     while line != previous:
         previous = line
-        line = " ".join(line.split()).lstrip("#").strip().strip("\"'`*_").strip().rstrip(".")
+        line = one_line(line).lstrip("#").strip().strip("\"'`*_").strip().rstrip(".")
         if line.lower().startswith("title:"):
             line = line[len("title:") :]
-    return line[:TITLE_MAX_CHARS].strip()
+    line = line[:TITLE_MAX_CHARS].strip()
+    return line if visible(line) else ""
 
 
 async def announce_title(user_id: int, conversation_id: uuid.UUID, title: str) -> None:

@@ -22,6 +22,7 @@ from accounts.oidc import oidc_enabled
 from accounts.oidc.discovery import ProviderUnavailable, provider_config
 from accounts.oidc.errors import SignInError
 from accounts.oidc.models import OIDCIdentity
+from conversations.text import one_line, visible
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def identity_sign_in(*, issuer: str, claims: dict[str, Any], groups_claim: str) 
     if identity is None:
         user = _user_create(claims)
         OIDCIdentity.objects.create(user=user, issuer=issuer, subject=subject)
-        name = str(claims.get("name") or "").strip()[:DISPLAY_NAME_MAX]
+        name = one_line(str(claims.get("name") or ""))[:DISPLAY_NAME_MAX]
+        name = name if visible(name) else ""
         Profile.objects.update_or_create(user=user, defaults={"display_name": name})
     else:
         user = identity.user

@@ -17,7 +17,7 @@ from django.conf import settings
 from conversations.context import ReplyInfo, TurnContext
 from conversations.errors import Invalid, TooLarge
 from conversations.llm.base import Usage
-from conversations.text import UNSTORABLE_MESSAGE, unstorable
+from conversations.text import UNSTORABLE_MESSAGE, unstorable, visible
 
 Frame = dict[str, Any]
 # Hands a frame to a follower without waiting (a socket's outbox); False: it stopped following.
@@ -172,7 +172,7 @@ def _send(frame: dict[str, Any]) -> Send:
         raise Invalid("Field 'content' must be a string.")
     content = content.strip()
     attachments = _attachments(frame)
-    if not content and not attachments:
+    if not visible(content) and not attachments:
         raise Invalid("The message is empty.")
     if len(content) > settings.MAX_MESSAGE_CHARS:
         raise TooLarge(f"Messages are limited to {settings.MAX_MESSAGE_CHARS} characters.")

@@ -170,3 +170,22 @@ def test_an_unknown_period_stops_the_server_at_startup() -> None:
         ).returncode
         == 0
     )
+
+
+def test_a_display_name_loses_bidi_overrides_and_controls(alice: Any) -> None:
+    """The display name goes into every prompt and, through the demo, into replies: a
+    right-to-left override in it turned the rest of a reply's paragraph around, and a
+    control byte reached `manage.py chat`'s terminal."""
+    client = Client()
+    client.force_login(alice)
+
+    saved = client.post(
+        "/accounts/profile/", {"display_name": "Bob\u202eevil\u2066\u0007 Jones", "about": ""}
+    )
+    invisible = client.post("/accounts/profile/", {"display_name": "\u200b\u2067", "about": ""})
+
+    assert saved.status_code == 302
+    assert invisible.status_code == 200  # the form again, with its error
+    assert "must show" in invisible.content.decode()
+    alice.profile.refresh_from_db()
+    assert alice.profile.display_name == "Bobevil Jones"

@@ -160,3 +160,26 @@ def test_a_search_for_nul_is_invalid_not_a_server_error(
 
     assert_json_error(response, 400, "invalid")
     assert_no_traceback(caplog)
+
+
+@pytest.mark.django_db
+def test_a_title_loses_bidi_overrides_and_controls_and_an_invisible_one_is_empty(
+    alice_client: Client, alice: Any, persona: Persona
+) -> None:
+    """A title shows in the list, the tab and on share pages, to others too: a right-to-left
+    override there turns the rest of the line around ("invoice\u202efdp.exe" reads as a
+    PDF), and a title of zero-width spaces is a blank one."""
+    made = Conversation.objects.create(owner=alice, persona=persona, title="Kept")
+    url = f"/api/conversations/{made.id}/"
+
+    renamed = alice_client.patch(
+        url, {"title": "invoice\u202efdp.exe\u2066 \u0007ok"}, content_type="application/json"
+    )
+    invisible = alice_client.patch(
+        url, {"title": "\u200b\u200b \u2067"}, content_type="application/json"
+    )
+
+    assert renamed.status_code == 200
+    assert renamed.json()["title"] == "invoicefdp.exe ok"
+    assert_json_error(invisible, 400, "invalid")
+    assert Conversation.objects.get().title == "invoicefdp.exe ok"

@@ -179,6 +179,9 @@ def test_a_small_budget_keeps_the_latest_complete_turns(settings: Any) -> None:
         ("", "New chat"),
         ("   \n  ", "New chat"),
         ('"Quoted question?"', '"Quoted question?"'),
+        # A title shows to others (share pages): no override turns its line around.
+        ("Pay invoice\u202efdp.exe today\u2069", "Pay invoicefdp.exe today"),
+        ("\u200b\u200b\nsecond line", "second line"),
     ],
 )
 def test_heuristic_title(content: str, title: str) -> None:
@@ -236,6 +239,8 @@ def test_heuristic_title_drops_markdown_markup(content: str, title: str) -> None
         ('""', ""),
         ("Title:", ""),
         ("**", ""),
+        ("Buried\u202e Treasure\u0007", "Buried Treasure"),
+        ("\u200b\u2060", ""),
     ],
 )
 def test_clean_title(answer: str, title: str) -> None:

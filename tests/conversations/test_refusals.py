@@ -41,9 +41,11 @@ BAD_FRAMES = [
     pytest.param(send_frame(client_id="not-a-uuid"), "invalid", id="non-uuid-client-id"),
     pytest.param(send_frame(conversation_id="12345"), "invalid", id="non-uuid-conversation"),
     pytest.param(send_frame(content="   \n "), "invalid", id="empty-content"),
+    pytest.param(send_frame(content="\u200b\u200d\u2060"), "invalid", id="invisible-content"),
     pytest.param(send_frame(content=17), "invalid", id="content-not-string"),
     pytest.param(send_frame(content="x" * 16001), "too_large", id="over-long-content"),
     pytest.param(send_frame(persona="no-such-persona"), "not_found", id="unknown-persona"),
+    pytest.param(send_frame(persona="x" * 50_000), "not_found", id="huge-unknown-persona"),
     pytest.param(
         send_frame(conversation_id=str(uuid.uuid4())), "not_found", id="unknown-conversation"
     ),
@@ -70,7 +72,7 @@ async def test_bad_frame_is_refused_and_saves_nothing(ws, alice, persona, fast_d
 
     assert error["type"] == "chat.error"
     assert error["code"] == code
-    assert error["message"]
+    assert 0 < len(error["message"]) < 200  # what was sent is not echoed back whole
     assert await db_call(counts)() == (0, 0)
     # The socket stays open and usable.
     await socket.send_message("Still here?")
