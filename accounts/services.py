@@ -5,8 +5,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import BigIntegerField, Case, Q, Sum, Value, When
+from django.db.models import BigIntegerField, Case, Field, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, Length
 
 from accounts.models import Profile
@@ -16,17 +17,31 @@ Period = Literal["day", "week", "month"]
 
 
 @transaction.atomic
-def demo_user_ensure(*, username: str, password: str, display_name: str) -> bool:
-    """Create the local demo account if it is missing. Returns True when it was created."""
+def demo_user_ensure(
+    *, username: str, password: str, display_name: str
+) -> Literal["created", "same password", "other password"]:
+    """Create the local demo account if it is missing, and say what was found.
+
+    An existing account keeps its password ("other password" when it is not the one given):
+    running the command again must not reset a password behind its owner's back. A username
+    the sign-up form would refuse, or an empty password, is a ValidationError by field.
+    """
     User = get_user_model()
-    if User.objects.filter(username=username).exists():
-        return False
+    try:
+        cast("Field[str, str]", User._meta.get_field(User.USERNAME_FIELD)).clean(username, None)
+    except ValidationError as exc:
+        raise ValidationError({"username": exc.messages}) from None
+    if not password:
+        raise ValidationError({"password": ["The demo account needs a password."]})
+    existing = User.objects.filter(username=username).first()
+    if existing is not None:
+        return "same password" if existing.check_password(password) else "other password"
     user = User.objects.create_user(username=username, password=password)
     Profile.objects.update_or_create(
         user=user,
         defaults={"display_name": display_name, "about": "Trying out the demo on my own machine."},
     )
-    return True
+    return "created"
 
 
 # --- token usage ------------------------------------------------------------------------

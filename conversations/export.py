@@ -7,8 +7,13 @@ version, each with its parent_id, and the active leaf) and Markdown the active p
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from django.db.models import Prefetch, QuerySet
@@ -67,6 +72,29 @@ def conversations_export(
         if progress is not None and (written % chunk_size == 0 or written == total):
             progress(written, total)
     return written
+
+
+@contextmanager
+def replaced_on_success(path: Path) -> Iterator[TextIO]:
+    """A new file beside `path` that becomes `path` only when the block ends without an error.
+
+    A refused or interrupted export (Ctrl-C included) then leaves the previous export as it
+    was, never an empty file or a partial one of whole lines that looks finished. The rename
+    is atomic because the new file is in the same folder. It keeps mkstemp's mode, 0600: the
+    file holds other people's conversations.
+    """
+    if path.is_dir():
+        # Caught here, not by the rename after the whole export has been written.
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        # newline="": the export's own "\n" line ends are kept on every platform.
+        with open(handle, "w", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def export_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

@@ -50,6 +50,9 @@ class ProgressBar:
 
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Ages are subtracted from now: beyond a century nothing is older, and far beyond it the date
+# itself overflows (year 1 is as far back as a datetime goes).
+MAX_AGE = timedelta(days=36525)
 
 
 def parse_age(text: str) -> timedelta:
@@ -60,7 +63,13 @@ def parse_age(text: str) -> timedelta:
     amount, unit = int(match[1]), match[2] or "d"
     if amount <= 0:
         raise MaintenanceError("The age must be more than zero.")
-    return timedelta(**{_UNITS[unit]: amount})
+    try:
+        age = timedelta(**{_UNITS[unit]: amount})
+    except OverflowError:
+        age = timedelta.max
+    if age > MAX_AGE:
+        raise MaintenanceError(f"{text.strip()!r} is more than 100 years: give a shorter age.")
+    return age
 
 
 def owner_filter(username: str | None) -> Q:

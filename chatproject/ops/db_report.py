@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -91,7 +92,19 @@ def pool_stats_from_metrics(text: str) -> dict[str, int]:
     return stats
 
 
+def worker_url_check(url: str) -> None:
+    """Refuse a --worker that is not a web address: urllib would read file:// and ftp:// too,
+    and put what it read in the error (a line of /etc/passwd in a cron mail)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MaintenanceError(
+            f"Cannot read a worker's metrics from {url!r}: give an http:// or https:// URL "
+            "(e.g. http://127.0.0.1:8001/metrics)."
+        )
+
+
 def fetch_worker_pool(url: str, *, token: str = "", timeout: float = 3.0) -> dict[str, int]:
+    worker_url_check(url)
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -127,6 +140,8 @@ def db_report(
     `pools` adds pool stats read elsewhere (tests pass a pool they hold); `worker_urls` are
     workers' /metrics addresses, since each worker's pool lives in that worker's process.
     """
+    for url in worker_urls:
+        worker_url_check(url)  # before anything is read, as any other bad argument
     if connection.vendor != "postgresql":
         raise MaintenanceError("db_report needs PostgreSQL (DATABASE_URL=postgres://...).")
     database, backends, backends_total, max_connections = _read_activity()

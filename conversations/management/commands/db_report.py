@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.conf import settings
@@ -53,11 +54,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        thresholds = Thresholds(
-            idle_in_transaction_seconds=options["max_idle_in_transaction"],
-            transaction_seconds=options["max_transaction_age"],
-            backends_ratio=options["max_connections_ratio"],
-        )
+        thresholds = thresholds_from(options)
         try:
             report = db_report(
                 thresholds=thresholds,
@@ -86,3 +83,22 @@ class Command(BaseCommand):
             )
             return
         raise CommandError(f"db_report: {len(report.problems)} problem(s) found", returncode=1)
+
+
+def thresholds_from(options: dict[str, Any]) -> Thresholds:
+    """The thresholds given, refused where they could never flag (a ratio over 1, nan, inf)
+    or would flag everything (zero or less): a monitor must not pass or fail for nothing."""
+    for option in ("max_idle_in_transaction", "max_transaction_age"):
+        if not 0 < options[option] < math.inf:
+            name = "--" + option.replace("_", "-")
+            raise CommandError(f"{name} must be a number of seconds above 0.", returncode=2)
+    if not 0 < options["max_connections_ratio"] <= 1:
+        raise CommandError(
+            "--max-connections-ratio must be above 0 and at most 1 (a share of max_connections).",
+            returncode=2,
+        )
+    return Thresholds(
+        idle_in_transaction_seconds=options["max_idle_in_transaction"],
+        transaction_seconds=options["max_transaction_age"],
+        backends_ratio=options["max_connections_ratio"],
+    )

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 from django.utils import timezone
 
 from attachments.limits import size_text
@@ -81,6 +82,9 @@ class Command(BaseCommand):
                 files_progress.close()
         except MaintenanceError as exc:
             raise CommandError(str(exc)) from None
+        except DatabaseError as exc:
+            # Batches already deleted stay deleted; a rerun goes on from there.
+            raise CommandError(f"prune_conversations: cannot read the database: {exc}") from None
         scope = f" of {options['user']}" if options["user"] else ""
         if result.dry_run:
             self.stdout.write(

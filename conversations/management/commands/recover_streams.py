@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from conversations.maintenance import MaintenanceError, parse_age
 from conversations.replies.recovery import (
@@ -52,7 +53,10 @@ class Command(BaseCommand):
             )
         except MaintenanceError as exc:
             raise CommandError(str(exc)) from None
-        results = asyncio.run(self._recover(dry_run=dry_run, older_than=older_than))
+        try:
+            results = asyncio.run(self._recover(dry_run=dry_run, older_than=older_than))
+        except DatabaseError as exc:
+            raise CommandError(f"recover_streams: cannot read the database: {exc}") from None
         for item in results:
             self.stdout.write(
                 f"{item.outcome:>20}  reply {item.message_id}  conversation "
