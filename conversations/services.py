@@ -1068,7 +1068,7 @@ def reply_tokens(
 
 def _usage_count_gone(*, owner_id: int | None, persona_slug: str | None, tokens: int) -> None:
     """The tokens of a reply whose conversation is gone, to its owner and persona while
-    both exist (the ORM's `reply_insert_pg`)."""
+    both exist: what `turn_sql.reply_insert_pg` counts then, done with the ORM."""
     persona_id = Persona.objects.filter(slug=persona_slug).values_list("id", flat=True).first()
     User = get_user_model()
     if owner_id is None or persona_id is None or not User.objects.filter(id=owner_id).exists():
