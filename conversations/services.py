@@ -1069,39 +1069,43 @@ def reply_tokens(
 def _usage_count_gone(*, owner_id: int | None, persona_slug: str | None, tokens: int) -> None:
     """The tokens of a reply whose conversation is gone, to its owner and persona while
     both exist: what `turn_sql.reply_insert_pg` counts then, done with the ORM."""
-    persona_id = Persona.objects.filter(slug=persona_slug).values_list("id", flat=True).first()
-    User = get_user_model()
-    if owner_id is None or persona_id is None or not User.objects.filter(id=owner_id).exists():
-        return
-    usage, _ = TokenUsage.objects.get_or_create(
-        user_id=owner_id, persona_id=persona_id, day=timezone.now().astimezone(UTC).date()
+    users = connection.ops.quote_name(get_user_model()._meta.db_table)
+    personas = connection.ops.quote_name(Persona._meta.db_table)
+    _usage_add(
+        f"SELECT owner.id, persona.id, %s, %s FROM {users} owner, {personas} persona "
+        "WHERE owner.id = %s AND persona.slug = %s",
+        [owner_id, persona_slug],
+        tokens=tokens,
     )
-    TokenUsage.objects.filter(id=usage.id).update(tokens=F("tokens") + tokens)
 
 
 def usage_count(*, conversation_id: uuid.UUID, tokens: int) -> None:
     """Add a saved reply's tokens to its owner's counter for this UTC day, in the caller's
     transaction: one upsert, so two workers saving at once both count."""
-    table = connection.ops.quote_name(TokenUsage._meta.db_table)
     conversations = connection.ops.quote_name(Conversation._meta.db_table)
     pk = Conversation._meta.pk
     assert pk is not None
+    _usage_add(
+        f"SELECT owner_id, persona_id, %s, %s FROM {conversations} WHERE id = %s",
+        [pk.get_db_prep_value(conversation_id, connection)],
+        tokens=tokens,
+    )
+
+
+def _usage_add(rows: str, params: list[Any], *, tokens: int) -> None:
+    """Add `tokens` to today's (UTC) counter of the (user, persona) that `rows` selects, as
+    (user_id, persona_id, day, tokens) with the day and tokens as its first two parameters:
+    one upsert; nothing when it selects no row."""
+    table = connection.ops.quote_name(TokenUsage._meta.db_table)
     sql = f"""
         INSERT INTO {table} (user_id, persona_id, day, tokens)
-        SELECT owner_id, persona_id, %s, %s FROM {conversations} WHERE id = %s
+        {rows}
         ON CONFLICT (user_id, persona_id, day)
         DO UPDATE SET tokens = {table}.tokens + excluded.tokens
     """  # the table names are the models' own, never user input
     day = timezone.now().astimezone(UTC).date()
     with connection.cursor() as cursor:
-        cursor.execute(
-            sql,
-            [
-                connection.ops.adapt_datefield_value(day),
-                tokens,
-                pk.get_db_prep_value(conversation_id, connection),
-            ],
-        )
+        cursor.execute(sql, [connection.ops.adapt_datefield_value(day), tokens, *params])
 
 
 def reply_find(*, message_id: uuid.UUID) -> ReplyInfo | None:

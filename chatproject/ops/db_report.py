@@ -104,7 +104,7 @@ def worker_url_check(url: str) -> None:
 
 
 def fetch_worker_pool(url: str, *, token: str = "", timeout: float = 3.0) -> dict[str, int]:
-    worker_url_check(url)
+    """A worker's pool statistics from its /metrics (`url` passed `worker_url_check`)."""
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
