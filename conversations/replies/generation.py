@@ -78,7 +78,10 @@ class Generation:
         self.usage = Usage()
         self.task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
-        self._producer: asyncio.Future[None] | None = None
+        self._producer: asyncio.Task[None] | None = None  # pulls the provider's stream
+        self._events = provider.stream(request)
+        self._buffer: list[str] = []  # the provider's text since the last frame
+        self._first = asyncio.Event()  # set at its first text
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.received_at = self.started  # when chat.send arrived; set by turn_start
@@ -246,6 +249,39 @@ class Generation:
         if target is not None:
             target.cancel()
 
+    def start(self) -> asyncio.Task[None]:
+        """Start pulling the provider's stream, and the task that makes frames of it and
+        saves the reply (`run`); that task is returned.
+
+        The pull is a task of its own from here, not one `run` starts: the model's request
+        goes out (and the demo model's clock starts) one pass of the event loop after the
+        turn's begin, not three (the run task, its stream task, then the pull each waited
+        for a pass). Its text waits in the buffer until `run` has announced the reply."""
+        loop = asyncio.get_running_loop()
+        self._producer = loop.create_task(self._pull())
+        self.task = loop.create_task(self.run())
+        # However the run task ends, nothing goes on pulling from the model: cancelled before
+        # its first step (a shutdown in the same pass), it never reaches `_stream`'s cleanup.
+        self.task.add_done_callback(self._pull_ends)
+        return self.task
+
+    def _pull_ends(self, _: asyncio.Task[None]) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        if not producer.done():
+            producer.cancel()  # its model stream closes as the cancel passes through it
+        elif not producer.cancelled():
+            producer.exception()  # read: a failure nobody streamed is not logged as lost
+
+    async def _pull(self) -> None:
+        async for event in self._events:
+            if isinstance(event, Usage):
+                self.usage = event
+            elif isinstance(event, str) and event:
+                self._buffer.append(event)
+                self._first.set()
+
     async def run(self) -> None:
         logctx.turn_id.set(str(self.ctx.message_id))
         logctx.conversation_id.set(str(self.conversation_id))
@@ -297,17 +333,8 @@ class Generation:
         """
         window = settings.STREAM_COALESCE_MS / 1000
         widest = settings.STREAM_COALESCE_MAX_MS / 1000
-        buffer: list[str] = []
-        events = self.provider.stream(self.request)
-        first = asyncio.Event()
-
-        async def pull() -> None:
-            async for event in events:
-                if isinstance(event, Usage):
-                    self.usage = event
-                elif isinstance(event, str) and event:
-                    buffer.append(event)
-                    first.set()
+        buffer, first, producer = self._buffer, self._first, self._producer
+        assert producer is not None, "started by Generation.start"
 
         def flush() -> None:
             text = "".join(buffer)
@@ -315,7 +342,6 @@ class Generation:
             buffer.clear()
             self._emit(text)
 
-        producer = self._producer = asyncio.ensure_future(pull())
         try:
             waiter = asyncio.ensure_future(first.wait())
             try:
@@ -342,7 +368,7 @@ class Generation:
                 self.frames.append("".join(buffer))
             # Closes the upstream HTTP stream on stop and shutdown.
             with contextlib.suppress(BaseException):
-                await events.aclose()
+                await self._events.aclose()
 
     async def _finish(self, status: str, error: str) -> str:
         """Save, then send the final frame. Returns the status as saved."""

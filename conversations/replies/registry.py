@@ -161,8 +161,7 @@ class Registry:
         reservation.settle(generation)  # a re-send waiting on this turn follows this reply
         reservation.release()
         # The task belongs to the process: a socket that goes away does not cancel it.
-        task = asyncio.get_running_loop().create_task(generation.run())
-        generation.task = task
+        task = generation.start()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return generation

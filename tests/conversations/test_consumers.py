@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import weakref
@@ -408,3 +409,58 @@ async def test_a_tab_that_follows_a_reply_and_sends_it_again_hears_it_once(
     frames += await other.receive_until("chat.done")
 
     heard_once(frames, client_id)
+
+
+async def test_a_stop_before_the_first_word_saves_an_empty_stopped_reply(
+    ws, alice, persona, settings
+):
+    # The model's stream is pulled from the moment the reply starts, before the reply's own
+    # task has run: a stop that comes first still ends it, with nothing streamed.
+    settings.DEMO_TOKEN_DELAY_MS = 1000
+    settings.DEMO_REPLY_WORDS = 50
+    socket = await ws(alice)
+    await socket.send_message("Take your time")
+    accepted = await socket.receive()
+    await socket.send({"type": "chat.stop", "conversation_id": accepted["conversation_id"]})
+
+    frames = await socket.receive_until("chat.done", timeout=5)
+
+    assert [f["type"] for f in frames if f["type"] != "conversation.updated"] == ["chat.done"]
+    assert (frames[-1]["status"], frames[-1]["content"]) == ("stopped", "")
+    reply = await db_call(Message.objects.get)(id=accepted["message_id"])
+    assert (reply.status, reply.content) == ("stopped", "")
+
+
+async def test_a_reply_cancelled_as_it_starts_stops_pulling_from_the_model(
+    ws, alice, persona, settings, monkeypatch
+):
+    # A shutdown in the very pass a reply starts cancels its task before its first step, so
+    # none of its own cleanup runs: the model's stream must still stop (a remote model would
+    # go on streaming, and billing, to nobody).
+    from conversations.replies.generation import Generation
+
+    settings.DEMO_TOKEN_DELAY_MS = 50
+    settings.DEMO_REPLY_WORDS = 100
+    started: list[Generation] = []
+    start = Generation.start
+
+    def start_then_cancel(generation: Generation) -> asyncio.Task[None]:
+        task = start(generation)
+        task.cancel()
+        started.append(generation)
+        return task
+
+    monkeypatch.setattr(Generation, "start", start_then_cancel)
+    socket = await ws(alice)
+    await socket.send_message("Hello")
+    await socket.receive()
+    [generation] = started
+    assert generation.task is not None
+    with contextlib.suppress(asyncio.CancelledError):
+        await generation.task
+    producer = generation._producer
+    assert producer is not None
+    await asyncio.wait([producer], timeout=1)  # its 100 words would take 5 s
+
+    assert producer.cancelled()
+    assert generation._buffer == []
