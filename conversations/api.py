@@ -319,7 +319,7 @@ def _conversation_update(found: Conversation, body: dict[str, Any]) -> HttpRespo
 def conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     found = get_conversation_for_user(request, conversation_id)
     if request.method == "DELETE":
-        found.delete()
+        services.conversation_delete(conversation_id=found.id)
         return HttpResponse(status=204)
     if request.method == "PATCH":
         return _conversation_update(found, json_body(request))

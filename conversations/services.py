@@ -1119,6 +1119,24 @@ def conversation_title_replace(*, conversation_id: uuid.UUID, title: str, only_i
     return updated == 1
 
 
+def conversation_lock(*, conversation_id: uuid.UUID) -> bool:
+    """Lock a conversation's row as turns lock it (turn_begin, reply_save), inside the
+    caller's transaction; False when it is gone. A write that would otherwise race a turn,
+    a delete or a share waits for the other's commit and sees what it left."""
+    locked = Conversation.objects.select_for_update(of=("self",)).filter(id=conversation_id)
+    return bool(list(locked.values_list("pk", flat=True)))
+
+
+@transaction.atomic
+def conversation_delete(*, conversation_id: uuid.UUID) -> None:
+    """Delete a conversation and its whole tree. Locked first, so a turn that wrote its
+    message meanwhile has committed before the delete collects the rows (unlocked, that
+    message failed the delete's foreign-key check at commit), and one that comes after
+    waits and finds the chat gone."""
+    if conversation_lock(conversation_id=conversation_id):
+        Conversation.objects.filter(id=conversation_id).delete()
+
+
 @transaction.atomic
 def message_append(
     *, conversation: Conversation, role: str, content: str, **fields: Any
