@@ -21,8 +21,9 @@ from django.utils import timezone
 from attachments.models import Attachment, Upload
 from attachments.serve import attachments_by_message
 from conversations import serializers
-from conversations.errors import Forbidden, Invalid
+from conversations.errors import Forbidden, Invalid, NotFound
 from conversations.models import Conversation, Message
+from conversations.services import conversation_lock
 from personas.models import Persona
 from sharing.models import Share
 
@@ -87,7 +88,11 @@ def share_snapshot(conversation: Conversation) -> dict[str, Any]:
 @transaction.atomic
 def share_save(*, conversation: Conversation) -> Share:
     """Share the active path as it is now. Sharing again replaces the snapshot and keeps the
-    link: readers who have it see the new snapshot."""
+    link: readers who have it see the new snapshot. Locked as a delete locks it, so a
+    conversation deleted meanwhile is not found (its share would fail the foreign-key check
+    at commit), and a delete that comes after takes the share with it."""
+    if not conversation_lock(conversation_id=conversation.id):
+        raise NotFound("No such conversation.")
     snapshot = share_snapshot(conversation)
     if not snapshot["messages"]:
         raise Invalid("This conversation has no messages to share yet.")

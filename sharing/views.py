@@ -23,7 +23,7 @@ from conversations.api import (
     refusal_response,
     request_user,
 )
-from conversations.errors import Forbidden, Invalid
+from conversations.errors import Forbidden, Invalid, NotFound
 from conversations.serializers import conversation_dict
 from conversations.views import get_conversation_for_user
 from sharing import serializers, services
@@ -106,6 +106,8 @@ def conversation_share(request: HttpRequest, conversation_id: uuid.UUID) -> Http
             share = services.share_save(conversation=found)
         except Invalid as exc:
             raise ApiError(400, "invalid", exc.message) from None
+        except NotFound as exc:
+            raise ApiError(404, "not_found", exc.message) from None
         return _link_response(request, share, 201)
     if request.method == "DELETE":
         services.share_revoke(conversation=found)
