@@ -62,10 +62,10 @@ def _command(request: HttpRequest, conversation_id: uuid.UUID) -> Send:
         "conversation_id": str(conversation_id),
         "client_id": data.get("client_id") or str(uuid.uuid4()),
     }
-    if "content" in data:
-        frame["content"] = data["content"]
-    if "parent_id" in data:
-        frame["parent_id"] = data["parent_id"]
+    # The body's fields are chat.send's, checked by the same parser (the URL names the rest).
+    for field in ("content", "parent_id", "attachments"):
+        if field in data:
+            frame[field] = data[field]
     # Validated as the dict it is: re-encoding it as a frame would measure the escapes
     # (12,000 "é" are 72,000 characters of JSON), not the message.
     command = command_from(frame)

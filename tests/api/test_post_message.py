@@ -8,12 +8,15 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from django.test import AsyncClient
 
+from attachments.judge import judge
+from attachments.services import upload_create
 from conversations.db import db_call
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
@@ -39,6 +42,17 @@ def openai_upstream(settings: Any) -> Iterator[TurnServer]:
     server.script = Script(events=load_events("openai_stream_ok.json"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def media(settings: Any, tmp_path: Path) -> None:
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": tmp_path / "media"},
+        },
+    }
 
 
 @pytest.fixture
@@ -84,6 +98,12 @@ def rows(conversation_id: Any) -> list[dict[str, Any]]:
         .values("id", "role", "status", "content", "error", "input_tokens", "output_tokens")
     )
     return [dict(row) for row in found]
+
+
+def uploaded(owner: Any, name: str, data: bytes) -> str:
+    """An upload as POST /api/uploads/ makes it: judged, stored, inserted."""
+    made = upload_create(owner_id=owner.pk, name=name, judged=judge(data, name), quota_bytes=0)
+    return str(made.id)
 
 
 def message_count() -> int:
@@ -221,6 +241,29 @@ async def test_a_malformed_body_is_400_and_nothing_is_saved(alice, persona, fast
     assert error["code"] == "invalid"
     assert error["message"]
     assert await db_call(message_count)() == 0
+
+
+async def test_attachments_go_with_the_message_as_on_the_socket(
+    alice, bob, persona, fast_demo, media
+):
+    chat = await db_call(conversation_of)(alice, persona)
+    mine = await db_call(uploaded)(alice, "notes.md", b"# Packing\n- socks\n")
+    bobs = await db_call(uploaded)(bob, "bobs.md", b"# Bob's list\n")
+    client = await logged_in(alice)
+
+    foreign = await post(client, chat.id, {"content": "Read this", "attachments": [bobs]})
+    malformed = await post(client, chat.id, {"content": "Read this", "attachments": "notes"})
+    assert foreign.status_code == 404
+    assert foreign.json()["error"]["code"] == "not_found"
+    assert malformed.status_code == 400
+    assert await db_call(message_count)() == 0
+
+    sent = await post(client, chat.id, {"content": "", "attachments": [mine]})
+
+    # The ids were dropped: a 201 for Bob's file, and the message saved without Alice's.
+    assert sent.status_code == 201, sent.content
+    attached = sent.json()["user_message"]["attachments"]
+    assert [(a["id"], a["name"]) for a in attached] == [(mine, "notes.md")]
 
 
 async def test_a_message_over_the_limit_is_413(alice, persona, fast_demo):
