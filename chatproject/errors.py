@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+import json
+
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
+from django.urls import Resolver404, resolve
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 
 
 def _api(request: HttpRequest) -> bool:
@@ -17,6 +21,36 @@ def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
             status=404,
         )
     return defaults.page_not_found(request, exception)
+
+
+def _slashed(request: HttpRequest) -> str | None:
+    """The path with the slash it lacks, when that path is an endpoint."""
+    path = request.path_info
+    if path.endswith("/"):
+        return None
+    try:
+        found = resolve(path + "/")
+    except Resolver404:
+        return None
+    return None if found.func is api_not_found else request.get_full_path(force_append_slash=True)
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Every path under /api/ that no endpoint takes, so it answers JSON under DEBUG too
+    (Django's own 404 page there) and a path without its final slash is redirected with 308,
+    which keeps the method and body: CommonMiddleware's 301 made clients send a POST again
+    as a GET, and under DEBUG it raised an error page instead."""
+    slashed = _slashed(request)
+    if slashed is None:
+        return not_found(request, Resolver404())
+    message = f"No such API endpoint: the path ends with a slash, {slashed}"
+    return HttpResponsePermanentRedirect(
+        slashed,
+        preserve_request=True,
+        content=json.dumps({"error": {"code": "not_found", "message": message}}),
+        content_type="application/json",
+    )
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

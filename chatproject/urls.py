@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
+from chatproject.errors import api_not_found
 from chatproject.ops import health, metrics
 
 urlpatterns = [
@@ -16,6 +17,8 @@ urlpatterns = [
     path("", include("attachments.urls")),
     path("", include("sharing.urls")),
     path("", include("conversations.urls")),
+    # Last: whatever under /api/ no endpoint took answers JSON (chatproject/errors.py).
+    re_path(r"^api/(?P<rest>.*)$", api_not_found),
 ]
 
 handler404 = "chatproject.errors.not_found"

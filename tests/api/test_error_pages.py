@@ -27,3 +27,32 @@ def test_a_server_error_under_api_answers_json():
     response = server_error(RequestFactory().get("/api/conversations/"))
     assert response.status_code == 500
     assert b'"server_error"' in response.content
+
+
+def test_under_debug_an_unknown_api_path_still_answers_json(client, alice, settings):
+    # `make run` serves with DJANGO_DEBUG=true, where Django answered its own HTML 404 page.
+    settings.DEBUG = True
+    client.force_login(alice)
+    for path in ("/api/no-such-endpoint/", "/api/conversations/not-a-uuid/", "/api/"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found", path
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_path_without_its_slash_keeps_the_method_and_body(
+    client, alice, persona, settings, debug
+):
+    # A 301 made clients re-send a POST as a GET (a 200 list for a create); under DEBUG,
+    # Django raised an HTML 500 instead.
+    settings.DEBUG = debug
+    client.force_login(alice)
+
+    moved = client.post("/api/conversations?x=1", "{}", content_type="application/json")
+
+    assert moved.status_code == 308
+    assert moved["Location"] == "/api/conversations/?x=1"
+    assert moved.json()["error"]["code"] == "not_found"
+    created = client.post(moved["Location"], "{}", content_type="application/json")
+    assert created.status_code == 201
+    assert client.get("/api/conversations").status_code == 308
