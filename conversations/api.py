@@ -7,6 +7,7 @@ import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from asgiref.sync import sync_to_async
@@ -24,7 +25,8 @@ from django.http import (
 )
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
-from django.utils.http import content_disposition_header
+from django.utils.dateparse import parse_datetime
+from django.utils.http import content_disposition_header, urlencode
 from django.utils.text import slugify
 from django.views.decorators.csrf import csrf_exempt
 
@@ -270,8 +272,36 @@ def conversations(request: HttpRequest) -> HttpResponse:
         # Exists() rather than a join keeps one row per conversation without DISTINCT.
         in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=query)
         found = found.filter(Q(title__icontains=query) | Q(Exists(in_messages)))
-    found = found.order_by("-updated_at")[:LIST_LIMIT]
-    return JsonResponse([serializers.conversation_dict(c) for c in found], safe=False)
+    before = request.GET.get("before")
+    if before is not None:
+        updated_at, after_id = _list_cursor(before)
+        found = found.filter(
+            Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, id__lt=after_id)
+        )
+    # One more than a page says whether a next one exists; id breaks ties in updated_at.
+    rows = list(found.order_by("-updated_at", "-id")[: LIST_LIMIT + 1])
+    response = JsonResponse(
+        [serializers.conversation_dict(c) for c in rows[:LIST_LIMIT]], safe=False
+    )
+    if len(rows) > LIST_LIMIT:
+        last = rows[LIST_LIMIT - 1]
+        params = {"q": query} if query else {}
+        params["before"] = f"{last.updated_at.isoformat()}~{last.id}"
+        response["Link"] = f'<{request.path}?{urlencode(params)}>; rel="next"'
+    return response
+
+
+def _list_cursor(value: str) -> tuple[datetime, uuid.UUID]:
+    """`before`'s cursor, as the list's own next link writes it: the last conversation's
+    `updated_at` and id."""
+    when, _, conversation_id = value.rpartition("~")
+    try:
+        parsed = parse_datetime(when)
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed, uuid.UUID(conversation_id)
+    except ValueError:
+        pass
+    raise ApiError(400, "invalid", "before must be a cursor from the list's next link.")
 
 
 def _message_id(value: Any, field: str) -> uuid.UUID:

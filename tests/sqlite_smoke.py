@@ -56,6 +56,25 @@ def _reply_of_a_deleted_chat(conversation_id: str) -> dict[str, Any]:
     return {"saved": saved, "counted": budget_for(user_id=owner_id).used_tokens - used}
 
 
+def _listed_in_pages(cookie: str) -> dict[str, Any]:
+    """The conversation list past one page, followed by its next link, on SQLite's way of
+    storing UUIDs and times: every chat once."""
+    from conversations.api import LIST_LIMIT
+
+    owner = Conversation.objects.get().owner
+    persona = Conversation.objects.get().persona
+    Conversation.objects.bulk_create(
+        Conversation(owner=owner, persona=persona, title=f"c{n}") for n in range(LIST_LIMIT + 2)
+    )
+    client = Client(HTTP_HOST="localhost")
+    client.cookies[settings.SESSION_COOKIE_NAME] = cookie
+    first = client.get("/api/conversations/")
+    link = first.headers.get("Link", "")
+    second = client.get(link[1 : link.index(">")]) if link else None
+    ids = [c["id"] for c in first.json() + (second.json() if second else [])]
+    return {"listed": len(ids), "distinct": len(set(ids)), "total": Conversation.objects.count()}
+
+
 async def main() -> None:
     cookie = await db_call(login_cookie)()
     communicator = WebsocketCommunicator(
@@ -114,6 +133,7 @@ async def main() -> None:
             )
         ]
     )()
+    pages = await db_call(_listed_in_pages)(cookie)
     gone = await db_call(_reply_of_a_deleted_chat)(conversation_id)
     print(
         json.dumps(
@@ -125,6 +145,7 @@ async def main() -> None:
                 "path": path,
                 "regenerated": regenerated[-1]["content"],
                 "gone": gone,
+                "pages": pages,
             }
         )
     )

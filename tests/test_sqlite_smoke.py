@@ -48,3 +48,4 @@ def test_sqlite_default_runs_a_whole_turn(tmp_path):
         report["regenerated"],
     ]
     assert report["gone"] == {"saved": None, "counted": 12}
+    assert report["pages"]["listed"] == report["pages"]["distinct"] == report["pages"]["total"]

@@ -10,7 +10,7 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(method, path, body) {
+export async function api(method, path, body, onResponse = null) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET") headers["X-CSRFToken"] = CSRF_TOKEN;
@@ -25,6 +25,7 @@ export async function api(method, path, body) {
     loginAgain();
     throw new ApiError(401, "unauthorized", "Logged out.");
   }
+  if (onResponse) onResponse(response);
   if (response.status === 204) return null;
   const data = await response.json().catch(() => null);
   if (!response.ok) {
@@ -32,6 +33,21 @@ export async function api(method, path, body) {
     throw new ApiError(response.status, error.code || "error", error.message || response.statusText);
   }
   return data;
+}
+
+/**
+ * GET a list that comes in pages: {data, next}, where `next` is the address of the page
+ * after it (its `Link: <...>; rel="next"` header), or null for the last page.
+ */
+export async function apiPage(path) {
+  let next = null;
+  const data = await api("GET", path, undefined, (response) => {
+    const link = response.headers.get("Link") || "";
+    const found = /<([^>]+)>;\s*rel="next"/.exec(link);
+    // Only a path of this site: the list's own link, never somewhere else.
+    next = found && found[1].startsWith("/api/") ? found[1] : null;
+  });
+  return { data, next };
 }
 
 /** Whether the session is still signed in: false only on a 401 (which also goes to login). */

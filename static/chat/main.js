@@ -5,7 +5,7 @@
  * The open conversation lives in the URL: "/" is a new chat, "/c/<uuid>/" an existing one,
  * so a reload or a shared link reopens it and picks up a reply still being generated.
  */
-import { api, signedIn, uploadFile } from "./api.js";
+import { api, apiPage, signedIn, uploadFile } from "./api.js";
 import { copyText } from "./dom.js";
 import * as chat from "./state.js";
 import { createTransport } from "./transport.js";
@@ -539,8 +539,20 @@ ui.logout.form.addEventListener("submit", () => transport.close());
 async function loadConversations() {
   const query = state.query;
   const path = query ? `/api/conversations/?q=${encodeURIComponent(query)}` : "/api/conversations/";
-  const found = await api("GET", path);
-  if (chat.listLoaded(state, query, found)) render();
+  const { data, next } = await apiPage(path);
+  if (chat.listLoaded(state, query, data, next)) render();
+}
+
+/** The list's next page, below what it shows ("Show older chats"). */
+async function loadOlderConversations() {
+  const from = state.listNext;
+  if (!from) return;
+  try {
+    const { data, next } = await apiPage(from);
+    if (chat.listMoreLoaded(state, from, data, next)) render();
+  } catch (error) {
+    view.showError(`Could not load older chats: ${error.message}`);
+  }
 }
 
 let listTimer = null;
@@ -608,6 +620,7 @@ view.init({
   attach: attachFiles,
   removeAttachment,
   share: onShare,
+  more: loadOlderConversations,
 });
 
 // Messages are drawn once personas are known, so their headers carry names and avatars.

@@ -52,9 +52,11 @@ export function createState() {
     // again, each wait longer, rather than leave the reply in view frozen.
     resuming: null,
     resumeRefusals: 0,
-    // The sidebar: the conversations listed, the search that listed them, a change counter.
+    // The sidebar: the conversations listed, the search that listed them, a change counter,
+    // and the address of the list's next page (null: it is all there).
     conversations: [],
     query: "",
+    listNext: null,
     listVersion: 0,
     // Access and quotas. Conversations whose sends answered `forbidden`, with the reason.
     forbidden: new Map(),
@@ -746,10 +748,27 @@ export function setQuery(state, query) {
   state.query = query;
 }
 
-/** A list answered a search; false when a newer search has been typed since. */
-export function listLoaded(state, query, conversations) {
+/**
+ * A list answered a search; false when a newer search has been typed since. `next` is the
+ * address of the page after it (the answer's Link header), or null when there is none.
+ */
+export function listLoaded(state, query, conversations, next = null) {
   if (query !== state.query) return false;
   state.conversations = conversations;
+  state.listNext = next;
+  state.listVersion += 1;
+  return true;
+}
+
+/**
+ * The page after the list arrived: added below it, without a chat the list shows already
+ * (one moved between the pages). False when the list was reloaded or searched meanwhile.
+ */
+export function listMoreLoaded(state, from, conversations, next = null) {
+  if (from !== state.listNext) return false;
+  const shown = new Set(state.conversations.map((c) => c.id));
+  state.conversations = [...state.conversations, ...conversations.filter((c) => !shown.has(c.id))];
+  state.listNext = next;
   state.listVersion += 1;
   return true;
 }

@@ -21,6 +21,7 @@ export const ui = {
   search: $("#search"),
   list: $("#conversation-list"),
   listEmpty: $("#list-empty"),
+  listMore: $("#list-more"),
   logout: $("#logout"),
   title: $("#conversation-title"),
   personaChip: $("#conversation-persona"),
@@ -201,7 +202,7 @@ function icon(name) {
 
 // Redrawing would throw away a title being typed; the list is drawn once the rename ends.
 let renaming = false;
-let listed = { conversations: [], currentId: null, query: "" };
+let listed = { conversations: [], currentId: null, query: "", next: null };
 
 function renderSidebar() {
   if (renaming) return;
@@ -236,6 +237,7 @@ function renderSidebar() {
   }
   ui.listEmpty.hidden = conversations.length > 0;
   ui.listEmpty.textContent = query ? "No conversations match." : "No conversations yet.";
+  ui.listMore.hidden = !listed.next;
 }
 
 function markCurrentInSidebar(currentId) {
@@ -1086,7 +1088,12 @@ export function render(state, personaSlug) {
     setExportLinks(state.currentId);
     markCurrentInSidebar(state.currentId);
   }
-  listed = { conversations: state.conversations, currentId: state.currentId, query: state.query };
+  listed = {
+    conversations: state.conversations,
+    currentId: state.currentId,
+    query: state.query,
+    next: state.listNext,
+  };
   if (state.listVersion !== last.listVersion) renderSidebar();
   last = { currentId: state.currentId, listVersion: state.listVersion, title: state.title };
 }
@@ -1104,10 +1111,17 @@ export function redrawPersonas() {
  * "send-edit" {text}, "cancel-edit", "regenerate", "prev", "next", "copy", "good", "bad",
  * "send-comment" {comment}, "close-comment"); `handlers.attach(files)` hears files chosen,
  * dropped or pasted, `handlers.removeAttachment(key, index)` a file's ×, and
- * `handlers.share(what)` the Share dialog ("open", "create", "revoke", "closed").
+ * `handlers.share(what)` the Share dialog ("open", "create", "revoke", "closed"), and
+ * `handlers.more()` the list's "Show older chats".
  */
 export function init(handlers) {
   actions = handlers;
+  ui.listMore.addEventListener("click", () => {
+    ui.listMore.disabled = true; // one page at a time
+    Promise.resolve(actions.more()).finally(() => {
+      ui.listMore.disabled = false;
+    });
+  });
   ui.messages.addEventListener("click", onCopyClick);
   bindMessageActions();
   ui.input.addEventListener("input", autoGrow);

@@ -183,6 +183,43 @@ def test_search_covers_titles_and_message_text_once_each(
     assert len(logged_in(alice).get("/api/conversations/", {"q": "  "}).json()) == 3
 
 
+def test_a_long_list_comes_in_pages_linked_by_their_next(
+    alice: Any, bob: Any, persona: Persona, settings: Any
+) -> None:
+    # Past a page (200 in production), the rest was out of reach: no link, no count.
+    from conversations import api
+
+    page = api.LIST_LIMIT
+    base = Conversation.objects.create(owner=alice, persona=persona, title="c").updated_at
+    Conversation.objects.filter(owner=alice).delete()
+    made = Conversation.objects.bulk_create(
+        Conversation(owner=alice, persona=persona, title=f"c{n}") for n in range(page + 5)
+    )
+    # Three share one updated_at across the page break: none is lost or repeated.
+    for n, conversation in enumerate(made):
+        when = base.replace(year=2000) if page - 2 <= n <= page else base.replace(year=2001 + n)
+        Conversation.objects.filter(id=conversation.id).update(updated_at=when)
+    chat(bob, persona, "Bob's")
+    client = logged_in(alice)
+
+    first = client.get("/api/conversations/")
+    assert len(first.json()) == page
+    link = first.headers["Link"]
+    assert link.startswith("</api/conversations/?before=") and link.endswith('>; rel="next"')
+    second = client.get(link[1 : link.index(">")])
+    assert second.status_code == 200 and "Link" not in second.headers
+
+    titles = [c["title"] for c in first.json() + second.json()]
+    assert sorted(titles) == sorted(f"c{n}" for n in range(page + 5))
+    assert len(set(titles)) == page + 5
+    searched = client.get("/api/conversations/", {"q": "c"})
+    assert "q=c" in searched.headers["Link"]
+    assert (
+        client.get("/api/conversations/", {"before": "yesterday"}).json()["error"]["code"]
+        == "invalid"
+    )
+
+
 # --- get, rename, delete ----------------------------------------------------------------
 
 

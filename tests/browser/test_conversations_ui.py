@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -164,3 +165,27 @@ def test_second_user_cannot_reach_the_first_users_conversation(
     # And a made-up id looks exactly the same as alice's real one.
     response = page.goto(f"/c/{uuid.uuid4()}/")
     assert response is not None and response.status == 404
+
+
+def test_older_chats_past_the_first_page_are_a_click_away(
+    open_page: Callable[..., Page], alice: Any, persona: Any
+) -> None:
+    from conversations.api import LIST_LIMIT
+
+    made = Conversation.objects.bulk_create(
+        Conversation(owner=alice, persona=persona, title=f"Chat {n}") for n in range(LIST_LIMIT + 3)
+    )
+    for n, chat in enumerate(made):  # Chat 0 the oldest
+        Conversation.objects.filter(id=chat.id).update(
+            updated_at=chat.updated_at - timedelta(days=len(made) - n)
+        )
+    page = open_page(alice)
+    expect(titles(page)).to_have_count(LIST_LIMIT)
+    more = page.get_by_role("button", name="Show older chats")
+    expect(more).to_be_visible()
+
+    more.click()
+
+    expect(titles(page)).to_have_count(LIST_LIMIT + 3)
+    expect(titles(page).last).to_have_text("Chat 0")
+    expect(more).to_be_hidden()

@@ -392,3 +392,21 @@ test("a reply whose log was lost mid-stream is resumed by itself", () => {
   assert.deepEqual(chat.receive(state, delta(2, "t")), [{ type: "error", message: "" }]);
   assert.equal(lastReply(state).text, "About");
 });
+
+test("a long list's next page goes below it, once, and only for the list it follows", () => {
+  const state = chat.createState();
+  chat.listLoaded(state, "", [{ id: A, title: "Bread" }, { id: B, title: "Tides" }], "/api/conversations/?before=x");
+  assert.equal(state.listNext, "/api/conversations/?before=x");
+
+  // B moved between the pages (it was answered meanwhile): it is not listed twice.
+  const more = [{ id: B, title: "Tides" }, { id: "c3", title: "Older" }];
+  assert.equal(chat.listMoreLoaded(state, "/api/conversations/?before=x", more, null), true);
+  assert.deepEqual(state.conversations.map((c) => c.id), [A, B, "c3"]);
+  assert.equal(state.listNext, null);
+
+  // A page that arrives after a search replaced the list is dropped.
+  chat.setQuery(state, "bread");
+  chat.listLoaded(state, "bread", [{ id: A, title: "Bread" }], null);
+  assert.equal(chat.listMoreLoaded(state, "/api/conversations/?before=x", more, null), false);
+  assert.deepEqual(state.conversations.map((c) => c.id), [A]);
+});
