@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import connection, transaction
 from django.test import Client
 
 from conversations import services
 from conversations.models import Conversation, Message
 from conversations.services import message_append
 from personas.models import Persona
+from tests.locks import behind_a_lock
 
 pytestmark = pytest.mark.django_db
 
@@ -328,15 +326,6 @@ def test_bob_gets_404_for_everything_of_alices(alice: Any, bob: Any, persona: Pe
 # --- two requests at once -------------------------------------------------------------------
 
 
-def waiting_on_a_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        return bool(cursor.fetchone()[0])
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_delete_racing_a_send_deletes_the_chat_with_the_new_message(
     alice: Any, persona: Persona
@@ -344,45 +333,22 @@ def test_a_delete_racing_a_send_deletes_the_chat_with_the_new_message(
     made = Conversation.objects.create(owner=alice, persona=persona)
     client = Client(raise_request_exception=False)  # a server error answers, as it would
     client.force_login(alice)
-    holding, done = threading.Event(), threading.Event()
-    answers: dict[str, Any] = {}
 
-    def send() -> None:
-        # A turn on the chat: its message is written, not yet committed, while the delete runs.
-        try:
-            with transaction.atomic():
-                services.turn_begin(
-                    user_id=alice.id,
-                    conversation_id=made.id,
-                    persona_slug=None,
-                    content="Hello",
-                    client_id=uuid.uuid4(),
-                    history_limit=10,
-                )
-                holding.set()
-                done.wait(30)
-        finally:
-            connection.close()
+    def send() -> Any:
+        return services.turn_begin(
+            user_id=alice.id,
+            conversation_id=made.id,
+            persona_slug=None,
+            content="Hello",
+            client_id=uuid.uuid4(),
+            history_limit=10,
+        )
 
-    def delete() -> None:
-        try:
-            answers["delete"] = client.delete(f"/api/conversations/{made.id}/")
-        finally:
-            connection.close()
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    assert holding.wait(30)
-    deleter = threading.Thread(target=delete)
-    deleter.start()
-    deadline = time.monotonic() + 30
-    while not waiting_on_a_lock() and time.monotonic() < deadline:
-        time.sleep(0.02)  # the delete waits for the turn's lock on the conversation
-    done.set()
-    sender.join(30)
-    deleter.join(30)
+    # A turn on the chat: its message is written, not yet committed, while the delete runs
+    # (and waits for the turn's lock on the conversation).
+    race = behind_a_lock(send, lambda: client.delete(f"/api/conversations/{made.id}/"))
 
     # It failed its foreign-key check at commit (500), the chat and the message kept.
-    assert answers["delete"].status_code == 204
+    assert race.answer.status_code == 204
     assert not Conversation.objects.filter(pk=made.pk).exists()
     assert not Message.objects.filter(conversation_id=made.pk).exists()

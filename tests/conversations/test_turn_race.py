@@ -2,81 +2,41 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
 
 from conversations import services
 from conversations.models import Conversation, Message
+from tests.locks import behind_a_lock
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def waiting_on_a_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        return bool(cursor.fetchone()[0])
 
 
 def test_a_send_racing_its_twin_gets_the_twins_message_and_leaves_no_conversation(
     alice: Any, persona: Any
 ) -> None:
     client_id = uuid.uuid4()
-    holding, done = threading.Event(), threading.Event()
-    results: dict[str, Any] = {}
 
-    def first() -> None:
-        # The twin: its message is inserted, not yet committed, while the second send runs.
-        try:
-            with transaction.atomic():
-                results["first"] = services.turn_begin(
-                    user_id=alice.id,
-                    conversation_id=None,
-                    persona_slug=None,
-                    content="Hello",
-                    client_id=client_id,
-                    history_limit=10,
-                )
-                holding.set()
-                done.wait(30)
-        finally:
-            connection.close()
+    def send() -> Any:
+        return services.turn_begin(
+            user_id=alice.id,
+            conversation_id=None,
+            persona_slug=None,
+            content="Hello",
+            client_id=client_id,
+            history_limit=10,
+        )
 
-    def second() -> None:
-        try:
-            results["second"] = services.turn_begin(
-                user_id=alice.id,
-                conversation_id=None,
-                persona_slug=None,
-                content="Hello",
-                client_id=client_id,
-                history_limit=10,
-            )
-        finally:
-            connection.close()
+    # The twin's message is inserted, not yet committed, while the second send runs: the
+    # second insert waits on the twin's uncommitted row.
+    race = behind_a_lock(send, send)
+    first, second = race.held, race.answer
 
-    twin = threading.Thread(target=first)
-    twin.start()
-    assert holding.wait(30)
-    racer = threading.Thread(target=second)
-    racer.start()
-    deadline = time.monotonic() + 30
-    while not waiting_on_a_lock() and time.monotonic() < deadline:
-        time.sleep(0.02)  # the second insert waits on the twin's uncommitted row
-    done.set()
-    twin.join(30)
-    racer.join(30)
-
-    assert results["second"].duplicate
-    assert results["second"].user_message_id == results["first"].user_message_id
-    assert results["second"].conversation_id == results["first"].conversation_id
+    assert second.duplicate
+    assert second.user_message_id == first.user_message_id
+    assert second.conversation_id == first.conversation_id
     # The second send left no conversation of its own behind.
     assert Conversation.objects.filter(owner=alice).count() == 1
     assert Message.objects.filter(owner=alice, client_id=client_id).count() == 1
@@ -95,30 +55,22 @@ def test_a_send_waiting_on_the_reply_before_it_follows_that_reply(alice: Any, pe
         client_id=uuid.uuid4(),
         history_limit=10,
     )
-    holding, done = threading.Event(), threading.Event()
-    results: dict[str, Any] = {}
 
-    def save() -> None:
-        try:
-            with transaction.atomic():
-                services.reply_save(
-                    message_id=opened.message_id,
-                    conversation_id=opened.conversation_id,
-                    user_message_id=opened.user_message_id,
-                    content="Hi.",
-                    status="complete",
-                    input_tokens=1,
-                    output_tokens=1,
-                    error="",
-                )
-                holding.set()
-                done.wait(30)
-        finally:
-            connection.close()
+    def save() -> Any:
+        return services.reply_save(
+            message_id=opened.message_id,
+            conversation_id=opened.conversation_id,
+            user_message_id=opened.user_message_id,
+            content="Hi.",
+            status="complete",
+            input_tokens=1,
+            output_tokens=1,
+            error="",
+        )
 
-    def follow_up() -> None:
+    def follow_up() -> Any:
         try:
-            results["sent"] = services.turn_begin(
+            return services.turn_begin(
                 user_id=alice.id,
                 conversation_id=opened.conversation_id,
                 persona_slug=None,
@@ -127,24 +79,12 @@ def test_a_send_waiting_on_the_reply_before_it_follows_that_reply(alice: Any, pe
                 history_limit=10,
             )
         except Exception as exc:  # the assertion below names it
-            results["sent"] = exc
-        finally:
-            connection.close()
+            return exc
 
-    saver = threading.Thread(target=save)
-    saver.start()
-    assert holding.wait(30)
-    sender = threading.Thread(target=follow_up)
-    sender.start()
-    deadline = time.monotonic() + 30
-    while not waiting_on_a_lock() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert waiting_on_a_lock()  # the send waits for the save to commit
-    done.set()
-    saver.join(30)
-    sender.join(30)
+    race = behind_a_lock(save, follow_up)
+    assert race.waited  # the send waits for the save to commit
 
-    sent = results["sent"]
+    sent = race.answer
     assert not isinstance(sent, Exception), sent
     assert sent.user_parent_id == opened.message_id
     assert [item.content for item in sent.history] == ["Hello", "Hi."]

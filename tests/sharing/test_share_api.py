@@ -5,12 +5,10 @@ that does not work answers. Alice shares; Bob must never control her share."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
@@ -18,6 +16,7 @@ from conversations.models import Conversation
 from conversations.services import conversation_lock, message_append
 from sharing.models import Share
 from sharing.services import token_digest
+from tests.locks import behind_a_lock
 from tests.sharing.conftest import (
     ALICE_MARKERS,
     Branched,
@@ -37,15 +36,6 @@ def shared(client: Client, chat: Conversation) -> dict[str, Any]:
     assert answer.status_code == 201, answer.content
     body: dict[str, Any] = answer.json()
     return body
-
-
-def waiting_on_a_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        return bool(cursor.fetchone()[0])
 
 
 def read(client: Client, token: str) -> Any:
@@ -183,41 +173,17 @@ def test_sharing_while_the_conversation_is_deleted_is_404_and_leaves_no_link(
     message_append(conversation=chat, role="user", content="Tell me about cats")
     client = Client(raise_request_exception=False)  # a server error answers, as it would
     client.force_login(alice)
-    holding, done = threading.Event(), threading.Event()
-    answers: dict[str, Any] = {}
 
     def delete() -> None:
         # DELETE /api/conversations/<id>/ in the middle of its transaction: locked, deleted,
         # not yet committed, when the share is asked for.
-        try:
-            with transaction.atomic():
-                assert conversation_lock(conversation_id=chat.id)
-                Conversation.objects.filter(id=chat.id).delete()
-                holding.set()
-                done.wait(30)
-        finally:
-            connection.close()
+        assert conversation_lock(conversation_id=chat.id)
+        Conversation.objects.filter(id=chat.id).delete()
 
-    def share() -> None:
-        try:
-            answers["share"] = client.post(share_path(chat))
-        finally:
-            connection.close()
-
-    deleter = threading.Thread(target=delete)
-    deleter.start()
-    assert holding.wait(30)
-    sharer = threading.Thread(target=share)
-    sharer.start()
-    deadline = time.monotonic() + 30
-    while not waiting_on_a_lock() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    done.set()
-    deleter.join(30)
-    sharer.join(30)
+    race = behind_a_lock(delete, lambda: client.post(share_path(chat)))
 
     # It failed its foreign-key check at commit: a 500 for a chat that no longer exists.
-    assert error_of(answers["share"]) == (404, "not_found")
+    assert error_of(race.answer) == (404, "not_found")
     assert not Share.objects.exists()
 
 
