@@ -61,10 +61,10 @@ def _listed_in_pages(cookie: str) -> dict[str, Any]:
     storing UUIDs and times: every chat once."""
     from conversations.api import LIST_LIMIT
 
-    owner = Conversation.objects.get().owner
-    persona = Conversation.objects.get().persona
+    chat = Conversation.objects.get()
     Conversation.objects.bulk_create(
-        Conversation(owner=owner, persona=persona, title=f"c{n}") for n in range(LIST_LIMIT + 2)
+        Conversation(owner_id=chat.owner_id, persona_id=chat.persona_id, title=f"c{n}")
+        for n in range(LIST_LIMIT + 2)
     )
     client = Client(HTTP_HOST="localhost")
     client.cookies[settings.SESSION_COOKIE_NAME] = cookie
