@@ -127,22 +127,31 @@ _POSTGRESQL_ENGINES = ("chatproject.postgresql", "django.db.backends.postgresql"
 
 
 async def turn_call(
-    steps: Callable[..., Steps[R]], on_thread: Callable[..., R], *, atomic: bool, **kwargs: Any
+    steps: Callable[..., Steps[R]],
+    on_thread: Callable[..., R],
+    *,
+    atomic: bool,
+    ahead: Callable[[Any], object] | None = None,
+    **kwargs: Any,
 ) -> R:
     """`steps(**kwargs)` on the event loop (`loop_run`) where it can be; else, or where the
     steps need the ORM, `on_thread(**kwargs)` on a turn thread (`db_call`). `on_thread` is
-    the same steps run by `turn_sql.run` in the transaction they need."""
+    the same steps run by `turn_sql.run` in the transaction they need. `ahead` is called
+    with what the steps expect to return, before their last write (`turn_sql.Ahead`), on
+    the event loop only."""
     if on_loop():
         try:
             # Shielded: a caller cancelled meanwhile (its socket gone) does not cut the
             # statements short, as it never stopped a thread's.
-            return await asyncio.shield(loop_run(steps(**kwargs), atomic=atomic))
+            return await asyncio.shield(loop_run(steps(**kwargs), atomic=atomic, ahead=ahead))
         except NeedsThread:
             pass  # a rare path (a re-send, an edit, a session to check in full)
     return await db_call(on_thread)(**kwargs)
 
 
-async def loop_run(steps: Steps[R], *, atomic: bool) -> R:
+async def loop_run(
+    steps: Steps[R], *, atomic: bool, ahead: Callable[[Any], object] | None = None
+) -> R:
     """Run `steps` on one of the loop's connections, in a transaction if `atomic`, else each
     statement on its own (autocommit). Raises NeedsThread, with nothing written, where the
     steps need the ORM; database errors come as Django's (`DatabaseError` and its kin), as
@@ -151,21 +160,28 @@ async def loop_run(steps: Steps[R], *, atomic: bool) -> R:
     with wrapper.wrap_database_errors:
         async with loop_connections.cursor(wrapper.settings_dict) as cursor:
             if not atomic:
-                return await _drive(cursor, steps)
+                return await _drive(cursor, steps, ahead)
             async with cursor.connection.transaction():
-                return await _drive(cursor, steps)
+                return await _drive(cursor, steps, ahead)
 
 
-async def _drive(cursor: AsyncCursor[Any], steps: Steps[R]) -> R:
-    from conversations.turn_sql import Statement
+async def _drive(
+    cursor: AsyncCursor[Any], steps: Steps[R], ahead: Callable[[Any], object] | None
+) -> R:
+    from conversations.turn_sql import Ahead, Statement
 
     try:
         step = next(steps)
         while True:
+            result: Any = None
+            if isinstance(step, Ahead):
+                if ahead is not None:
+                    ahead(step.ctx)
+                step = steps.send(result)
+                continue
             if not isinstance(step, Statement):
                 steps.close()
                 raise NeedsThread
-            result: Any = None
             await cursor.execute(step.sql, step.params)
             if step.fetch == "one":
                 result = await cursor.fetchone()

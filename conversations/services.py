@@ -475,6 +475,14 @@ def turn_begin_steps(
     # foreign key is checked at commit): no second write to set the active leaf.
     message_id = uuid.uuid4()
     target = conversation_id or uuid.uuid4()
+    ahead: TurnContext | None = None
+    if conversation_id is None and not uploads:
+        # A new conversation has no history: its reply's prompt is known now, and the model's
+        # request may go out while the message is written.
+        ahead = _begun(
+            user_id, target, title, client_id, message_id, content, persona, reads.profile
+        )
+        yield turn_sql.Ahead(ahead)
     # On PostgreSQL an existing conversation's write also reads its history.
     inserted, path_rows = yield from turn_sql.message_insert(
         message_id=message_id,
@@ -489,6 +497,8 @@ def turn_begin_steps(
     )
     if not inserted:
         raise _SentMeanwhile
+    if ahead is not None:
+        return ahead
     if uploads:
         Attachment.objects.bulk_create(
             Attachment(message_id=message_id, upload=upload, position=position)
@@ -500,12 +510,43 @@ def turn_begin_steps(
         path = _path_items(parent, history_limit)
     else:
         path = _items_from(path_rows)
-    history = tuple(item for _, item in path)
-    profile = reads.profile
+    return _begun(
+        user_id,
+        target,
+        title,
+        client_id,
+        message_id,
+        content,
+        persona,
+        reads.profile,
+        created=conversation_id is None,
+        history=tuple(item for _, item in path),
+        parent=parent,
+        attachments=tuple(_attachment_info(upload) for upload in uploads),
+    )
+
+
+def _begun(
+    user_id: int,
+    conversation_id: uuid.UUID,
+    title: str,
+    client_id: uuid.UUID,
+    message_id: uuid.UUID,
+    content: str,
+    persona: PersonaInfo,
+    profile: ProfileInfo,
+    *,
+    created: bool = True,
+    history: tuple[HistoryItem, ...] = (),
+    parent: uuid.UUID | None = None,
+    attachments: tuple[AttachmentInfo, ...] = (),
+) -> TurnContext:
+    """A turn's context once its message `message_id` is written (a new conversation's, by
+    default: no history, no parent)."""
     return TurnContext(
         user_id=user_id,
-        conversation_id=target,
-        conversation_created=conversation_id is None,
+        conversation_id=conversation_id,
+        conversation_created=created,
         title=title,
         client_id=client_id,
         user_message_id=message_id,
@@ -514,10 +555,8 @@ def turn_begin_steps(
         persona=persona,
         profile=profile,
         history=history,
-        duplicate=False,
-        age=0.0,
         user_parent_id=parent,
-        attachments=tuple(_attachment_info(upload) for upload in uploads),
+        attachments=attachments,
     )
 
 

@@ -71,8 +71,18 @@ class Orm:
 
 ORM = Orm()
 
+
+@dataclass(frozen=True)
+class Ahead:
+    """A step that says: every check has passed and only the write is left; if it succeeds,
+    the steps return this `ctx` (the same object). The event loop's driver hands it on, so
+    that the model's request goes out while the message is written; a thread's goes on."""
+
+    ctx: Any  # a TurnContext
+
+
 # What a turn's statements yield, and what they return at the end.
-Steps = Generator[Statement | Orm, Any, T]
+Steps = Generator[Statement | Orm | Ahead, Any, T]
 
 
 def run(steps: Steps[T]) -> T:

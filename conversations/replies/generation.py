@@ -54,9 +54,45 @@ class Follower:
     live: bool = False
 
 
+class ModelStream:
+    """The provider's stream for one reply, pulled into a buffer by a task of its own from
+    the moment it is made: by the turn itself where its prompt is known before its message
+    is written (`turn_sql.Ahead`), else by `Generation.start`. Nothing is sent to a socket
+    from here; the generation makes frames of the buffer once it has announced the reply."""
+
+    def __init__(self, provider: Provider, request: ProviderRequest) -> None:
+        self.provider = provider
+        self.request = request
+        self.events = provider.stream(request)
+        self.buffer: list[str] = []  # the provider's text since the last frame
+        self.first = asyncio.Event()  # set at its first text
+        self.usage = Usage()
+        self.task = asyncio.get_running_loop().create_task(self._pull())
+
+    async def _pull(self) -> None:
+        async for event in self.events:
+            if isinstance(event, Usage):
+                self.usage = event
+            elif isinstance(event, str) and event:
+                self.buffer.append(event)
+                self.first.set()
+
+    def cancel(self) -> None:
+        """Stop pulling: its model stream closes as the cancel passes through it."""
+        if not self.task.done():
+            self.task.cancel()
+        elif not self.task.cancelled():
+            self.task.exception()  # read: a failure nobody streamed is not logged as lost
+
+
 class Generation:
     def __init__(
-        self, ctx: TurnContext, provider: Provider, request: ProviderRequest, registry: Registry
+        self,
+        ctx: TurnContext,
+        provider: Provider,
+        request: ProviderRequest,
+        registry: Registry,
+        model: ModelStream | None = None,
     ) -> None:
         self.ctx = ctx
         self.provider = provider
@@ -75,13 +111,10 @@ class Generation:
         self.followers: dict[str, Follower] = {}
         self.stop_requested = False
         self.interrupted = False
-        self.usage = Usage()
         self.task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
+        self._model = model  # the provider's stream, if the turn started it already
         self._producer: asyncio.Task[None] | None = None  # pulls the provider's stream
-        self._events = provider.stream(request)
-        self._buffer: list[str] = []  # the provider's text since the last frame
-        self._first = asyncio.Event()  # set at its first text
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.received_at = self.started  # when chat.send arrived; set by turn_start
@@ -249,16 +282,22 @@ class Generation:
         if target is not None:
             target.cancel()
 
-    def start(self) -> asyncio.Task[None]:
-        """Start pulling the provider's stream, and the task that makes frames of it and
-        saves the reply (`run`); that task is returned.
+    @property
+    def usage(self) -> Usage:
+        return self._model.usage if self._model is not None else Usage()
 
-        The pull is a task of its own from here, not one `run` starts: the model's request
-        goes out (and the demo model's clock starts) one pass of the event loop after the
-        turn's begin, not three (the run task, its stream task, then the pull each waited
-        for a pass). Its text waits in the buffer until `run` has announced the reply."""
+    def start(self) -> asyncio.Task[None]:
+        """Start pulling the provider's stream, unless the turn did (`ModelStream`), and the
+        task that makes frames of it and saves the reply (`run`); that task is returned.
+
+        The pull is a task of its own, not one `run` starts: the model's request goes out
+        (and the demo model's clock starts) one pass of the event loop after the turn's
+        begin, not three (the run task, its stream task, then the pull each waited for a
+        pass). Its text waits in the buffer until `run` has announced the reply."""
+        if self._model is None:
+            self._model = ModelStream(self.provider, self.request)
+        self._producer = self._model.task
         loop = asyncio.get_running_loop()
-        self._producer = loop.create_task(self._pull())
         self.task = loop.create_task(self.run())
         # However the run task ends, nothing goes on pulling from the model: cancelled before
         # its first step (a shutdown in the same pass), it never reaches `_stream`'s cleanup.
@@ -266,21 +305,8 @@ class Generation:
         return self.task
 
     def _pull_ends(self, _: asyncio.Task[None]) -> None:
-        producer = self._producer
-        if producer is None:
-            return
-        if not producer.done():
-            producer.cancel()  # its model stream closes as the cancel passes through it
-        elif not producer.cancelled():
-            producer.exception()  # read: a failure nobody streamed is not logged as lost
-
-    async def _pull(self) -> None:
-        async for event in self._events:
-            if isinstance(event, Usage):
-                self.usage = event
-            elif isinstance(event, str) and event:
-                self._buffer.append(event)
-                self._first.set()
+        if self._model is not None:
+            self._model.cancel()
 
     async def run(self) -> None:
         logctx.turn_id.set(str(self.ctx.message_id))
@@ -333,8 +359,9 @@ class Generation:
         """
         window = settings.STREAM_COALESCE_MS / 1000
         widest = settings.STREAM_COALESCE_MAX_MS / 1000
-        buffer, first, producer = self._buffer, self._first, self._producer
-        assert producer is not None, "started by Generation.start"
+        model = self._model
+        assert model is not None, "started by Generation.start"
+        buffer, first, producer = model.buffer, model.first, model.task
 
         def flush() -> None:
             text = "".join(buffer)
@@ -368,7 +395,7 @@ class Generation:
                 self.frames.append("".join(buffer))
             # Closes the upstream HTTP stream on stop and shutdown.
             with contextlib.suppress(BaseException):
-                await self._events.aclose()
+                await model.events.aclose()
 
     async def _finish(self, status: str, error: str) -> str:
         """Save, then send the final frame. Returns the status as saved."""

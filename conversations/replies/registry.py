@@ -20,7 +20,7 @@ from conversations import metrics
 from conversations.context import TurnContext
 from conversations.errors import Busy
 from conversations.llm.base import Provider, ProviderRequest
-from conversations.replies.generation import Generation
+from conversations.replies.generation import Generation, ModelStream
 from conversations.replies.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -149,11 +149,15 @@ class Registry:
         provider: Provider,
         request: ProviderRequest,
         reservation: Reservation,
+        model: ModelStream | None = None,
     ) -> Generation:
+        """`model`: the provider's stream, where the turn started it already."""
         if ctx.conversation_id in self.generations:
             reservation.release()
+            if model is not None:
+                model.cancel()
             raise Busy("A reply is already being generated in this conversation.")
-        generation = Generation(ctx, provider, request, self)
+        generation = Generation(ctx, provider, request, self, model)
         generation.slot = reservation.slot
         generation.claim = reservation.claim
         self.generations[ctx.conversation_id] = generation

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from django.conf import settings
@@ -20,6 +21,7 @@ from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.prompts import build_request, prompt_images
 from conversations.replies import replylog, worker
 from conversations.replies.admission import admission
+from conversations.replies.generation import ModelStream
 from conversations.replies.protocol import Regenerate, Turn
 from conversations.replies.registry import Reservation, registry, user_busy
 from conversations.replies.reply import Reply, SavedReply, remote_reply
@@ -225,6 +227,8 @@ async def _begin(
     claim = f"claim:{command.client_id}:{uuid.uuid4()}"
     claimed = False
     ctx: TurnContext | None = None
+    ahead = _Ahead()
+    model: ModelStream | None = None
     try:
         if not await replylog.guarded(
             replylog.slot_take(user_id, reservation.slot, settings.MAX_GENERATIONS_PER_USER), True
@@ -250,7 +254,8 @@ async def _begin(
             reservation.claim = claim
         async with admission.turn():
             logger.debug("turn begin: database work begins")
-            ctx = await _turn_begin(user_id, command, session_key)
+            ctx = await _turn_begin(user_id, command, session_key, ahead.start)
+        model = ahead.take(ctx)
         metrics.DB_SECONDS.labels("begin").observe(time.monotonic() - received_at)
         logctx.turn_id.set(str(ctx.message_id))
         logctx.conversation_id.set(str(ctx.conversation_id))
@@ -268,13 +273,19 @@ async def _begin(
             await replylog.guarded(replylog.claim(ctx.conversation_id, claim), True)
             claimed = True
             reservation.claim = claim
-        provider = provider_for(ctx.persona.provider)
-        images = await images_for_prompt(prompt_images(ctx))
+        if model is not None:
+            provider, request = model.provider, model.request
+        else:
+            provider = provider_for(ctx.persona.provider)
+            request = build_request(ctx, await images_for_prompt(prompt_images(ctx)))
     except BaseException:
+        ahead.cancel()
+        if model is not None:
+            model.cancel()
         held = ctx.conversation_id if ctx is not None else command.conversation_id
         await _release(reservation, held, claim if claimed else None)
         raise
-    generation = registry.start(ctx, provider, build_request(ctx, images), reservation)
+    generation = registry.start(ctx, provider, request, reservation, model)
     generation.received_at = received_at
     if ctx.conversation_created:
         # The heuristic title first, so a generated one can only ever replace it.
@@ -305,9 +316,46 @@ async def _after_first_send(first: Reservation) -> Started | None:
 FIRST_SEND_WAIT_SECONDS = 60.0
 
 
-async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> TurnContext:
+class _Ahead:
+    """The model's stream that a turn starts before its message is written, where its
+    prompt is known by then (`turn_sql.Ahead`: a new conversation's first message): the
+    model's first token is then on its way while the write's round trip is. The stream is
+    the turn's only if the begin returns the very context it was started for; else (the
+    write found a twin's message, or failed) it is stopped, and nobody saw a word of it."""
+
+    def __init__(self) -> None:
+        self.ctx: TurnContext | None = None
+        self.model: ModelStream | None = None
+        self.closed = False
+
+    def start(self, ctx: TurnContext) -> None:
+        # The begin's statements are shielded from its caller: a turn given up meanwhile
+        # (`cancel` ran) starts nothing.
+        if not self.closed:
+            self.ctx = ctx
+            self.model = ModelStream(provider_for(ctx.persona.provider), build_request(ctx))
+
+    def take(self, ctx: TurnContext) -> ModelStream | None:
+        """The stream, if it was started for `ctx`; any other is stopped."""
+        model, self.model, self.closed = self.model, None, True
+        if model is not None and ctx is not self.ctx:
+            model.cancel()
+            return None
+        return model
+
+    def cancel(self) -> None:
+        self.closed = True
+        if self.model is not None:
+            self.model.cancel()
+            self.model = None
+
+
+async def _turn_begin(
+    user_id: int, command: Turn, session_key: str | None, ahead: Callable[[TurnContext], None]
+) -> TurnContext:
     """Step 2: the turn's one short transaction (`services.turn_begin` says when a single
-    statement is all it takes), for a new message or a new version of a reply."""
+    statement is all it takes), for a new message or a new version of a reply. `ahead` may
+    start the reply's model before the message is written (`_Ahead`)."""
     if isinstance(command, Regenerate):
         return await db_call(services.turn_regenerate)(
             user_id=user_id,
@@ -324,6 +372,7 @@ async def _turn_begin(user_id: int, command: Turn, session_key: str | None) -> T
         services.turn_begin_steps,
         services.turn_begin,
         atomic=command.conversation_id is not None,
+        ahead=ahead,
         user_id=user_id,
         conversation_id=command.conversation_id,
         persona_slug=command.persona,

@@ -463,4 +463,5 @@ async def test_a_reply_cancelled_as_it_starts_stops_pulling_from_the_model(
     await asyncio.wait([producer], timeout=1)  # its 100 words would take 5 s
 
     assert producer.cancelled()
-    assert generation._buffer == []
+    assert generation._model is not None
+    assert generation._model.buffer == []

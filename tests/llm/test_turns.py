@@ -4,11 +4,15 @@ local servers that speak the Gemini and OpenAI wire formats."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
+from django.db import connection, transaction
 from google.genai import types
 from openai.types.chat import ChatCompletionChunk
 
@@ -16,6 +20,7 @@ from accounts.models import Profile
 from conversations.db import db_call
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
+from conversations.replies import start
 from conversations.replies.registry import registry
 from conversations.services import message_append
 from conversations.titles import TITLE_INSTRUCTION
@@ -30,6 +35,7 @@ from tests.llm.turn_servers import (
     system_text,
 )
 from tests.llm.wire_servers import Script, load_events
+from tests.locks import waiting_on_a_lock
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -363,6 +369,147 @@ async def test_stop_closes_the_upstream_stream_and_saves_stopped(
     assert (done["status"], done["content"]) == ("stopped", "Arr, the treasure")
     saved = await db_call(reply_row)(accepted["message_id"])
     assert saved[:2] == ("stopped", "Arr, the treasure")
+
+
+# --- a new conversation: the model's request goes out while the message is written ---------
+
+
+def hold_a_twin(
+    owner: Any, persona: Persona, client_id: uuid.UUID, end: threading.Event, *, commit: bool
+) -> threading.Event:
+    """A message of this user and `client_id` written by another transaction (the same send
+    beginning on another worker), kept open until `end`; committed or rolled back then.
+    Answers an event set once it is written."""
+    holding = threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                twin = Conversation.objects.create(owner=owner, persona=persona, title="Twin")
+                Message.objects.create(
+                    conversation=twin,
+                    owner=owner,
+                    role=Message.Role.USER,
+                    content=QUESTION,
+                    client_id=client_id,
+                )
+                holding.set()
+                end.wait(30)
+                transaction.set_rollback(not commit)
+        finally:
+            holding.set()
+            connection.close()
+
+    threading.Thread(target=hold, daemon=True).start()
+    return holding
+
+
+def lock_waited() -> bool:
+    try:
+        return waiting_on_a_lock()
+    finally:
+        connection.close()
+
+
+async def requests_for(server: TurnServer, purpose: str, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(server.requests_for(purpose)) < count:
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def postgresql() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the begin's statements run on the event loop on PostgreSQL only")
+
+
+async def test_a_new_chats_model_hears_the_question_while_its_message_is_being_written(
+    postgresql, openai_turns, limits, ws, alice, persona
+):
+    """Once a new conversation's read has passed every check, its prompt is known: the
+    model's request goes out then, and its first token is on its way while the message is
+    written. Seen with the write held up by a lock: the model has the question before the
+    message is saved, and the reply streams and is saved once it is."""
+    limits.LLM_PROVIDER = "openai"
+    openai_turns.script = Script(events=load_events("openai_stream_ok.json"))
+    client_id, end = uuid.uuid4(), threading.Event()
+    holding = hold_a_twin(alice, persona, client_id, end, commit=False)
+    try:
+        assert await asyncio.to_thread(holding.wait, 10)
+        socket = await ws(alice)
+        await socket.send_message(QUESTION, client_id=str(client_id))
+        await requests_for(openai_turns, "reply", 1)
+        assert await asyncio.to_thread(lock_waited), "the message's write is not waiting"
+        assert await db_call(counts)() == (0, 0)  # nothing of this send is saved yet
+    finally:
+        end.set()
+    accepted, deltas, done = split(await socket.receive_until("chat.done"))
+
+    [request] = openai_turns.requests_for("reply")
+    assert conversation_of(request.body) == [("user", QUESTION)]
+    assert "".join(deltas) == done["content"] == EXPECTED
+    assert await db_call(reply_row)(accepted["message_id"]) == ("complete", EXPECTED, "", 31, 9)
+    assert await db_call(counts)() == (1, 2)
+
+
+@pytest.mark.parametrize("refused_by", ["budget", "persona"])
+async def test_a_new_chat_refused_by_its_checks_never_reaches_the_model(
+    postgresql, openai_turns, limits, ws, alice, persona, refused_by
+):
+    """The request goes out ahead of the write, never ahead of the checks: a used-up
+    budget, or a persona the user may not use, refuses the turn before the model hears it."""
+    limits.LLM_PROVIDER = "openai"
+    openai_turns.script = Script(events=load_events("openai_stream_ok.json"))
+    chosen = None
+    if refused_by == "budget":
+        limits.TOKEN_BUDGET = 0
+    else:
+        limited = await db_call(group_only_persona)()
+        chosen = limited.slug
+    socket = await ws(alice)
+
+    await socket.send_message(QUESTION, persona=chosen)
+    refusal = await socket.receive_type("chat.error")
+    await asyncio.sleep(0.2)  # a request sent ahead would be on the wire by now
+
+    assert refusal["code"] == {"budget": "quota_exceeded", "persona": "not_found"}[refused_by]
+    assert openai_turns.requests == []
+    assert await db_call(counts)() == (0, 0)
+
+
+def group_only_persona() -> Persona:
+    limited = Persona.objects.create(slug="counsel", name="Counsel", system_prompt="Law.")
+    limited.groups.add(Group.objects.create(name="legal"))
+    return limited
+
+
+async def test_a_model_request_sent_ahead_of_a_write_that_found_a_twin_is_hung_up(
+    postgresql, openai_turns, limits, ws, alice, persona, monkeypatch
+):
+    """The same send began on another worker and wrote its message first: this send's
+    write saves nothing, and the model's stream it started ahead is closed before its
+    answer is done (no words streamed from it). The send is answered with the twin's
+    reply, generated once."""
+    limits.LLM_PROVIDER = "openai"
+    monkeypatch.setattr(start, "TWIN_WAIT_SECONDS", 0.2)  # the twin here never starts one
+    openai_turns.script = Script(events=load_events("openai_stream_ok.json"), event_pause=0.5)
+    client_id, end = uuid.uuid4(), threading.Event()
+    holding = hold_a_twin(alice, persona, client_id, end, commit=True)
+    try:
+        assert await asyncio.to_thread(holding.wait, 10)
+        socket = await ws(alice)
+        await socket.send_message(QUESTION, client_id=str(client_id))
+        await requests_for(openai_turns, "reply", 1)
+    finally:
+        end.set()
+    accepted, deltas, done = split(await socket.receive_until("chat.done"))
+
+    assert openai_turns.client_closed.wait(2), "the request sent ahead was never hung up"
+    assert len(openai_turns.requests_for("reply")) == 2
+    assert "".join(deltas) == done["content"] == EXPECTED
+    twin = await db_call(lambda: str(Conversation.objects.get(title="Twin").id))()
+    assert accepted["conversation_id"] == twin
+    assert await db_call(counts)() == (1, 2)
 
 
 # --- titles ---------------------------------------------------------------------------
