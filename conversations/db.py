@@ -138,14 +138,18 @@ async def turn_call(
     steps need the ORM, `on_thread(**kwargs)` on a turn thread (`db_call`). `on_thread` is
     the same steps run by `turn_sql.run` in the transaction they need. `ahead` is called
     with what the steps expect to return, before their last write (`turn_sql.Ahead`), on
-    the event loop only."""
+    the event loop only; and with None if they then go to a thread after all, whose
+    result is never that."""
     if on_loop():
         try:
             # Shielded: a caller cancelled meanwhile (its socket gone) does not cut the
             # statements short, as it never stopped a thread's.
             return await asyncio.shield(loop_run(steps(**kwargs), atomic=atomic, ahead=ahead))
         except NeedsThread:
-            pass  # a rare path (a re-send, an edit, a session to check in full)
+            # A rare path (a re-send, an edit, a session to check in full); the write that
+            # found a re-send's message is one, after its steps told `ahead` of a result.
+            if ahead is not None:
+                ahead(None)
     return await db_call(on_thread)(**kwargs)
 
 

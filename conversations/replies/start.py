@@ -254,7 +254,7 @@ async def _begin(
             reservation.claim = claim
         async with admission.turn():
             logger.debug("turn begin: database work begins")
-            ctx = await _turn_begin(user_id, command, session_key, ahead.start)
+            ctx = await _turn_begin(user_id, command, session_key, ahead.hear)
         model = ahead.take(ctx)
         metrics.DB_SECONDS.labels("begin").observe(time.monotonic() - received_at)
         logctx.turn_id.set(str(ctx.message_id))
@@ -285,7 +285,12 @@ async def _begin(
         held = ctx.conversation_id if ctx is not None else command.conversation_id
         await _release(reservation, held, claim if claimed else None)
         raise
-    generation = registry.start(ctx, provider, request, reservation, model)
+    try:
+        generation = registry.start(ctx, provider, request, reservation, model)
+    except BaseException:
+        if model is not None:
+            model.cancel()
+        raise
     generation.received_at = received_at
     if ctx.conversation_created:
         # The heuristic title first, so a generated one can only ever replace it.
@@ -328,11 +333,16 @@ class _Ahead:
         self.model: ModelStream | None = None
         self.closed = False
 
-    def start(self, ctx: TurnContext) -> None:
-        # The begin's statements are shielded from its caller: a turn given up meanwhile
-        # (`cancel` ran) starts nothing.
-        if not self.closed:
+    def hear(self, ctx: TurnContext | None) -> None:
+        """The begin's word (`turn_call`'s `ahead`): the context it will return if its write
+        succeeds, or None once it knows it will not (it went on on a thread)."""
+        if ctx is None:
+            self.cancel()
+        elif not self.closed:  # the begin is shielded: a turn given up meanwhile starts nothing
             self.ctx = ctx
+            # The pull's task copies this context: its log lines carry the turn's ids.
+            logctx.turn_id.set(str(ctx.message_id))
+            logctx.conversation_id.set(str(ctx.conversation_id))
             self.model = ModelStream(provider_for(ctx.persona.provider), build_request(ctx))
 
     def take(self, ctx: TurnContext) -> ModelStream | None:
@@ -351,7 +361,10 @@ class _Ahead:
 
 
 async def _turn_begin(
-    user_id: int, command: Turn, session_key: str | None, ahead: Callable[[TurnContext], None]
+    user_id: int,
+    command: Turn,
+    session_key: str | None,
+    ahead: Callable[[TurnContext | None], None],
 ) -> TurnContext:
     """Step 2: the turn's one short transaction (`services.turn_begin` says when a single
     statement is all it takes), for a new message or a new version of a reply. `ahead` may

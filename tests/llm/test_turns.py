@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from conversations.db import db_call
 from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
 from conversations.replies import start
+from conversations.replies.generation import ModelStream
 from conversations.replies.registry import registry
 from conversations.services import message_append
 from conversations.titles import TITLE_INSTRUCTION
@@ -374,15 +376,20 @@ async def test_stop_closes_the_upstream_stream_and_saves_stopped(
 # --- a new conversation: the model's request goes out while the message is written ---------
 
 
-def hold_a_twin(
-    owner: Any, persona: Persona, client_id: uuid.UUID, end: threading.Event, *, commit: bool
-) -> threading.Event:
+class Twin:
     """A message of this user and `client_id` written by another transaction (the same send
-    beginning on another worker), kept open until `end`; committed or rolled back then.
-    Answers an event set once it is written."""
-    holding = threading.Event()
+    beginning on another worker) on a thread of its own, kept open until `end`, then
+    committed or rolled back."""
 
-    def hold() -> None:
+    def __init__(self, owner: Any, persona: Persona, client_id: uuid.UUID, *, commit: bool):
+        self.holding, self.ending = threading.Event(), threading.Event()
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._hold, args=(owner, persona, client_id, commit), daemon=True
+        )
+        self.thread.start()
+
+    def _hold(self, owner: Any, persona: Persona, client_id: uuid.UUID, commit: bool) -> None:
         try:
             with transaction.atomic():
                 twin = Conversation.objects.create(owner=owner, persona=persona, title="Twin")
@@ -393,20 +400,34 @@ def hold_a_twin(
                     content=QUESTION,
                     client_id=client_id,
                 )
-                holding.set()
-                end.wait(30)
+                self.holding.set()
+                self.ending.wait(30)
                 transaction.set_rollback(not commit)
+        except BaseException as exc:
+            self.failed = exc
         finally:
-            holding.set()
+            self.holding.set()
             connection.close()
 
-    threading.Thread(target=hold, daemon=True).start()
-    return holding
+    async def written(self) -> None:
+        assert await asyncio.to_thread(self.holding.wait, 10)
+        if self.failed is not None:
+            raise self.failed
+
+    async def end(self) -> None:
+        self.ending.set()
+        await asyncio.to_thread(self.thread.join, 10)
+        if self.failed is not None:
+            raise self.failed
 
 
 def lock_waited() -> bool:
+    """Whether a statement waits on a lock, within 5 s."""
     try:
-        return waiting_on_a_lock()
+        deadline = time.monotonic() + 5
+        while not (waited := waiting_on_a_lock()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return waited
     finally:
         connection.close()
 
@@ -432,17 +453,17 @@ async def test_a_new_chats_model_hears_the_question_while_its_message_is_being_w
     message is saved, and the reply streams and is saved once it is."""
     limits.LLM_PROVIDER = "openai"
     openai_turns.script = Script(events=load_events("openai_stream_ok.json"))
-    client_id, end = uuid.uuid4(), threading.Event()
-    holding = hold_a_twin(alice, persona, client_id, end, commit=False)
+    client_id = uuid.uuid4()
+    twin = Twin(alice, persona, client_id, commit=False)
     try:
-        assert await asyncio.to_thread(holding.wait, 10)
+        await twin.written()
         socket = await ws(alice)
         await socket.send_message(QUESTION, client_id=str(client_id))
         await requests_for(openai_turns, "reply", 1)
         assert await asyncio.to_thread(lock_waited), "the message's write is not waiting"
         assert await db_call(counts)() == (0, 0)  # nothing of this send is saved yet
     finally:
-        end.set()
+        await twin.end()
     accepted, deltas, done = split(await socket.receive_until("chat.done"))
 
     [request] = openai_turns.requests_for("reply")
@@ -454,11 +475,19 @@ async def test_a_new_chats_model_hears_the_question_while_its_message_is_being_w
 
 @pytest.mark.parametrize("refused_by", ["budget", "persona"])
 async def test_a_new_chat_refused_by_its_checks_never_reaches_the_model(
-    postgresql, openai_turns, limits, ws, alice, persona, refused_by
+    postgresql, openai_turns, limits, ws, alice, persona, refused_by, monkeypatch
 ):
     """The request goes out ahead of the write, never ahead of the checks: a used-up
-    budget, or a persona the user may not use, refuses the turn before the model hears it."""
+    budget, or a persona the user may not use, refuses the turn before the model hears it.
+    (A stream started and stopped at once may never reach the server: its start is seen.)"""
     limits.LLM_PROVIDER = "openai"
+    streams_started: list[Any] = []
+
+    def model_stream(*args: Any) -> Any:
+        streams_started.append(args)
+        return ModelStream(*args)
+
+    monkeypatch.setattr(start, "ModelStream", model_stream)
     openai_turns.script = Script(events=load_events("openai_stream_ok.json"))
     chosen = None
     if refused_by == "budget":
@@ -470,9 +499,9 @@ async def test_a_new_chat_refused_by_its_checks_never_reaches_the_model(
 
     await socket.send_message(QUESTION, persona=chosen)
     refusal = await socket.receive_type("chat.error")
-    await asyncio.sleep(0.2)  # a request sent ahead would be on the wire by now
 
     assert refusal["code"] == {"budget": "quota_exceeded", "persona": "not_found"}[refused_by]
+    assert streams_started == []
     assert openai_turns.requests == []
     assert await db_call(counts)() == (0, 0)
 
@@ -493,18 +522,19 @@ async def test_a_model_request_sent_ahead_of_a_write_that_found_a_twin_is_hung_u
     limits.LLM_PROVIDER = "openai"
     monkeypatch.setattr(start, "TWIN_WAIT_SECONDS", 0.2)  # the twin here never starts one
     openai_turns.script = Script(events=load_events("openai_stream_ok.json"), event_pause=0.5)
-    client_id, end = uuid.uuid4(), threading.Event()
-    holding = hold_a_twin(alice, persona, client_id, end, commit=True)
+    client_id = uuid.uuid4()
+    twin = Twin(alice, persona, client_id, commit=True)
     try:
-        assert await asyncio.to_thread(holding.wait, 10)
+        await twin.written()
         socket = await ws(alice)
         await socket.send_message(QUESTION, client_id=str(client_id))
         await requests_for(openai_turns, "reply", 1)
     finally:
-        end.set()
+        await twin.end()
     accepted, deltas, done = split(await socket.receive_until("chat.done"))
 
-    assert openai_turns.client_closed.wait(2), "the request sent ahead was never hung up"
+    hung_up = await asyncio.to_thread(openai_turns.client_closed.wait, 2)
+    assert hung_up, "the request sent ahead was never hung up"
     assert len(openai_turns.requests_for("reply")) == 2
     assert "".join(deltas) == done["content"] == EXPECTED
     twin = await db_call(lambda: str(Conversation.objects.get(title="Twin").id))()
