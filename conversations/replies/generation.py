@@ -114,7 +114,6 @@ class Generation:
         self.task: asyncio.Task[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._model = model  # the provider's stream, if the turn started it already
-        self._producer: asyncio.Task[None] | None = None  # pulls the provider's stream
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.received_at = self.started  # when chat.send arrived; set by turn_start
@@ -275,6 +274,11 @@ class Generation:
         self.interrupted = True
         self._cancel_stream()
 
+    @property
+    def _producer(self) -> asyncio.Task[None] | None:
+        """The task that pulls the provider's stream, once there is one."""
+        return self._model.task if self._model is not None else None
+
     def _cancel_stream(self) -> None:
         # Cancel the provider's side, not a send in progress: the frames already made still
         # reach every follower, then the stream ends as stopped or interrupted.
@@ -296,7 +300,6 @@ class Generation:
         pass). Its text waits in the buffer until `run` has announced the reply."""
         if self._model is None:
             self._model = ModelStream(self.provider, self.request)
-        self._producer = self._model.task
         loop = asyncio.get_running_loop()
         self.task = loop.create_task(self.run())
         # However the run task ends, nothing goes on pulling from the model: cancelled before
