@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from conversations.context import HistoryItem, PersonaInfo, ProfileInfo, TurnContext
 from conversations.llm import ChatMessage
 from conversations.prompts import build_request, system_instruction, trim_history
+from conversations.text import one_line
 from conversations.titles import TITLE_MAX_CHARS, clean_title, title_request
 from conversations.titles_heuristic import title_from_message
 
@@ -186,6 +188,22 @@ def test_a_small_budget_keeps_the_latest_complete_turns(settings: Any) -> None:
 )
 def test_heuristic_title(content: str, title: str) -> None:
     assert title_from_message(content) == title
+
+
+def test_a_title_keeps_every_character_but_controls_and_bidi_overrides() -> None:
+    """Each character of the Basic Multilingual Plane between two letters: a control
+    character (Unicode's category Cc) or a bidirectional override is dropped, whitespace
+    becomes one space, anything else stays, as a title shows it to its owner and on a share."""
+    overrides = {*range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+    for code in range(0x10000):
+        character = chr(code)
+        if character.isspace():
+            expected = "x y"
+        elif unicodedata.category(character) == "Cc" or code in overrides:
+            expected = "xy"
+        else:
+            expected = f"x{character}y"
+        assert one_line(f"x{character}y") == expected, hex(code)
 
 
 def test_heuristic_title_of_a_huge_message_is_cut_at_a_word() -> None:
