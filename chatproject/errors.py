@@ -53,6 +53,25 @@ def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
     )
 
 
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A request Django refuses before any view (a `Host` not in ALLOWED_HOSTS, a body it
+    cannot parse). Under DEBUG Django shows its debug page instead, a developer's aid."""
+    if _api(request):
+        return JsonResponse(
+            {"error": {"code": "invalid", "message": "The request could not be understood."}},
+            status=400,
+        )
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _api(request):
+        return JsonResponse(
+            {"error": {"code": "forbidden", "message": "You may not do this."}}, status=403
+        )
+    return defaults.permission_denied(request, exception)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     if _api(request):
         return JsonResponse(

@@ -21,5 +21,7 @@ urlpatterns = [
     re_path(r"^api/(?P<rest>.*)$", api_not_found),
 ]
 
+handler400 = "chatproject.errors.bad_request"
+handler403 = "chatproject.errors.permission_denied"
 handler404 = "chatproject.errors.not_found"
 handler500 = "chatproject.errors.server_error"

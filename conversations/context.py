@@ -80,3 +80,6 @@ class TurnContext:
     user_parent_id: uuid.UUID | None = None  # the reply the user message follows
     regenerated: bool = False  # a new version of the reply to an earlier message
     attachments: tuple[AttachmentInfo, ...] = ()  # on this turn's user message
+    # This turn gave the conversation its first title, the heuristic one (a new conversation,
+    # or one made empty by the API): it is announced, and the model is asked for a better one.
+    titled: bool = False

@@ -442,6 +442,7 @@ def turn_begin_steps(
         if reads.persona is None or reads.persona_id is None:
             raise _no_persona(persona_slug)
         persona, persona_id, title = reads.persona, reads.persona_id, ""
+        titled = True  # named by its first message
     else:
         locked = (
             reads.locked
@@ -460,6 +461,9 @@ def turn_begin_steps(
                 "stays readable. Start a new chat to go on."
             )
         persona, persona_id, title = locked.persona, locked.persona_id, locked.title
+        # Made empty (`POST /api/conversations/`): named by its first message, as a new one
+        # is. A chat whose title its user cleared later keeps it so.
+        titled = not title and locked.leaf_id is None
         if parent_given:
             yield turn_sql.ORM
         parent = _parent_for(conversation_id, locked, parent_id, parent_given)
@@ -469,7 +473,7 @@ def turn_begin_steps(
     _refuse_exhausted(_budget(reads.budget, start, resets))
     if check_persona is not None:
         check_persona(persona)
-    if conversation_id is None:
+    if titled:
         title = title_from_message(content or uploads[0].name)
     # Chosen here so that a new conversation is created already pointing at it (the
     # foreign key is checked at commit): no second write to set the active leaf.
@@ -494,6 +498,7 @@ def turn_begin_steps(
         now=timezone.now(),
         new_conversation=(persona_id, title) if conversation_id is None else None,
         history_limit=history_limit,
+        title=title if titled and conversation_id is not None else None,
     )
     if not inserted:
         raise _SentMeanwhile
@@ -520,6 +525,7 @@ def turn_begin_steps(
         persona,
         reads.profile,
         created=conversation_id is None,
+        titled=titled,
         history=tuple(item for _, item in path),
         parent=parent,
         attachments=tuple(_attachment_info(upload) for upload in uploads),
@@ -537,17 +543,20 @@ def _begun(
     profile: ProfileInfo,
     *,
     created: bool = True,
+    titled: bool | None = None,
     history: tuple[HistoryItem, ...] = (),
     parent: uuid.UUID | None = None,
     attachments: tuple[AttachmentInfo, ...] = (),
 ) -> TurnContext:
     """A turn's context once its message `message_id` is written (a new conversation's, by
-    default: no history, no parent)."""
+    default: no history, no parent). `titled`: the turn named the conversation (by
+    default, where it created it)."""
     return TurnContext(
         user_id=user_id,
         conversation_id=conversation_id,
         conversation_created=created,
         title=title,
+        titled=created if titled is None else titled,
         client_id=client_id,
         user_message_id=message_id,
         message_id=reply_id_for(message_id),

@@ -506,11 +506,13 @@ def message_insert(
     now: datetime,
     new_conversation: tuple[int, str] | None,
     history_limit: int = 0,
+    title: str | None = None,
 ) -> Steps[tuple[bool, list[tuple[Any, ...]] | None]]:
     """Insert the user's message and make it the conversation's active leaf, creating the
-    conversation first when `new_conversation` (persona id, title) is given. False, with
-    nothing written, when a message of this client_id exists (on SQLite the caller rolls
-    back the conversation it inserted first).
+    conversation first when `new_conversation` (persona id, title) is given, else giving
+    the existing one `title` where it is given. False, with nothing written, when a message
+    of this client_id exists (on SQLite the caller rolls back the conversation it inserted
+    first).
 
     On PostgreSQL, into an existing conversation, the same statement also reads the path
     that ends at `parent_id` (its last `history_limit` messages), as `path_rows` gives it.
@@ -559,7 +561,9 @@ def message_insert(
         )
         row = yield Statement(insert, message)
         return row is not None, None
-    move = f"UPDATE {conversations} SET updated_at = %s, current_leaf_id = "
+    named = "title = %s, " if title is not None else ""
+    move = f"UPDATE {conversations} SET updated_at = %s, {named}current_leaf_id = "
+    move_params = [_when(now)] if title is None else [_when(now), title]
     if on_postgresql():
         path_from = parent_id if history_limit > 0 else None
         rows = yield Statement(
@@ -572,7 +576,7 @@ def message_insert(
             LEFT JOIN moved ON true
             LEFT JOIN path ON true
             {_path_joins()}""",
-            [*message, _when(now), _uuid(conversation_id), _uuid(path_from), history_limit],
+            [*message, *move_params, _uuid(conversation_id), _uuid(path_from), history_limit],
             fetch="all",
         )
         if rows[0][0] is None:
@@ -581,7 +585,7 @@ def message_insert(
     row = yield Statement(insert, message)
     if row is None:
         return False, None
-    yield Statement(f"{move} %s WHERE id = %s", [_when(now), message[0], message[1]], "none")
+    yield Statement(f"{move} %s WHERE id = %s", [*move_params, message[0], message[1]], "none")
     return True, None
 
 

@@ -56,12 +56,12 @@ def _reply_of_a_deleted_chat(conversation_id: str) -> dict[str, Any]:
     return {"saved": saved, "counted": budget_for(user_id=owner_id).used_tokens - used}
 
 
-def _listed_in_pages(cookie: str) -> dict[str, Any]:
+def _listed_in_pages(cookie: str, conversation_id: str) -> dict[str, Any]:
     """The conversation list past one page, followed by its next link, on SQLite's way of
     storing UUIDs and times: every chat once."""
     from conversations.api import LIST_LIMIT
 
-    chat = Conversation.objects.get()
+    chat = Conversation.objects.get(id=conversation_id)
     Conversation.objects.bulk_create(
         Conversation(owner_id=chat.owner_id, persona_id=chat.persona_id, title=f"c{n}")
         for n in range(LIST_LIMIT + 2)
@@ -73,6 +73,12 @@ def _listed_in_pages(cookie: str) -> dict[str, Any]:
     second = client.get(link[1 : link.index(">")]) if link else None
     ids = [c["id"] for c in first.json() + (second.json() if second else [])]
     return {"listed": len(ids), "distinct": len(set(ids)), "total": Conversation.objects.count()}
+
+
+def _empty_beside(conversation_id: str) -> str:
+    """A chat of the same user and persona, made empty as `POST /api/conversations/` does."""
+    chat = Conversation.objects.get(id=conversation_id)
+    return str(Conversation.objects.create(owner_id=chat.owner_id, persona_id=chat.persona_id).id)
 
 
 async def main() -> None:
@@ -124,6 +130,10 @@ async def main() -> None:
             "client_id": str(uuid.uuid4()),
         }
     )
+    # A chat made empty (as `POST /api/conversations/` makes it) is named by its first
+    # message: SQLite's own write of the title with the active leaf.
+    empty = await db_call(_empty_beside)(conversation_id)
+    named = await turn({**frame, "conversation_id": empty, "client_id": str(uuid.uuid4())})
     await communicator.disconnect()
     path = await db_call(
         lambda: [
@@ -133,7 +143,8 @@ async def main() -> None:
             )
         ]
     )()
-    pages = await db_call(_listed_in_pages)(cookie)
+    named_title = await db_call(lambda: Conversation.objects.get(id=empty).title)()
+    pages = await db_call(_listed_in_pages)(cookie, conversation_id)
     gone = await db_call(_reply_of_a_deleted_chat)(conversation_id)
     print(
         json.dumps(
@@ -144,6 +155,7 @@ async def main() -> None:
                 "saved": saved,
                 "path": path,
                 "regenerated": regenerated[-1]["content"],
+                "named": [named[0]["title"], named_title],
                 "gone": gone,
                 "pages": pages,
             }

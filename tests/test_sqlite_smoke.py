@@ -47,5 +47,6 @@ def test_sqlite_default_runs_a_whole_turn(tmp_path):
         "Again",
         report["regenerated"],
     ]
+    assert report["named"] == ["Hello from SQLite", "Hello from SQLite"]
     assert report["gone"] == {"saved": None, "counted": 12}
     assert report["pages"]["listed"] == report["pages"]["distinct"] == report["pages"]["total"]

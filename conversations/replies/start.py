@@ -292,7 +292,7 @@ async def _begin(
             model.cancel()
         raise
     generation.received_at = received_at
-    if ctx.conversation_created:
+    if ctx.titled:
         # The heuristic title first, so a generated one can only ever replace it.
         await announce_title(ctx.user_id, ctx.conversation_id, ctx.title)
         registry.spawn(title_generate(ctx, provider))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from django.core.exceptions import PermissionDenied
 from django.test import RequestFactory
 
-from chatproject.errors import server_error
+from chatproject.errors import permission_denied, server_error
 
 pytestmark = pytest.mark.django_db
 
@@ -21,6 +24,25 @@ def test_pages_keep_their_html_404(client):
     response = client.get("/no-such-page/")
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+def test_a_host_not_allowed_under_api_answers_json_400(client, alice):
+    """Django refuses the request before any view; an API client still gets the envelope."""
+    client.force_login(alice)
+
+    refused = client.get("/api/personas/", HTTP_HOST="evil.example")
+    page = client.get("/accounts/login/", HTTP_HOST="evil.example")
+
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid"
+    assert page.status_code == 400
+    assert page["Content-Type"].startswith("text/html")
+
+
+def test_a_permission_denied_under_api_answers_json_403():
+    response = permission_denied(RequestFactory().get("/api/usage/"), PermissionDenied())
+    assert response.status_code == 403
+    assert json.loads(response.content)["error"]["code"] == "forbidden"
 
 
 def test_a_server_error_under_api_answers_json():

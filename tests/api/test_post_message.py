@@ -22,6 +22,7 @@ from conversations.llm.base import PUBLIC_CONFIGURATION_ERROR
 from conversations.models import Conversation, Message
 from conversations.replies import replylog, worker
 from personas.models import Persona
+from tests.llm.test_turns import side_work_done
 from tests.llm.turn_servers import TurnServer, system_text
 from tests.llm.wire_servers import Script, load_events
 
@@ -129,6 +130,27 @@ async def test_post_answers_with_the_saved_user_message_and_reply(alice, persona
     assert reply["content"] == saved[1]["content"]
     assert reply["content"].startswith("Hello Alice!")
     assert len(reply["content"].split()) == 30
+
+
+async def test_a_conversation_made_by_the_api_is_named_by_its_first_message(
+    alice, persona, fast_demo
+):
+    """An HTTP client makes its chats with `POST /api/conversations/`, untitled: the first
+    message names it (the heuristic title, then the model's), as it names one made by a
+    socket's first `chat.send`; the second message leaves the name alone."""
+    client = await logged_in(alice)
+    made = (await client.post("/api/conversations/", {}, "application/json")).json()
+
+    await post(client, made["id"], {"content": "Plan a trip to Lisbon\nwith kids, in May"})
+    await post(client, made["id"], {"content": "And what about Porto?"})
+    await side_work_done()
+
+    assert made["title"] == ""
+    found = (await client.get(f"/api/conversations/{made['id']}/")).json()
+    assert found["title"] == "Plan a trip to Lisbon"
+    assert [item["title"] for item in (await client.get("/api/conversations/")).json()] == [
+        "Plan a trip to Lisbon"
+    ]
 
 
 async def test_it_uses_the_same_provider_as_the_socket(openai_upstream, alice, persona):

@@ -614,6 +614,49 @@ async def test_no_title_call_for_a_conversation_that_exists(
     assert await db_call(title_of)(conversation_id) == "Treasure hunt"
 
 
+async def test_an_empty_conversation_is_named_by_its_first_message(
+    upstream: Upstream, ws, alice, persona
+):
+    """A chat made empty (`POST /api/conversations/`) is named as a new one is: its first
+    message's heuristic title in `chat.accepted` and announced at once, then the model's."""
+    upstream.reply(event_pause=0)
+    upstream.server.title_script = Script(events=load_title_events(upstream, TITLE))
+    made = await db_call(lambda: Conversation.objects.create(owner=alice, persona=persona))()
+    socket = await ws(alice)
+
+    await socket.send_message(QUESTION, conversation_id=str(made.id))
+    accepted = await socket.receive()
+    titles = await updates_until(socket, TITLE)
+    await side_work_done()
+
+    assert (made.title, accepted["title"]) == ("", QUESTION)
+    assert titles == [QUESTION, TITLE]
+    assert await db_call(title_of)(made.id) == TITLE
+    (asked,) = upstream.server.requests_for("title")
+    assert conversation_of(asked.body) == [("user", QUESTION)]
+
+
+async def test_a_conversation_with_messages_keeps_an_empty_title(
+    openai_turns: TurnServer, ws, alice, persona, settings
+):
+    """Only a chat's first message names it: one whose title was cleared (in admin) after
+    it had messages stays as it is."""
+    settings.LLM_PROVIDER = "openai"
+    openai_turns.script = Script(events=load_events("openai_stream_ok.json"))
+    conversation_id = await db_call(existing_conversation)(alice, persona, "Ahoy!", "Ahoy!")
+    await db_call(Conversation.objects.filter(id=conversation_id).update)(title="")
+    socket = await ws(alice)
+
+    await socket.send_message(QUESTION, conversation_id=conversation_id)
+    frames = await socket.receive_until("chat.done")
+    await side_work_done()
+
+    assert frames[0]["title"] == ""
+    assert [f for f in frames if f["type"] == "conversation.updated"] == []
+    assert openai_turns.requests_for("title") == []
+    assert await db_call(title_of)(conversation_id) == ""
+
+
 def load_title_events(upstream: Upstream, text: str) -> list[dict[str, Any]]:
     if upstream.name == "openai":
         return openai_text_events(text)
