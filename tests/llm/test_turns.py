@@ -631,7 +631,7 @@ async def test_an_empty_conversation_is_named_by_its_first_message(
 
     assert (made.title, accepted["title"]) == ("", QUESTION)
     assert titles == [QUESTION, TITLE]
-    assert await db_call(title_of)(made.id) == TITLE
+    assert await db_call(title_of)(str(made.id)) == TITLE
     (asked,) = upstream.server.requests_for("title")
     assert conversation_of(asked.body) == [("user", QUESTION)]
 
