@@ -141,7 +141,7 @@ def get_upload_for_user(request: HttpRequest, upload_id: uuid.UUID) -> Upload:
     return found
 
 
-@api_view("GET", "HEAD", "DELETE")
+@api_view("GET", "DELETE")
 def upload(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponseBase:
     if request.method == "DELETE":
         try:

@@ -133,8 +133,10 @@ def _csrf_response() -> JsonResponse:
 
 
 def api_view(*methods: str) -> Callable[[View], View]:
-    """Log in, method, CSRF, then the view; every refusal answers JSON. Sync or async views."""
-    allowed = frozenset(methods)
+    """Log in, method, CSRF, then the view; every refusal answers JSON. Sync or async views.
+    What answers GET answers HEAD too, as HTTP asks of every resource: the view runs as for
+    GET, and the server sends its headers without the body."""
+    allowed = frozenset(methods) | ({"HEAD"} if "GET" in methods else set())
 
     def decorator(view: View) -> View:
         if inspect.iscoroutinefunction(view):

@@ -65,7 +65,6 @@ class TurnContext:
 
     user_id: int
     conversation_id: uuid.UUID
-    conversation_created: bool
     title: str
     client_id: uuid.UUID
     user_message_id: uuid.UUID

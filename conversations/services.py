@@ -462,7 +462,7 @@ def turn_begin_steps(
             )
         persona, persona_id, title = locked.persona, locked.persona_id, locked.title
         # Made empty (`POST /api/conversations/`): named by its first message, as a new one
-        # is. A chat whose title its user cleared later keeps it so.
+        # is. One with messages keeps its title, even an empty one (cleared in admin).
         titled = not title and locked.leaf_id is None
         if parent_given:
             yield turn_sql.ORM
@@ -524,7 +524,6 @@ def turn_begin_steps(
         content,
         persona,
         reads.profile,
-        created=conversation_id is None,
         titled=titled,
         history=tuple(item for _, item in path),
         parent=parent,
@@ -542,21 +541,18 @@ def _begun(
     persona: PersonaInfo,
     profile: ProfileInfo,
     *,
-    created: bool = True,
-    titled: bool | None = None,
+    titled: bool = True,
     history: tuple[HistoryItem, ...] = (),
     parent: uuid.UUID | None = None,
     attachments: tuple[AttachmentInfo, ...] = (),
 ) -> TurnContext:
     """A turn's context once its message `message_id` is written (a new conversation's, by
-    default: no history, no parent). `titled`: the turn named the conversation (by
-    default, where it created it)."""
+    default: no history, no parent, and named by this turn: `titled`)."""
     return TurnContext(
         user_id=user_id,
         conversation_id=conversation_id,
-        conversation_created=created,
         title=title,
-        titled=created if titled is None else titled,
+        titled=titled,
         client_id=client_id,
         user_message_id=message_id,
         message_id=reply_id_for(message_id),
@@ -880,7 +876,6 @@ def _context_for(
     reply: Message | None = None,
     reply_id: uuid.UUID | None = None,
     client_id: uuid.UUID | None = None,
-    created: bool = False,
     duplicate: bool = True,
     regenerated: bool = False,
 ) -> TurnContext:
@@ -897,7 +892,6 @@ def _context_for(
     return TurnContext(
         user_id=owner_id,
         conversation_id=message.conversation_id,
-        conversation_created=created,
         title=title,
         client_id=client_id or message.client_id or uuid.uuid4(),
         user_message_id=message.id,

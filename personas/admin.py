@@ -39,7 +39,6 @@ def prompt_preview_text(persona: Persona, profile: ProfileInfo = SAMPLE_PROFILE)
     ctx = TurnContext(
         user_id=0,
         conversation_id=uuid.UUID(int=0),
-        conversation_created=True,
         title="",
         client_id=uuid.UUID(int=0),
         user_message_id=uuid.UUID(int=0),

@@ -85,8 +85,22 @@ def test_unsafe_methods_need_the_csrf_header(alice: Any, persona: Persona) -> No
 def test_wrong_method_is_405_with_allow(alice: Any) -> None:
     response = logged_in(alice).put("/api/conversations/")
     assert response.status_code == 405
-    assert response["Allow"] == "GET, POST"
+    assert response["Allow"] == "GET, HEAD, POST"
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path", ["/api/conversations/", "/api/personas/", "/api/usage/"])
+def test_head_answers_as_get_without_a_body(alice: Any, persona: Persona, path: str) -> None:
+    """HTTP asks every resource that answers GET to answer HEAD (a link checker, a proxy,
+    `curl -I`): the same status and headers, no body. An endpoint without GET refuses it."""
+    client = logged_in(alice)
+
+    got, head = client.get(path), client.head(path)
+    put_only = client.head(f"/api/messages/{uuid.uuid4()}/feedback/")
+
+    assert (head.status_code, head["Content-Type"]) == (200, got["Content-Type"])
+    assert head.content == b""
+    assert (put_only.status_code, put_only["Allow"]) == (405, "PUT")
 
 
 # --- personas ---------------------------------------------------------------------------

@@ -38,7 +38,6 @@ def context(
     return TurnContext(
         user_id=1,
         conversation_id=uuid.uuid4(),
-        conversation_created=True,
         title=title_from_message(content),
         client_id=uuid.uuid4(),
         user_message_id=uuid.uuid4(),

@@ -157,7 +157,6 @@ def a_generation() -> Generation:
     ctx = TurnContext(
         user_id=1,
         conversation_id=uuid.uuid4(),
-        conversation_created=False,
         title="",
         client_id=uuid.uuid4(),
         user_message_id=uuid.uuid4(),
