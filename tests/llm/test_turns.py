@@ -4,10 +4,11 @@ local servers that speak the Gemini and OpenAI wire formats."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -438,6 +439,24 @@ async def requests_for(server: TurnServer, purpose: str, count: int) -> None:
             await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def sent_beside_a_twin(
+    server: TurnServer, ws: Any, owner: Any, persona: Persona, *, commit: bool
+) -> AsyncIterator[Socket]:
+    """A new chat's first message sent while another transaction holds the same send's
+    message open (`Twin`), once the model has its request; the twin ends with the block."""
+    client_id = uuid.uuid4()
+    twin = Twin(owner, persona, client_id, commit=commit)
+    try:
+        await twin.written()
+        socket = await ws(owner)
+        await socket.send_message(QUESTION, client_id=str(client_id))
+        await requests_for(server, "reply", 1)
+        yield socket
+    finally:
+        await twin.end()
+
+
 @pytest.fixture
 def postgresql() -> None:
     if connection.vendor != "postgresql":
@@ -453,17 +472,9 @@ async def test_a_new_chats_model_hears_the_question_while_its_message_is_being_w
     message is saved, and the reply streams and is saved once it is."""
     limits.LLM_PROVIDER = "openai"
     openai_turns.script = Script(events=load_events("openai_stream_ok.json"))
-    client_id = uuid.uuid4()
-    twin = Twin(alice, persona, client_id, commit=False)
-    try:
-        await twin.written()
-        socket = await ws(alice)
-        await socket.send_message(QUESTION, client_id=str(client_id))
-        await requests_for(openai_turns, "reply", 1)
+    async with sent_beside_a_twin(openai_turns, ws, alice, persona, commit=False) as socket:
         assert await asyncio.to_thread(lock_waited), "the message's write is not waiting"
         assert await db_call(counts)() == (0, 0)  # nothing of this send is saved yet
-    finally:
-        await twin.end()
     accepted, deltas, done = split(await socket.receive_until("chat.done"))
 
     [request] = openai_turns.requests_for("reply")
@@ -522,15 +533,8 @@ async def test_a_model_request_sent_ahead_of_a_write_that_found_a_twin_is_hung_u
     limits.LLM_PROVIDER = "openai"
     monkeypatch.setattr(start, "TWIN_WAIT_SECONDS", 0.2)  # the twin here never starts one
     openai_turns.script = Script(events=load_events("openai_stream_ok.json"), event_pause=0.5)
-    client_id = uuid.uuid4()
-    twin = Twin(alice, persona, client_id, commit=True)
-    try:
-        await twin.written()
-        socket = await ws(alice)
-        await socket.send_message(QUESTION, client_id=str(client_id))
-        await requests_for(openai_turns, "reply", 1)
-    finally:
-        await twin.end()
+    async with sent_beside_a_twin(openai_turns, ws, alice, persona, commit=True) as socket:
+        pass  # the twin commits as the block ends: this send's write then finds its message
     accepted, deltas, done = split(await socket.receive_until("chat.done"))
 
     hung_up = await asyncio.to_thread(openai_turns.client_closed.wait, 2)
